@@ -1,0 +1,5 @@
+import sys
+
+from dit_export.cli import main
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""Stage 6b: latency and throughput of every backend against the PyTorch references."""

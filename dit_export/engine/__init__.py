@@ -1,0 +1,1 @@
+"""Stage 4: TensorRT engines built from the ONNX graphs, and their staleness checks."""

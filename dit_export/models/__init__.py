@@ -1,0 +1,1 @@
+"""Stage 1: the PyTorch models (DiT, VAE decoder), their configs and checkpoint loaders."""

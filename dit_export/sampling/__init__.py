@@ -1,0 +1,5 @@
+"""Stage 2: schedule tables, the sampler step module, noise generators and the reference loop.
+
+`schedule` and `noise` are numpy-only (the runtime uses them without torch); `step` and
+`reference` need torch.
+"""

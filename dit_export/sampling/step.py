@@ -1,0 +1,87 @@
+"""One sampler step as a module: the single definition of the per-step math.
+
+The reference loop calls it, `export` traces it into ``dit_step.onnx``, and every runtime drives
+that graph, so all backends run the same arithmetic. Inputs (N images):
+
+    x      (N,C,L,L) fp32   current latent
+    t      (N,)      int64  ORIGINAL timestep fed to the network (0..999)
+    y      (N,)      int64  class labels
+    noise  (N,C,L,L) fp32   this step's noise (only used by DDPM, scaled by 0 at the last step)
+    guidance (1,)    fp32   classifier-free guidance scale s ≥ 1 (exactly 1 → the conditional ε)
+    coef   (K,)      fp32   one row of ``Schedule.coefs`` (layout ``schedule.COEF_NAMES``)
+
+Output: the next latent (N,C,L,L) fp32. The operation order mirrors the IDDPM reference
+(`p_sample`, `ddim_sample` with eta 0) so fp32 results agree to rounding.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from dit_export.models.dit import DiT
+
+
+class GuidedDenoiser(nn.Module):
+    """ε and v for N images; with guidance, the batch is doubled with null labels (2N forward).
+
+    Guidance follows ``cfg_channels`` of the config: 3 for the official model (ε channels 0–2,
+    a kept quirk), 4 for diffusers. Channels past it (and v) are the conditional half's.
+    """
+
+    def __init__(self, model: DiT, guided: bool = True):
+        super().__init__()
+        self.model = model
+        self.guided = guided
+        cfg = model.config
+        self.n_guided, self.c, self.null = cfg.cfg_channels, cfg.in_channels, cfg.null_class
+
+    def forward(
+        self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor, guidance: torch.Tensor
+    ) -> torch.Tensor:
+        if not self.guided:
+            return self.model(x, t, y)
+        n = x.shape[0]
+        out = self.model(torch.cat([x, x]), torch.cat([t, t]), torch.cat([y, torch.full_like(y, self.null)]))
+        cond, uncond = out[:n], out[n:]
+        k = self.n_guided
+        cond_eps, uncond_eps = cond[:, :k], uncond[:, :k]
+        guided = uncond_eps + guidance * (cond_eps - uncond_eps)
+        guided = torch.where(guidance == 1.0, cond_eps, guided)  # s = 1: exactly the unguided model
+        return torch.cat([guided, cond[:, k:]], dim=1)
+
+
+class SamplerStep(nn.Module):
+    """x_t → x_{t−1}: guided denoise, learned-range variance, DDPM posterior or DDIM (eta 0)."""
+
+    def __init__(self, model: DiT, guided: bool = True):
+        super().__init__()
+        self.denoiser = GuidedDenoiser(model, guided)
+        self.c = model.config.in_channels
+        self.learn_sigma = model.config.learn_sigma
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        t: torch.Tensor,
+        y: torch.Tensor,
+        noise: torch.Tensor,
+        guidance: torch.Tensor,
+        coef: torch.Tensor,
+    ) -> torch.Tensor:
+        out = self.denoiser(x, t, y, guidance)
+        eps = out[:, : self.c]
+        s1, s2, c1, c2, min_log, max_log, nonzero, sab_prev, s1m_ab_prev, is_ddpm = coef.unbind(0)
+        x0 = s1 * x - s2 * eps  # predicted x̂0, no clipping
+        # DDPM: posterior mean plus learned-range noise.
+        mean = c1 * x0 + c2 * x
+        if self.learn_sigma:
+            frac = (out[:, self.c :] + 1) / 2
+            log_var = frac * max_log + (1 - frac) * min_log
+        else:  # fixed-large variance: log β (its i = 0 value is never used: nonzero = 0 there)
+            log_var = max_log.expand_as(x)
+        ddpm = mean + nonzero * torch.exp(0.5 * log_var) * noise
+        # DDIM (eta 0): ε re-derived from x̂0, then the deterministic update.
+        eps_ddim = (s1 * x - x0) / s2
+        ddim = x0 * sab_prev + s1m_ab_prev * eps_ddim
+        return torch.where(is_ddpm > 0.5, ddpm, ddim)

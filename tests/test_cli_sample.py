@@ -1,0 +1,127 @@
+"""`python -m dit_export sample` / `info` end to end, and their one-line errors."""
+
+import os
+import pickle
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from dit_export.models.checkpoints import random_dit
+
+
+def run(*args, cwd=None):
+    """The real CLI in a fresh interpreter (what a user types)."""
+    env = dict(os.environ, HF_HUB_OFFLINE="1", DIT_EXPORT_OFFLINE="1")
+    return subprocess.run([sys.executable, "-m", "dit_export", *args], capture_output=True, text=True,
+                          cwd=cwd, env=env, timeout=600)
+
+
+def run_inproc(capsys, monkeypatch, *args, cwd=None):
+    """The same entry point in this process (fast): main() must print one line and return ≠ 0."""
+    from dit_export.cli import main
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("DIT_EXPORT_OFFLINE", "1")
+    if cwd is not None:
+        monkeypatch.chdir(cwd)
+    rc = main(list(args))
+    out = capsys.readouterr()
+    return subprocess.CompletedProcess(args, rc, out.out, out.err)
+
+
+def assert_one_line_error(r, *needles):
+    assert r.returncode != 0, r.stdout + r.stderr
+    assert "Traceback" not in r.stderr, r.stderr
+    lines = [ln for ln in r.stderr.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), r.stderr
+    for n in needles:
+        assert n in lines[0], lines[0]
+
+
+def test_readme_sample_command_writes_latents(tmp_path):
+    r = run("sample", "--model", "S/8", "--random-weights", "--vae", "none", "--steps", "10",
+            "--save-latents", "x.npy", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    x = np.load(tmp_path / "x.npy")
+    assert x.shape == (8, 4, 32, 32) and x.dtype == np.float32 and np.isfinite(x).all()
+    assert "10/10" in r.stderr  # the progress bar reached the end
+
+
+def test_sample_matches_the_library_call(tmp_path):
+    """The CLI is a thin layer: same latents as sample_latents with the same seed and noise."""
+    from dit_export.sampling.noise import make_noise
+    from dit_export.sampling.reference import sample_latents
+
+    r = run("sample", "--model", "S/8", "--random-weights", "--weights-seed", "3", "--vae", "none",
+            "--steps", "5", "--sampler", "ddim", "--classes", "1", "2", "--cfg-scale", "1.5", "--seed", "7",
+            "--noise", "torch", "--save-latents", "x.npy", "--no-progress", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    model, cfg = random_dit("S/8", 256, seed=3)
+    ref = sample_latents(model, [1, 2], make_noise("torch", 7, 2, (4, 32, 32), guided=True), steps=5,
+                         sampler="ddim", cfg_scale=1.5, progress=False)
+    np.testing.assert_array_equal(np.load(tmp_path / "x.npy"), ref.numpy())
+
+
+def test_sample_with_a_vae_writes_grid_and_npz(tmp_path):
+    from dit_export.images import load_png
+    from dit_export.models.vae import random_vae
+
+    random_vae("tiny", seed=0).save_pretrained(tmp_path / "vae")
+    r = run("sample", "--model", "S/8", "--random-weights", "--vae", str(tmp_path / "vae"), "--steps", "3",
+            "--classes", "0", "1", "2", "--out", "g.png", "--save-images", "s.npz", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    imgs = np.load(tmp_path / "s.npz")["arr_0"]
+    assert imgs.shape == (3, 256, 256, 3) and imgs.dtype == np.uint8
+    grid = load_png(tmp_path / "g.png")
+    assert grid.shape == (256 + 4, 3 * 258 + 2, 3)
+
+
+@pytest.fixture(scope="module")
+def s8_ckpt(tmp_path_factory):
+    d = tmp_path_factory.mktemp("ckpt")
+    model, _ = random_dit("S/8", 256)
+    torch.save(model.state_dict(), d / "s8.pt")
+    return d
+
+
+def test_info_reports_config(s8_ckpt):
+    r = run("info", str(s8_ckpt / "s8.pt"))
+    assert r.returncode == 0, r.stderr
+    assert "DiT-S/8" in r.stdout and "official" in r.stdout
+
+
+class RunsCode:
+    def __reduce__(self):
+        return (os.system, ("touch PWNED",))
+
+
+def test_bad_inputs_are_one_line_errors(s8_ckpt, tmp_path, capsys, monkeypatch):
+    def run(*args, cwd=None):  # in-process; the subprocess path is covered by the tests above
+        return run_inproc(capsys, monkeypatch, *args, cwd=cwd)
+
+    good = s8_ckpt / "s8.pt"
+    truncated = tmp_path / "trunc.pt"
+    truncated.write_bytes(good.read_bytes()[:5000])
+    assert_one_line_error(run("sample", "--ckpt", str(truncated), "--vae", "none", "--steps", "2"))
+
+    listpkl = tmp_path / "list.pt"
+    listpkl.write_bytes(pickle.dumps([1, 2, 3]))
+    assert_one_line_error(run("sample", "--ckpt", str(listpkl), "--vae", "none", "--steps", "2"))
+
+    evil = tmp_path / "evil.pt"
+    torch.save({"model": RunsCode()}, evil)
+    r = run("sample", "--ckpt", str(evil), "--vae", "none", "--steps", "2", cwd=tmp_path)
+    assert_one_line_error(r)
+    assert not (tmp_path / "PWNED").exists()
+
+    assert_one_line_error(run("sample", "--ckpt", str(good), "--model", "XL/2", "--vae", "none"),
+                          "DiT-XL/2")
+    assert_one_line_error(run("sample", "--ckpt", str(good), "--vae", "none", "--classes", "1000"),
+                          "class id 1000")
+    assert_one_line_error(run("sample", "--ckpt", str(good), "--vae", "none", "--steps", "0"), "steps")
+    assert_one_line_error(run("sample", "--ckpt", str(good), "--vae", "none", "--cfg-scale", "0.5"), "cfg")
+    assert_one_line_error(run("sample", "--model", "Q/2", "--random-weights", "--vae", "none"), "unknown model")
+    assert_one_line_error(run("sample", "--ckpt", str(tmp_path / "missing.pt"), "--vae", "none"))

@@ -315,8 +315,8 @@ def test_hub_id_from_hf_cache_offline(tiny, tiny_dir, tmp_path, monkeypatch):
     from huggingface_hub import constants
 
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
-    cache = tmp_path / "hf"
-    repo = cache / "models--stabilityai--sd-vae-ft-ema"
+    cache = tmp_path / "cache"
+    repo = cache / "huggingface" / "models--stabilityai--sd-vae-ft-ema"  # shared with the DiT downloads
     commit = "0" * 39 + "1"
     shutil.copytree(tiny_dir, repo / "snapshots" / commit)
     (repo / "refs").mkdir()

@@ -105,9 +105,10 @@ def load_vae(spec: str, cache_dir: str | os.PathLike | None = None) -> Autoencod
 
     A local folder holds ``config.json`` and ``diffusion_pytorch_model.safetensors`` (or ``.bin``),
     or is a pipeline folder with them under ``vae/``. A Hub id (``owner/name[/subfolder]``) is
-    first looked up as the plain folder ``cache_dir/<name>`` (where a user without network can
-    place the files), then downloaded through huggingface_hub into ``cache_dir`` (its default
-    cache when None). Every failure is a one-line ``UserError``.
+    first looked up as the plain folder ``<cache>/<name>`` (where a user without network can
+    place the files), then downloaded through huggingface_hub into ``<cache>/huggingface`` — the
+    same cache as the DiT downloads (``models.hub.cache_root``: the argument, $DIT_EXPORT_CACHE or
+    ~/.cache/dit_export). Every failure is a one-line ``UserError``.
     """
     if not spec or not str(spec).strip():
         raise UserError("no VAE given: pass a diffusers folder, a Hub id, or one of ema, mse")
@@ -120,10 +121,13 @@ def load_vae(spec: str, cache_dir: str | os.PathLike | None = None) -> Autoencod
     parts = spec.split("/")
     repo_id, subfolder = "/".join(parts[:2]), "/".join(parts[2:])
     name = "_".join(parts[1:])  # sd-vae-ft-ema; DiT-XL-2-256_vae for a subfolder
-    manual = Path(cache_dir).expanduser() / name if cache_dir is not None else Path(name)
-    if cache_dir is not None and (manual / "config.json").is_file():
+    from dit_export.models.hub import cache_root
+
+    root = cache_root(cache_dir)
+    manual = root / name
+    if (manual / "config.json").is_file():
         return _load_folder(manual)
-    folder = _download(repo_id, subfolder, cache_dir, manual)
+    folder = _download(repo_id, subfolder, root / "huggingface", manual)
     return _load_folder(folder)
 
 

@@ -15,8 +15,14 @@ from dit_export.models.checkpoints import random_dit
 def run(*args, cwd=None):
     """The real CLI in a fresh interpreter (what a user types)."""
     env = dict(os.environ, HF_HUB_OFFLINE="1", DIT_EXPORT_OFFLINE="1")
-    return subprocess.run([sys.executable, "-m", "dit_export", *args], capture_output=True, text=True,
-                          cwd=cwd, env=env, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "dit_export", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=env,
+        timeout=600,
+    )
 
 
 def run_inproc(capsys, monkeypatch, *args, cwd=None):
@@ -42,8 +48,19 @@ def assert_one_line_error(r, *needles):
 
 
 def test_readme_sample_command_writes_latents(tmp_path):
-    r = run("sample", "--model", "S/8", "--random-weights", "--vae", "none", "--steps", "10",
-            "--save-latents", "x.npy", cwd=tmp_path)
+    r = run(
+        "sample",
+        "--model",
+        "S/8",
+        "--random-weights",
+        "--vae",
+        "none",
+        "--steps",
+        "10",
+        "--save-latents",
+        "x.npy",
+        cwd=tmp_path,
+    )
     assert r.returncode == 0, r.stderr
     x = np.load(tmp_path / "x.npy")
     assert x.shape == (8, 4, 32, 32) and x.dtype == np.float32 and np.isfinite(x).all()
@@ -55,13 +72,44 @@ def test_sample_matches_the_library_call(tmp_path):
     from dit_export.sampling.noise import make_noise
     from dit_export.sampling.reference import sample_latents
 
-    r = run("sample", "--model", "S/8", "--random-weights", "--weights-seed", "3", "--vae", "none",
-            "--steps", "5", "--sampler", "ddim", "--classes", "1", "2", "--cfg-scale", "1.5", "--seed", "7",
-            "--noise", "torch", "--save-latents", "x.npy", "--no-progress", cwd=tmp_path)
+    r = run(
+        "sample",
+        "--model",
+        "S/8",
+        "--random-weights",
+        "--weights-seed",
+        "3",
+        "--vae",
+        "none",
+        "--steps",
+        "5",
+        "--sampler",
+        "ddim",
+        "--classes",
+        "1",
+        "2",
+        "--cfg-scale",
+        "1.5",
+        "--seed",
+        "7",
+        "--noise",
+        "torch",
+        "--save-latents",
+        "x.npy",
+        "--no-progress",
+        cwd=tmp_path,
+    )
     assert r.returncode == 0, r.stderr
     model, cfg = random_dit("S/8", 256, seed=3)
-    ref = sample_latents(model, [1, 2], make_noise("torch", 7, 2, (4, 32, 32), guided=True), steps=5,
-                         sampler="ddim", cfg_scale=1.5, progress=False)
+    ref = sample_latents(
+        model,
+        [1, 2],
+        make_noise("torch", 7, 2, (4, 32, 32), guided=True),
+        steps=5,
+        sampler="ddim",
+        cfg_scale=1.5,
+        progress=False,
+    )
     np.testing.assert_array_equal(np.load(tmp_path / "x.npy"), ref.numpy())
 
 
@@ -70,8 +118,25 @@ def test_sample_with_a_vae_writes_grid_and_npz(tmp_path):
     from dit_export.models.vae import random_vae
 
     random_vae("tiny", seed=0).save_pretrained(tmp_path / "vae")
-    r = run("sample", "--model", "S/8", "--random-weights", "--vae", str(tmp_path / "vae"), "--steps", "3",
-            "--classes", "0", "1", "2", "--out", "g.png", "--save-images", "s.npz", cwd=tmp_path)
+    r = run(
+        "sample",
+        "--model",
+        "S/8",
+        "--random-weights",
+        "--vae",
+        str(tmp_path / "vae"),
+        "--steps",
+        "3",
+        "--classes",
+        "0",
+        "1",
+        "2",
+        "--out",
+        "g.png",
+        "--save-images",
+        "s.npz",
+        cwd=tmp_path,
+    )
     assert r.returncode == 0, r.stderr
     imgs = np.load(tmp_path / "s.npz")["arr_0"]
     assert imgs.shape == (3, 256, 256, 3) and imgs.dtype == np.uint8
@@ -117,11 +182,13 @@ def test_bad_inputs_are_one_line_errors(s8_ckpt, tmp_path, capsys, monkeypatch):
     assert_one_line_error(r)
     assert not (tmp_path / "PWNED").exists()
 
-    assert_one_line_error(run("sample", "--ckpt", str(good), "--model", "XL/2", "--vae", "none"),
-                          "DiT-XL/2")
-    assert_one_line_error(run("sample", "--ckpt", str(good), "--vae", "none", "--classes", "1000"),
-                          "class id 1000")
+    assert_one_line_error(run("sample", "--ckpt", str(good), "--model", "XL/2", "--vae", "none"), "DiT-XL/2")
+    assert_one_line_error(
+        run("sample", "--ckpt", str(good), "--vae", "none", "--classes", "1000"), "class id 1000"
+    )
     assert_one_line_error(run("sample", "--ckpt", str(good), "--vae", "none", "--steps", "0"), "steps")
     assert_one_line_error(run("sample", "--ckpt", str(good), "--vae", "none", "--cfg-scale", "0.5"), "cfg")
-    assert_one_line_error(run("sample", "--model", "Q/2", "--random-weights", "--vae", "none"), "unknown model")
+    assert_one_line_error(
+        run("sample", "--model", "Q/2", "--random-weights", "--vae", "none"), "unknown model"
+    )
     assert_one_line_error(run("sample", "--ckpt", str(tmp_path / "missing.pt"), "--vae", "none"))

@@ -64,8 +64,9 @@ def analytic_moments(steps, sampler):
             sigma2 = c[col["nonzero"]] * np.exp(c[col["min_log"]])
         else:
             e_a, e_b = (s1 - x0_a) / s2, -x0_b / s2
-            A = c[col["sqrt_alpha_bar_prev"]] * x0_a + c[col["sqrt_one_minus_alpha_bar_prev"]] * e_a
-            B = c[col["sqrt_alpha_bar_prev"]] * x0_b + c[col["sqrt_one_minus_alpha_bar_prev"]] * e_b
+            sa, s1m = np.sqrt(c[col["alpha_bar_prev"]]), np.sqrt(1 - c[col["alpha_bar_prev"]])
+            A = sa * x0_a + s1m * e_a
+            B = sa * x0_b + s1m * e_b
             sigma2 = 0.0
         m, v = A * m + B, A * A * v + sigma2
     return m, v

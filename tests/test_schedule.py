@@ -50,7 +50,8 @@ def test_ddim_table_and_float32_cast_points():
     assert s.spec == "ddim50" and s.timesteps[0] == 980
     col = {n: i for i, n in enumerate(COEF_NAMES)}
     abp32 = s.table64["alphas_cumprod_prev"].astype(np.float32)[::-1]
-    np.testing.assert_array_equal(s.coefs[:, col["sqrt_alpha_bar_prev"]], np.sqrt(abp32))
+    np.testing.assert_array_equal(s.coefs[:, col["alpha_bar_prev"]], abp32)
+    assert (s.coefs[:, col["ddim_sigma"]] == 0).all()
     assert (s.coefs[:, col["is_ddpm"]] == 0).all()
     assert s.coefs.dtype == np.float32 and s.timesteps.dtype == np.int64
 

@@ -25,8 +25,8 @@ COEF_NAMES = (
     "min_log",  # clipped posterior log-variance
     "max_log",  # log β
     "nonzero",  # 1 except at the last step (no noise added at i = 0)
-    "sqrt_alpha_bar_prev",  # DDIM: √ᾱ_prev
-    "sqrt_one_minus_alpha_bar_prev",  # DDIM: √(1−ᾱ_prev)
+    "alpha_bar_prev",  # DDIM: ᾱ_prev (fp32; the step takes √ in-graph, as the reference does)
+    "ddim_sigma",  # DDIM: σ of the update (0 for eta 0, the only setting the reference samples with)
     "is_ddpm",  # 1 → DDPM update, 0 → DDIM (eta 0) update
 )
 NUM_COEFS = len(COEF_NAMES)
@@ -133,9 +133,8 @@ def make_schedule(steps: int | str, sampler: str = "ddpm") -> Schedule:
     for col, name in enumerate(COEF_NAMES[:6]):
         rows[:, col] = t64[name].astype(np.float32)  # cast at use, like the reference's _extract
     rows[:, 6] = (np.arange(n) != 0).astype(np.float32)
-    abp32 = ac_prev.astype(np.float32)  # DDIM takes √ of the fp32 value, as the reference does
-    rows[:, 7] = np.sqrt(abp32)
-    rows[:, 8] = np.sqrt(np.float32(1.0) - abp32)
+    rows[:, 7] = ac_prev.astype(np.float32)
+    rows[:, 8] = 0.0  # eta 0
     rows[:, 9] = 1.0 if sampler == "ddpm" else 0.0
     order = np.arange(n)[::-1]
     return Schedule(

@@ -71,7 +71,7 @@ class SamplerStep(nn.Module):
     ) -> torch.Tensor:
         out = self.denoiser(x, t, y, guidance)
         eps = out[:, : self.c]
-        s1, s2, c1, c2, min_log, max_log, nonzero, sab_prev, s1m_ab_prev, is_ddpm = coef.unbind(0)
+        s1, s2, c1, c2, min_log, max_log, nonzero, ab_prev, sigma, is_ddpm = coef.unbind(0)
         x0 = s1 * x - s2 * eps  # predicted x̂0, no clipping
         # DDPM: posterior mean plus learned-range noise.
         mean = c1 * x0 + c2 * x
@@ -81,7 +81,9 @@ class SamplerStep(nn.Module):
         else:  # fixed-large variance: log β (its i = 0 value is never used: nonzero = 0 there)
             log_var = max_log.expand_as(x)
         ddpm = mean + nonzero * torch.exp(0.5 * log_var) * noise
-        # DDIM (eta 0): ε re-derived from x̂0, then the deterministic update.
+        # DDIM: ε re-derived from x̂0, then the update (deterministic for σ = 0, i.e. eta 0). The
+        # square roots are taken here in fp32, like the reference (a host-side √ can differ by 1 ulp).
         eps_ddim = (s1 * x - x0) / s2
-        ddim = x0 * sab_prev + s1m_ab_prev * eps_ddim
+        ddim = x0 * torch.sqrt(ab_prev) + torch.sqrt(1 - ab_prev - sigma * sigma) * eps_ddim
+        ddim = ddim + nonzero * sigma * noise
         return torch.where(is_ddpm > 0.5, ddpm, ddim)

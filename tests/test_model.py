@@ -3,9 +3,9 @@
 import pytest
 import torch
 
+from dit_export.errors import UserError
 from dit_export.models.configs import PATCHES, SIZES, canonical_name, model_config
 from dit_export.models.dit import DiT, sincos_pos_embed
-from dit_export.errors import UserError
 
 # Published sizes (paper, Table 1: S 33M, B 130M, L 458M, XL 675M) and the exact XL/2 count.
 PUBLISHED_M = {"S": 33, "B": 130, "L": 458, "XL": 675}

@@ -1,8 +1,9 @@
 """`python -m dit_export <command>`: one sub-command per job, each registered by its stage.
 
-Each entry below names a module with ``register(subparsers)``; modules are imported only when
-the parser is built, and every handler raises ``UserError`` for user mistakes, which we print
-as one line (exit 2) instead of a traceback.
+Each entry below names a module with ``register(subparsers)``; none imports torch, onnx or a
+backend at module level (a test checks), so `--help` works on a runtime-only install. Every
+handler raises ``UserError`` for user mistakes, which we print as one line (exit 2) instead of a
+traceback.
 """
 
 from __future__ import annotations
@@ -14,10 +15,15 @@ import sys
 
 from dit_export.errors import UserError
 
-# (module, help) in the order `--help` lists them: the pipeline order.
+# Modules in the order `--help` lists their commands: the pipeline order.
 COMMANDS = [
     "dit_export.sampling.command",  # sample, info
     "dit_export.export.command",  # export, inspect
+    "dit_export.export.aoti",  # aoti (CPU packages for the C++ runtime)
+    "dit_export.engine.command",  # build
+    "dit_export.verify.command",  # verify
+    "dit_export.verify.score_command",  # score
+    "dit_export.bench.command",  # bench
 ]
 
 
@@ -28,14 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
         "light runtime, and check every number against the PyTorch reference.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for mod in COMMANDS:
-        try:
-            module = importlib.import_module(mod)
-        except ModuleNotFoundError as e:
-            if e.name and e.name.startswith("dit_export"):
-                continue  # a stage not present in this build
-            raise
-        module.register(sub)
+    for mod in COMMANDS:  # command modules import their heavy dependencies lazily, in handlers
+        importlib.import_module(mod).register(sub)
     return parser
 
 

@@ -45,11 +45,16 @@ def atomic_dir(target: str | os.PathLike) -> Iterator[Path]:
     """Build a whole folder under a temporary name; swap it into place only when complete."""
     target = Path(target)
     ensure_writable_dir(target.parent)
+    old = target.with_name(f".{target.name}.old")
+    if old.exists() and not target.exists():  # a kill fell between the two renames below
+        os.replace(old, target)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    tmp.chmod(0o777 & ~umask)  # mkdtemp makes 0700; the result should look like any new folder
     try:
         yield tmp
         if target.exists():
-            old = target.with_name(f".{target.name}.old")
             if old.exists():
                 shutil.rmtree(old)
             os.replace(target, old)

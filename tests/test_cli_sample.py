@@ -192,3 +192,16 @@ def test_bad_inputs_are_one_line_errors(s8_ckpt, tmp_path, capsys, monkeypatch):
         run("sample", "--model", "Q/2", "--random-weights", "--vae", "none"), "unknown model"
     )
     assert_one_line_error(run("sample", "--ckpt", str(tmp_path / "missing.pt"), "--vae", "none"))
+
+
+def test_cli_parser_needs_no_heavy_dependency():
+    """`--help` must work on a runtime-only install: no command module imports these eagerly."""
+    code = (
+        "import sys\n"
+        "for m in ['torch','onnx','onnxruntime','diffusers','sklearn','matplotlib','tensorrt','polygraphy']:\n"
+        "    sys.modules[m] = None\n"
+        "from dit_export.cli import build_parser\n"
+        "build_parser().parse_args(['sample', '--help'])\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0 and "--engines" in r.stdout, r.stderr

@@ -5,6 +5,6 @@ share one small interface (`dit_export.runtime.backend.Backend`).
 """
 
 from dit_export.runtime.backend import BACKENDS, Backend, Buffer, make_backend
-from dit_export.runtime.sampler import SampleResult, Sampler
+from dit_export.runtime.sampler import Sampler, SampleResult
 
 __all__ = ["BACKENDS", "Backend", "Buffer", "SampleResult", "Sampler", "make_backend"]

@@ -118,6 +118,10 @@ def write_outputs(args: argparse.Namespace, latents, images) -> None:
 
 def run_sample(args: argparse.Namespace) -> int:
     check_steps(args.steps)
+    if args.engines:
+        from dit_export.runtime.command import run_engine_sample
+
+        return run_engine_sample(args)
     import torch
 
     from dit_export.sampling.noise import make_noise
@@ -164,14 +168,18 @@ def run_info(args: argparse.Namespace) -> int:
 def register(sub) -> None:
     p = sub.add_parser(
         "sample",
-        help="sample images with the PyTorch reference (the official model and sampler)",
-        description="Sample with the PyTorch reference: the official DiT model and IDDPM sampler, "
-        "CPU or CUDA. Example: python -m dit_export sample --model S/8 --random-weights --vae none "
+        help="sample images: the PyTorch reference, or a built folder with --engines",
+        description="Sample with the PyTorch reference (the official DiT model and IDDPM sampler), "
+        "or, with --engines DIR, with the runtime on an exported/built folder (ort, trt, torch, cpp). "
+        "Example: python -m dit_export sample --model S/8 --random-weights --vae none "
         "--steps 10 --save-latents x.npy",
     )
     add_model_args(p)
     p.add_argument("--vae", default="mse", help="VAE: folder, hub id, ema, mse (default), or none")
     add_request_args(p)
+    from dit_export.runtime.command import add_engine_args
+
+    add_engine_args(p)
     p.set_defaults(func=run_sample)
 
     p = sub.add_parser("info", help="print a checkpoint's detected format, config, flavor and size")

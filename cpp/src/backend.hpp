@@ -1,0 +1,54 @@
+// The one small interface every C++ backend implements (design.md, contract 3): load the graphs
+// named in the manifest, allocate tensors once, run a graph by name on bound buffers, describe
+// itself. The sampling loop (runtime.cpp) lives once, above it, and does no arithmetic.
+#pragma once
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "common.hpp"
+#include "manifest.hpp"
+
+namespace dit {
+
+// One bound graph input or output: a pointer into backend memory. `row` marks a view into a
+// table (a schedule row, a step's noise): its address changes every step, which a backend that
+// captures the step (TensorRT + CUDA graphs) must stage into a fixed buffer.
+struct Binding {
+  std::string name;
+  void* ptr = nullptr;
+  bool row = false;
+};
+
+struct BackendOptions {
+  bool verify_hashes = true;
+  bool load_vae = true;
+  int num_threads = 0;
+  int device = 0;
+  bool cuda_graph = true;
+};
+
+class Backend {
+ public:
+  virtual ~Backend() = default;
+  virtual dit_backend_kind kind() const = 0;
+  virtual std::string describe() const = 0;
+  virtual bool has_graph(const std::string& graph) const = 0;
+  // Zeroed backend memory (host or device) owned by the backend until it is destroyed.
+  virtual void* alloc(size_t bytes) = 0;
+  virtual void upload(void* dst, const void* src, size_t bytes) = 0;      // host -> backend
+  virtual void download(void* dst, const void* src, size_t bytes) = 0;    // backend -> host, waits
+  // Runs `graph` with every input and output bound (the manifest's names); may return early.
+  virtual void run(const std::string& graph, const std::vector<Binding>& bindings) = 0;
+};
+
+// Each returns nullptr with `why` set when the backend is not compiled in or the folder lacks
+// what it needs (so AUTO can fall back); throws dit::Error when loading itself fails.
+std::unique_ptr<Backend> make_aoti_backend(const Manifest& m, const BackendOptions& o, std::string* why);
+std::unique_ptr<Backend> make_tensorrt_backend(const Manifest& m, const BackendOptions& o, std::string* why);
+
+// "cpu-aoti, tensorrt": what this build contains.
+std::string compiled_backends();
+
+}  // namespace dit

@@ -1,0 +1,179 @@
+"""ONNX Runtime backend: the exported graphs on CPU, CUDA, or ORT's TensorRT provider.
+
+Every run goes through an I/O binding on buffers allocated once: host numpy arrays on the CPU
+provider (bound by pointer, zero copy), device OrtValues for the latents on CUDA/TensorRT
+providers (the step's output stays on the GPU between steps). Tables (schedule rows, noise)
+stay on the host and are bound row by row; ORT copies each row in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from dit_export.errors import UserError
+from dit_export.runtime.backend import Backend, Buffer
+
+GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
+ORT_TYPES = {
+    "tensor(float)": "float32",
+    "tensor(float16)": "float16",
+    "tensor(int64)": "int64",
+    "tensor(int32)": "int32",
+    "tensor(uint8)": "uint8",
+    "tensor(bool)": "bool",
+}
+
+
+class OrtBuffer(Buffer):
+    """Host memory (`array`) or a device OrtValue (`value`), addressed by pointer for binding."""
+
+    def __init__(self, shape: Sequence[int], dtype: np.dtype, array=None, value=None) -> None:
+        self.shape, self.dtype = tuple(int(d) for d in shape), np.dtype(dtype)
+        self.array: np.ndarray | None = array
+        self.value = value
+
+    @property
+    def device(self) -> str:
+        return "cpu" if self.array is not None else "cuda"
+
+    @property
+    def ptr(self) -> int:
+        return int(self.array.ctypes.data) if self.array is not None else int(self.value.data_ptr())
+
+    def row(self, k: int) -> OrtBuffer:
+        if self.array is None:
+            raise ValueError("rows of device buffers are not bound directly; allocate tables with table=True")
+        return OrtBuffer(self.shape[1:], self.dtype, array=self.array[k])
+
+
+def default_providers() -> list[str]:
+    """CUDA when onnxruntime-gpu provides it, else CPU (TensorRT EP only when asked for)."""
+    import onnxruntime as ort
+
+    have = ort.get_available_providers()
+    return (["CUDAExecutionProvider"] if "CUDAExecutionProvider" in have else []) + ["CPUExecutionProvider"]
+
+
+class OrtBackend(Backend):
+    name = "ort"
+
+    def __init__(
+        self,
+        folder: Path,
+        manifest: dict,
+        graphs: Sequence[str],
+        providers: Sequence[str] | None = None,
+        optimization: str = "all",
+        threads: int = 0,
+    ) -> None:
+        super().__init__(folder, manifest, graphs)
+        import onnxruntime as ort
+
+        self._ort = ort
+        have = ort.get_available_providers()
+        chosen = list(providers) if providers else default_providers()
+        missing = [p for p in chosen if p not in have]
+        if missing:
+            raise UserError(
+                f"onnxruntime {ort.__version__} has no {missing[0]} (available: {', '.join(have)})"
+            )
+        if "CPUExecutionProvider" not in chosen:
+            chosen.append("CPUExecutionProvider")
+        self.providers = chosen
+        self.device = "cuda" if chosen[0] in GPU_PROVIDERS else "cpu"
+        so = ort.SessionOptions()
+        so.log_severity_level = 3
+        so.graph_optimization_level = {
+            "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+            "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+            "none": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+        }[optimization]
+        if threads:
+            so.intra_op_num_threads = threads
+        provider_options = [self._provider_options(p) for p in chosen]
+        self.sessions = {}
+        self.bindings = {}
+        for g, io in self.graphs.items():
+            path = self.folder / io.file
+            try:
+                sess = ort.InferenceSession(
+                    str(path), sess_options=so, providers=chosen, provider_options=provider_options
+                )
+            except Exception as e:  # onnxruntime raises its own pybind exception types
+                first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+                raise UserError(f"onnxruntime cannot load {path}: {first[:300]}") from None
+            self._check_io(g, sess)
+            self.sessions[g] = sess
+            self.bindings[g] = sess.io_binding()
+        self.active = (
+            self.sessions[next(iter(self.sessions))].get_providers()[0] if self.sessions else chosen[0]
+        )
+
+    def _provider_options(self, provider: str) -> dict:
+        if (
+            provider == "TensorrtExecutionProvider"
+        ):  # ORT builds its own engines: cache them beside the graphs
+            cache = self.folder / "ort_trt_cache"
+            return {"trt_engine_cache_enable": "True", "trt_engine_cache_path": str(cache)}
+        return {}
+
+    def _check_io(self, graph: str, sess) -> None:
+        io = self.graphs[graph]
+        for want, got in ((io.inputs, sess.get_inputs()), (io.outputs, sess.get_outputs())):
+            have = {a.name: (tuple(a.shape), ORT_TYPES.get(a.type, a.type)) for a in got}
+            for t in want:
+                if have.get(t.name) != (t.shape, t.dtype):
+                    raise UserError(
+                        f"{io.file} does not match the manifest: {t.name} is "
+                        f"{have.get(t.name, 'missing')}, the manifest says {(t.shape, t.dtype)}"
+                    )
+
+    # -- buffers -------------------------------------------------------------------------------
+    def alloc(self, shape, dtype, *, table: bool = False) -> OrtBuffer:
+        dtype = np.dtype(dtype)
+        if self.device == "cpu" or table:
+            return OrtBuffer(shape, dtype, array=np.zeros(tuple(shape), dtype=dtype))
+        value = self._ort.OrtValue.ortvalue_from_shape_and_type(list(shape), dtype, "cuda", 0)
+        return OrtBuffer(shape, dtype, value=value)
+
+    def write(self, buf: Buffer, array: np.ndarray) -> None:
+        assert isinstance(buf, OrtBuffer)
+        a = self.check_write(buf, array)
+        if buf.array is not None:
+            buf.array[: a.shape[0]] = a
+        elif a.shape[0] == buf.shape[0]:
+            buf.value.update_inplace(a)
+        else:
+            full = buf.value.numpy()
+            full[: a.shape[0]] = a
+            buf.value.update_inplace(full)
+
+    def read(self, buf: Buffer) -> np.ndarray:
+        assert isinstance(buf, OrtBuffer)
+        return buf.array.copy() if buf.array is not None else np.asarray(buf.value.numpy())
+
+    # -- running -------------------------------------------------------------------------------
+    def run(self, graph: str, bindings: Mapping[str, Buffer]) -> None:
+        io = self.check_bindings(graph, bindings)
+        b = self.bindings[graph]
+        for t in io.inputs:
+            buf = bindings[t.name]
+            assert isinstance(buf, OrtBuffer)
+            b.bind_input(t.name, buf.device, 0, buf.dtype, list(buf.shape), buf.ptr)
+        for t in io.outputs:
+            buf = bindings[t.name]
+            assert isinstance(buf, OrtBuffer)
+            b.bind_output(t.name, buf.device, 0, buf.dtype, list(buf.shape), buf.ptr)
+        self.sessions[graph].run_with_iobinding(b)
+        if self.device != "cpu":
+            b.synchronize_outputs()
+
+    def describe(self) -> str:
+        return f"onnxruntime {self._ort.__version__} {self.active} ({self.device})"
+
+    def close(self) -> None:
+        self.bindings.clear()
+        self.sessions.clear()

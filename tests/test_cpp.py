@@ -1,0 +1,387 @@
+"""The C++ runtime (cpp/): build it, run ctest, and compare it with the Python runtime.
+
+One small export (DiT-S/8 at 256 px, random weights with perturbed adaLN-Zero, tiny random VAE,
+batch 2, fp32) gets its AOTInductor packages; the Python runtime (ort backend, CPU) samples
+reference requests; then the C++ library must give the same uint8 images (max |Δ| ≤ 1) through
+ctest's end-to-end test, the `dit_sample` example (PNG grid, .npy, .npz), ctypes (`CppSampler`)
+and the Python loop on the C++ graphs (`CppBackend`).
+
+Skipped, with the reason, only when a toolchain piece is missing (cmake, a C++ compiler, the
+nlohmann-json / zlib headers that scripts/build_cpp.sh cannot install, LibTorch's CMake config).
+`DIT_TEST_CPP_ENGINES=DIR` reuses an exported folder that already has its AOTI packages.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+BUILD = Path(os.environ.get("DIT_CPP_BUILD", ROOT / "cpp" / "build"))
+if not BUILD.is_absolute():
+    BUILD = ROOT / BUILD
+THREADS = "1"  # one OpenMP thread: on the shared 2-core CI machine two threads ran 4× slower
+# (labels, seed, cfg, steps, sampler): 3 images on batch 2 = a padded second chunk; cfg 1 + a 64-bit seed.
+REQUESTS = [
+    ([207, 360, 387], 0, 4.0, 25, "ddpm"),
+    ([1, 2], 2**40 + 3, 1.0, 10, "ddim"),
+]
+
+
+def _missing_toolchain() -> str | None:
+    for tool in ("cmake", "c++"):
+        if shutil.which(tool) is None:
+            return f"{tool} is not installed"
+    root_apt = hasattr(os, "geteuid") and os.geteuid() == 0 and shutil.which("apt-get")
+    for header, pkg in (
+        ("/usr/include/nlohmann/json.hpp", "nlohmann-json3-dev"),
+        ("/usr/include/zlib.h", "zlib1g-dev"),
+    ):
+        if not Path(header).exists() and not root_apt:
+            return f"{header} is missing ({pkg}) and apt-get cannot install it here"
+    try:
+        import torch.utils
+
+        if not (Path(torch.utils.cmake_prefix_path) / "Torch" / "TorchConfig.cmake").is_file():
+            return "this torch wheel has no LibTorch CMake config"
+    except ImportError:
+        return "torch is not installed (the CPU backend links the LibTorch inside its wheel)"
+    return None
+
+
+_MISSING = _missing_toolchain()
+pytestmark = pytest.mark.skipif(_MISSING is not None, reason=f"C++ toolchain: {_MISSING}")
+
+
+def _run(
+    cmd: list[str], timeout: float, env: dict | None = None, cwd: Path | None = None
+) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        cmd, capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})}, cwd=cwd
+    )
+
+
+@pytest.fixture(scope="session")
+def cpp_build() -> Path:
+    """scripts/build_cpp.sh (incremental: a no-op when .ci already built it)."""
+    t0 = time.perf_counter()
+    r = _run(
+        ["bash", str(ROOT / "scripts" / "build_cpp.sh")], timeout=1800, env={"DIT_CPP_BUILD": str(BUILD)}
+    )
+    if r.returncode != 0:
+        pytest.fail(f"scripts/build_cpp.sh failed:\n{(r.stdout + r.stderr)[-4000:]}")
+    print(f"\nC++ build: {time.perf_counter() - t0:.1f} s")
+    assert (BUILD / "libdit_runtime.so").is_file() and (BUILD / "dit_sample").is_file()
+    return BUILD
+
+
+@pytest.fixture(scope="session")
+def engines(tmp_path_factory) -> Path:
+    """A small fp32 export with its AOTI packages (compiled once per session)."""
+    reuse = os.environ.get("DIT_TEST_CPP_ENGINES")
+    if reuse:
+        folder = Path(reuse)
+        assert "aoti" in json.loads((folder / "manifest.json").read_text()), f"{folder} has no AOTI packages"
+        return folder
+    from dit_export.export.aoti import add_aoti_packages
+    from dit_export.export.exporter import ExportOptions, export
+
+    folder = tmp_path_factory.mktemp("cpp") / "s8"
+    t0 = time.perf_counter()
+    export(
+        ExportOptions(
+            out=folder,
+            model="S/8",
+            random_weights=True,
+            vae="random-tiny",
+            image_size=256,
+            batch=2,
+            check=False,
+        ),
+        log=lambda s: None,
+    )
+    t1 = time.perf_counter()
+    add_aoti_packages(folder, log=lambda s: None)
+    print(f"\nexport {t1 - t0:.1f} s, AOTI compile {time.perf_counter() - t1:.1f} s")
+    return folder
+
+
+@pytest.fixture(scope="session")
+def python_sampler(engines):
+    from dit_export.runtime.sampler import Sampler
+
+    s = Sampler.load(engines, backend="ort", providers=["CPUExecutionProvider"])
+    yield s
+    s.close()
+
+
+@pytest.fixture(scope="session")
+def reference(engines, python_sampler, tmp_path_factory) -> Path:
+    """The Python runtime's images and latents for REQUESTS, as ctest's test_e2e_cpu reads them."""
+    out = tmp_path_factory.mktemp("cpp_ref")
+    meta: dict = {"engines": str(engines), "requests": []}
+    for i, (labels, seed, cfg, steps, sampler) in enumerate(REQUESTS):
+        images, latents = python_sampler.sample(
+            labels,
+            seed=seed,
+            cfg_scale=cfg,
+            steps=steps,
+            sampler=sampler,
+            return_latents=True,
+            progress=False,
+        )
+        np.save(out / f"images_{i}.npy", images)
+        np.save(out / f"latents_{i}.npy", latents)
+        meta["requests"].append(
+            {
+                "labels": labels,
+                "seed": seed,
+                "cfg_scale": cfg,
+                "steps": steps,
+                "sampler": sampler,
+                "images": f"images_{i}.npy",
+                "latents": f"latents_{i}.npy",
+            }
+        )
+    (out / "reference.json").write_text(json.dumps(meta, indent=1))
+    return out / "reference.json"
+
+
+def _max_delta(a: np.ndarray, b: np.ndarray) -> int:
+    assert a.shape == b.shape and a.dtype == b.dtype == np.uint8
+    return int(np.abs(a.astype(np.int16) - b.astype(np.int16)).max())
+
+
+# --------------------------------------------------------------------------- ctest
+
+
+def test_ctest_all_pass_with_end_to_end(cpp_build, engines, reference):
+    """Every ctest test passes; the CPU end-to-end one really ran (not skipped) and met |Δ| ≤ 1."""
+    t0 = time.perf_counter()
+    r = _run(
+        ["ctest", "--test-dir", str(cpp_build), "--output-on-failure", "-V"],
+        timeout=1800,
+        env={
+            "DIT_TEST_ENGINES": str(engines),
+            "DIT_TEST_REFERENCE": str(reference),
+            "DIT_TEST_THREADS": THREADS,
+        },
+    )
+    out = r.stdout + r.stderr
+    print(
+        f"\nctest {time.perf_counter() - t0:.1f} s\n"
+        + "\n".join(ln for ln in out.splitlines() if "request " in ln or "Test #" in ln)
+    )
+    assert r.returncode == 0, out[-6000:]
+    assert re.search(r"test_e2e_cpu \.+\s+Passed", out), "the end-to-end test did not run"
+    assert "end to end: worst uint8 |delta| vs the Python runtime = " in out
+    assert "base manifest: a real export (DIT_TEST_ENGINES)" in out
+    assert "test_noise: all checks passed" in out
+    # TensorRT: compiled out here, so its test must be reported as skipped, with the reason.
+    assert "SKIP: dit_runtime was built without TensorRT" in out
+
+
+# --------------------------------------------------------------------------- the example app
+
+
+def test_dit_sample_png_equals_python_sample(cpp_build, engines, tmp_path):
+    """`dit_sample` writes the grid, latents and npz that `python -m dit_export sample --engines` writes."""
+    import argparse
+
+    from PIL import Image
+
+    from dit_export.runtime.command import add_engine_args, run_engine_sample
+    from dit_export.sampling.command import add_request_args
+
+    request = "--classes 1 2 3 --steps 10 --sampler ddim --seed 5 --cfg-scale 1.5".split()
+    c = tmp_path / "cpp"
+    t0 = time.perf_counter()
+    outs = f"--out {c}.png --save-latents {c}.npy --save-images {c}.npz".split()
+    r = _run(
+        [str(cpp_build / "dit_sample"), "--engines", str(engines), *request, "--threads", THREADS, *outs],
+        timeout=600,
+    )
+    assert r.returncode == 0, r.stdout + r.stderr
+    print(f"\ndit_sample (3 images, ddim 10, incl. load): {time.perf_counter() - t0:.1f} s")
+    assert "wrote grid" in r.stdout
+
+    # The Python side: the very code path of `python -m dit_export sample --engines DIR --backend ort`.
+    p = tmp_path / "py"
+    parser = argparse.ArgumentParser()
+    add_request_args(parser)
+    add_engine_args(parser)
+    backend = "--backend ort --providers CPUExecutionProvider --no-progress".split()
+    outs = f"--out {p}.png --save-latents {p}.npy --save-images {p}.npz".split()
+    args = parser.parse_args(["--engines", str(engines), *backend, *request, *outs])
+    assert run_engine_sample(args) == 0
+
+    grid_c = np.asarray(Image.open(f"{c}.png").convert("RGB"))
+    grid_p = np.asarray(Image.open(f"{p}.png").convert("RGB"))
+    assert grid_c.shape == grid_p.shape == (2 + 256 + 2, 3 * (256 + 2) + 2, 3)  # 3 tiles, padding 2
+    assert _max_delta(grid_c, grid_p) <= 1
+    with np.load(f"{c}.npz") as zc, np.load(f"{p}.npz") as zp:
+        assert _max_delta(zc["arr_0"], zp["arr_0"]) <= 1
+    lat_c, lat_p = np.load(f"{c}.npy"), np.load(f"{p}.npy")
+    assert lat_c.shape == lat_p.shape == (3, 4, 32, 32)
+    rel = np.linalg.norm(lat_c - lat_p) / np.linalg.norm(lat_p)
+    print(f"dit_sample vs python sample: grid max |Δ| {_max_delta(grid_c, grid_p)}, latents rel-L2 {rel:.2e}")
+    assert rel < 1e-4
+
+
+def test_dit_sample_errors_are_one_line(cpp_build, engines, tmp_path):
+    r = _run([str(cpp_build / "dit_sample"), "--engines", str(tmp_path / "none")], timeout=60)
+    assert r.returncode == 1 and r.stderr.strip().count("\n") == 0
+    assert "is not a folder" in r.stderr
+    r = _run(
+        [str(cpp_build / "dit_sample"), "--engines", str(engines), "--classes", "5000", "--steps", "10"],
+        timeout=120,
+    )
+    assert r.returncode == 1 and "class id 5000 is out of range" in r.stderr
+    r = _run(
+        [str(cpp_build / "dit_sample"), "--engines", str(engines), "--steps", "7", "--threads", THREADS],
+        timeout=120,
+    )
+    assert r.returncode == 1 and "no stored ddpm table for 7 steps" in r.stderr
+    r = _run([str(cpp_build / "dit_sample"), "--engines", str(engines), "--noise", "torch"], timeout=60)
+    assert r.returncode == 2 and "Python only" in r.stderr
+
+
+# --------------------------------------------------------------------------- Python → C++
+
+
+def test_cpp_sampler_equals_python_runtime(cpp_build, engines, python_sampler, monkeypatch):
+    """ctypes: the whole C++ loop, incl. a schedule not stored in the manifest and torch noise."""
+    monkeypatch.setenv("DIT_RUNTIME_LIB", str(cpp_build / "libdit_runtime.so"))
+    from dit_export.runtime import cpp_backend
+
+    monkeypatch.setattr(cpp_backend, "_lib", None)
+    with cpp_backend.CppSampler.load(engines, backend="cpu", threads=int(THREADS)) as s:
+        assert "AOTInductor" in s.describe() and s.batch == 2
+        cases = [
+            dict(seed=3, cfg_scale=4.0, steps=4, sampler="ddim"),  # not stored: make_schedule rows passed in
+            dict(
+                seed=7, cfg_scale=2.0, steps=25, sampler="ddpm", noise="torch"
+            ),  # caller noise: torch stream
+        ]
+        for kw in cases:
+            labels = [10, 20, 30]
+            got, lat = s.sample(labels, return_latents=True, **kw)
+            want, lat_ref = python_sampler.sample(labels, return_latents=True, progress=False, **kw)
+            assert _max_delta(got, want) <= 1, kw
+            assert np.linalg.norm(lat - lat_ref) / np.linalg.norm(lat_ref) < 1e-4
+        with pytest.raises(Exception, match="class id 1000 is out of range"):
+            s.sample([1000], steps=10, sampler="ddim")
+        with pytest.raises(Exception, match="unknown noise kind"):
+            s.sample([1], steps=10, sampler="ddim", noise="gauss")
+
+
+def test_cpp_backend_drives_python_loop(cpp_build, engines, python_sampler, monkeypatch):
+    """The Python Sampler loop on graphs run by the C++ library (dit_run_graph), vs ort."""
+    monkeypatch.setenv("DIT_RUNTIME_LIB", str(cpp_build / "libdit_runtime.so"))
+    from dit_export.export.manifest import read_manifest
+    from dit_export.runtime import cpp_backend
+    from dit_export.runtime.sampler import Sampler
+
+    monkeypatch.setattr(cpp_backend, "_lib", None)
+    manifest = read_manifest(engines)
+    be = cpp_backend.CppBackend(engines, manifest, ["dit_step", "vae_decoder"], threads=int(THREADS))
+    with Sampler(engines, manifest, be) as s:
+        assert "C++ dit_runtime" in s.describe()
+        got = s.sample([5, 6], seed=11, cfg_scale=3.0, steps=10, sampler="ddim", progress=False)
+    want = python_sampler.sample([5, 6], seed=11, cfg_scale=3.0, steps=10, sampler="ddim", progress=False)
+    assert _max_delta(got, want) <= 1
+    with pytest.raises(Exception, match="runs dit_step and vae_decoder only"):
+        cpp_backend.CppBackend(engines, manifest, ["dit"])
+
+
+def test_cpp_philox_equals_numpy(cpp_build, monkeypatch):
+    monkeypatch.setenv("DIT_RUNTIME_LIB", str(cpp_build / "libdit_runtime.so"))
+    from dit_export.runtime import cpp_backend
+    from dit_export.sampling.noise import philox_normal
+
+    monkeypatch.setattr(cpp_backend, "_lib", None)
+    for seed, draw, image, shape in [
+        (0, 0, 0, (4, 32, 32)),
+        (2**64 - 1, 2**32 - 1, 2**32 - 1, (3, 5)),
+        (123, 7, 9, (4, 9, 9)),
+    ]:
+        got = cpp_backend.philox_normal(seed, draw, image, shape)
+        want = philox_normal(seed, draw, [image], shape)[0]
+        np.testing.assert_array_equal(got.view(np.uint32), want.view(np.uint32))
+
+
+def test_missing_library_is_a_one_line_error(monkeypatch, tmp_path):
+    from dit_export.errors import UserError
+    from dit_export.runtime import cpp_backend
+
+    monkeypatch.setattr(cpp_backend, "_lib", None)
+    monkeypatch.setenv("DIT_RUNTIME_LIB", str(tmp_path / "libdit_runtime.so"))
+    with pytest.raises(UserError, match="scripts/build_cpp.sh") as e:
+        cpp_backend.load_library()
+    assert "\n" not in str(e.value)
+
+
+def test_stale_or_corrupt_packages_are_refused(cpp_build, engines, tmp_path, monkeypatch):
+    """A corrupted .pt2, a package for another ONNX graph, a folder without packages: one line each."""
+    monkeypatch.setenv("DIT_RUNTIME_LIB", str(cpp_build / "libdit_runtime.so"))
+    from dit_export.errors import UserError
+    from dit_export.export.manifest import read_manifest
+    from dit_export.runtime import cpp_backend
+
+    monkeypatch.setattr(cpp_backend, "_lib", None)
+    folder = tmp_path / "copy"
+    folder.mkdir()
+    for f in engines.iterdir():
+        if f.suffix in (".onnx", ".pt2", ".data"):
+            (folder / f.name).symlink_to(f.resolve())
+    manifest = json.loads((engines / "manifest.json").read_text())
+    read_manifest(engines)  # the Python reader accepts the "aoti" section
+
+    def write(m: dict) -> None:
+        (folder / "manifest.json").write_text(json.dumps(m))
+
+    m = json.loads(json.dumps(manifest))
+    m["aoti"]["graphs"]["dit_step"]["sha256"] = "0" * 64
+    write(m)
+    with pytest.raises(UserError, match="sha256 of dit_step.pt2 does not match"):
+        cpp_backend.CppSampler.load(folder, backend="cpu")
+    m = json.loads(json.dumps(manifest))
+    m["aoti"]["graphs"]["dit_step"]["onnx_sha256"] = "1" * 64
+    write(m)
+    with pytest.raises(UserError, match="was compiled for another dit_step.onnx"):
+        cpp_backend.CppSampler.load(folder, backend="cpu")
+    m = json.loads(json.dumps(manifest))
+    del m["aoti"]
+    write(m)
+    with pytest.raises(UserError, match=r"no AOTInductor packages .* python -m dit_export.export.aoti"):
+        cpp_backend.CppSampler.load(folder, backend="cpu")
+    with pytest.raises(UserError, match="built without TensorRT"):
+        cpp_backend.CppSampler.load(folder, backend="tensorrt")
+
+
+def test_aoti_packages_agree_with_onnx(engines):
+    """The recorded agreement, and the check itself on the compiled packages."""
+    from dit_export.export.aoti import AGREEMENT, check_agreement
+    from dit_export.export.manifest import read_manifest
+
+    m = read_manifest(engines)
+    for g in ("dit_step", "vae_decoder"):
+        entry = m["aoti"]["graphs"][g]
+        assert entry["onnx_sha256"] == m["graphs"][g]["sha256"]
+        assert entry["onnx_rel_l2"] <= AGREEMENT["fp32"]
+    assert check_agreement(engines, m, "vae_decoder", engines / "vae_decoder.pt2") < 1e-5
+
+
+def test_aoti_cli_errors(tmp_path):
+    r = _run([sys.executable, "-m", "dit_export.export.aoti", str(tmp_path / "nope")], timeout=120, cwd=ROOT)
+    assert r.returncode == 2
+    assert r.stderr.startswith("error: ") and r.stderr.strip().count("\n") == 0

@@ -162,7 +162,7 @@ def run_regime(args, stress: float, tmp: Path) -> dict:
         f"[{label}] ranges in {time.perf_counter() - t0:.0f} s: "
         + ", ".join(f"{k} {v:.3g}" for k, v in ranges["max"].items())
     )
-    cases = {"dit": check.dit_cases(model, args.batch), "dit_step": check.step_cases(model, args.batch)}
+    cases = check.model_cases(model, args.batch)
     fp32_paths = export_pair(model, tmp / label / "fp32", args.batch)
     methods: dict[str, dict] = {}
     variants = {

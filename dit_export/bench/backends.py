@@ -313,9 +313,16 @@ class TorchRunner(Runner):
 
     # -- stages --------------------------------------------------------------------------------
     def open(self, batch: int) -> None:
-        torch = self.torch
         self.models.set_attention(self.sdpa)
         self._set_math()
+        # Inputs are inference tensors like everything the loop makes, so a compiled module's
+        # guards (which include the dispatch keys) match in every stage: no recompilation.
+        with self.torch.inference_mode():
+            self._inputs(batch)
+        self.model, self.step_mod, self.vae_mod = self._modules()
+
+    def _inputs(self, batch: int) -> None:
+        torch = self.torch
         cfg = self.models.cfg
         self.n = n = batch
         dev = self.models.device
@@ -341,7 +348,6 @@ class TorchRunner(Runner):
             torch.from_numpy(sched.coefs[mid]).to(dev),
         )
         self.vae_in = torch.randn(n, c, size, size, generator=g).to(dev)
-        self.model, self.step_mod, self.vae_mod = self._modules()
 
     def denoiser(self) -> Stage:
         model, args = self.model, self.dit_in
@@ -381,10 +387,11 @@ class TorchRunner(Runner):
         dev = self.models.device
         n, cfg = self.n, self.models.cfg
         shape = (n, cfg.in_channels, cfg.input_size, cfg.input_size)
-        ts = [torch.full((n,), int(t), dtype=torch.int64, device=dev) for t in sched.timesteps]
-        coefs = torch.from_numpy(sched.coefs).to(dev)
-        y = self.labels.to(dev)
-        guidance = torch.tensor([GUIDANCE], dtype=torch.float32, device=dev)
+        with torch.inference_mode():
+            ts = [torch.full((n,), int(t), dtype=torch.int64, device=dev) for t in sched.timesteps]
+            coefs = torch.from_numpy(sched.coefs).to(dev)
+            y = self.labels.to(dev)
+            guidance = torch.tensor([GUIDANCE], dtype=torch.float32, device=dev)
         step, vae = self.step_mod, self.vae_mod
         gen = torch.Generator(device=dev)
 
@@ -436,8 +443,8 @@ class TorchRunner(Runner):
 class RuntimeRunner(Runner):
     """ort / trt on an exported folder (one per batch and precision), via the runtime."""
 
-    def __init__(self, spec: BackendSpec, folders: dict[int, Path]) -> None:
-        self.spec, self.folders = spec, folders
+    def __init__(self, spec: BackendSpec, folders: dict[int, Path], threads: int = 0) -> None:
+        self.spec, self.folders, self.threads = spec, folders, threads
         self.sampler = None
         self.info = {"engine": "", "device": "", "precision": "", "attention": "as exported (explicit)"}
 
@@ -451,7 +458,9 @@ class RuntimeRunner(Runner):
 
         manifest = json.loads((folder / "manifest.json").read_text())
         graphs = ["dit", "dit_step"] + (["vae_decoder"] if manifest["graphs"].get("vae_decoder") else [])
-        options = {"cuda_graph": True} if self.spec.family == "trt" else {}
+        options: dict = {"cuda_graph": True} if self.spec.family == "trt" else {}
+        if self.spec.family == "ort" and self.threads:
+            options["threads"] = self.threads
         self.sampler = s = Sampler.load(
             folder, backend=self.spec.family, graphs=graphs, check_hashes=False, **options
         )
@@ -467,10 +476,7 @@ class RuntimeRunner(Runner):
             "folder": str(folder),
         }
         if self.spec.family == "ort" and self.device == "cpu":
-            import onnxruntime as ort
-
-            opts = ort.SessionOptions()
-            self.info["threads"] = opts.intra_op_num_threads or "ORT default (physical cores)"
+            self.info["threads"] = self.threads or "ORT default (one per physical core)"
         self.n = n = s.batch
         c, size = s.latent_shape[0], s.latent_shape[1]
         rng = np.random.default_rng(0)

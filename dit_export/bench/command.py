@@ -64,6 +64,7 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
         compile_mode=args.compile_mode,
         max_sample_seconds=float(args.max_sample_seconds),
         sample_repeat=int(args.sample_repeat),
+        threads=int(args.threads),
         export_jobs=int(args.export_jobs if args.export_jobs is not None else (2 if args.quick else 1)),
     )
 
@@ -166,6 +167,12 @@ def register(sub) -> None:
         default=None,
         help="exports prepared at once, each in its own process (default 1; 2 with --quick). An XL/2 "
         "export needs about 8 GB",
+    )
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="CPU threads for torch and ONNX Runtime alike (default 0: each library's own default)",
     )
     p.add_argument(
         "--device", choices=["auto", "cpu", "cuda"], default="auto", help="torch baselines' device"

@@ -67,6 +67,10 @@ def _ratio(r: dict, key: str) -> float | None:
     return rt.get(key)
 
 
+def _loads(v: list[float] | None) -> str:
+    return "/".join(f"{x:.1f}" for x in v) if v else NA
+
+
 def header_lines(res: dict) -> list[str]:
     m, v, c, mod = res["machine"], res["versions"], res["config"], res["model"]
     gpu = m["gpu"]["name"] if m.get("gpu") else "no GPU"
@@ -80,7 +84,8 @@ def header_lines(res: dict) -> list[str]:
         f"# {mod['name']} @{mod['image_size']} benchmark: {m['label']}",
         "",
         f"- measured {res['created_utc']} on **{m['label']}** ({gpu}; {m['platform']}; "
-        f"load average at start {', '.join(f'{x:.1f}' for x in (m.get('load_average') or []))})",
+        f"1/5/15-min load average {_loads(m.get('load_average'))} at start, "
+        f"{_loads(m.get('load_average_end'))} at the end)",
         f"- torch {v.get('torch')}, onnxruntime {v.get('onnxruntime')}, TensorRT {trt}, "
         f"dit_export {v.get('dit_export')}, Python {v.get('python')}",
         f"- model {mod['name']} ({weights}), VAE {c['vae']}, DDPM {c['steps']} steps, guidance "
@@ -88,7 +93,8 @@ def header_lines(res: dict) -> list[str]:
         f"GFLOP per image per forward",
         f"- warm-up {c['warmup']} (first call untimed), {c['repeat']} timed calls per stage; GPU: CUDA events, "
         "CPU: perf_counter; torch baselines on "
-        f"{c['device']} with {'SDPA' if c['torch_attention'] == 'sdpa' else 'explicit'} attention",
+        f"{c['device']} with {'SDPA' if c['torch_attention'] == 'sdpa' else 'explicit'} attention; CPU threads: "
+        + (str(c["threads"]) if c.get("threads") else "library defaults"),
     ]
     if res.get("device_peak"):
         p = res["device_peak"]

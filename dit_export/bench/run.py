@@ -56,6 +56,7 @@ class BenchConfig:
     max_sample_seconds: float = 120.0
     sample_repeat: int = 1
     export_jobs: int = 1
+    threads: int = 0  # CPU threads for torch and ort (0: each library's default)
 
     def validate(self) -> None:
         if not self.batches or any(b < 1 for b in self.batches):
@@ -66,6 +67,8 @@ class BenchConfig:
             raise UserError(f"--warmup must be ≥ 1 (the first call is never timed), got {self.warmup}")
         if self.repeat < 1:
             raise UserError(f"--repeat must be ≥ 1, got {self.repeat}")
+        if self.threads < 0:
+            raise UserError(f"--threads must be ≥ 0 (0 = library default), got {self.threads}")
         if self.export_jobs < 1:
             raise UserError(f"--export-jobs must be ≥ 1, got {self.export_jobs}")
         if self.sample_repeat < 1:
@@ -412,6 +415,8 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict:
     import torch
 
     device = resolve_device(cfg.device)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
     env = bk.Env(device=device, quick=cfg.quick, torch_version=torch.__version__)
     machine = machine_info()
     gpu = machine["gpu"]
@@ -462,7 +467,9 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict:
                     models.close()
                     models = None
                 fam_key = f"{s.family}:{s.precision}"
-                runner = bk.RuntimeRunner(s, {b: f for (k, b), f in folders.items() if k == fam_key})
+                runner = bk.RuntimeRunner(
+                    s, {b: f for (k, b), f in folders.items() if k == fam_key}, threads=cfg.threads
+                )
             if model_facts is None:
                 model_facts = _model_facts(None, cfg)
             flops_per_image = model_facts["flops_per_image_forward"]
@@ -516,6 +523,16 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict:
             b["status"] = "failed"
             b["reason"] = mine[0]["reason"]
     _add_ratios(rows)
+    import os
+
+    machine["load_average_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
+    busy = max((machine.get("load_average") or [0.0])[0], (machine["load_average_end"] or [0.0])[0])
+    if device == "cpu" and busy > 0.5 * machine["cpus_usable"]:
+        notes.append(
+            f"the machine was busy (1-minute load average up to {busy:.1f} on {machine['cpus_usable']} CPUs): "
+            "CPU timings compete with other work and multi-threaded kernels (torch's OpenMP especially) "
+            "slow down badly when a core is taken; rerun on an idle machine before trusting them"
+        )
     order = {s.name: i for i, s in enumerate(specs)}
     rows.sort(key=lambda r: (order[r["backend"]], r["batch"]))
     return {

@@ -88,45 +88,15 @@ def _limit(graph: str, precision: str, metric: str) -> float | None:
     return lim if m == metric else None
 
 
-def dit_cases(model, batch: int, seed: int = 0) -> list[Case]:
-    """`dit.onnx` at each check timestep: B = 2N rows, labels then the null label."""
-    import torch
+def model_cases(model, batch: int, seed: int = 0) -> dict[str, list[Case]]:
+    """Cases for `dit.onnx` and `dit_step.onnx` from one set of PyTorch forwards.
 
-    cfg = model.config
-    n, c, size = batch, cfg.in_channels, cfg.input_size
-    cases = []
-    for i, t in enumerate(CHECK_TIMESTEPS):
-        rng = _rng(seed, 100 + i)
-        x = rng.standard_normal((n, c, size, size), dtype=np.float32)
-        x = np.concatenate([x, x])
-        y = rng.integers(0, cfg.num_classes, size=n).astype(np.int64)
-        y = np.concatenate([y, np.full(n, cfg.null_class, dtype=np.int64)])
-        tt = np.full(2 * n, t, dtype=np.int64)
-        with torch.no_grad():
-            ref = model(torch.from_numpy(x), torch.from_numpy(tt), torch.from_numpy(y)).numpy()
-
-        def rows(out: np.ndarray, ref: np.ndarray, precision: str, t: int = t) -> list[Row]:
-            r = [Row("dit", f"t={t} out", "rel_l2", rel_l2(out, ref), _limit("dit", precision, "rel_l2"))]
-            for scale, _, _ in CHECK_GUIDANCE:
-                got = guided_eps(out, n, cfg.cfg_channels, c, scale)
-                want = guided_eps(ref, n, cfg.cfg_channels, c, scale)
-                r.append(
-                    Row(
-                        "dit",
-                        f"t={t} cfg={scale:g} guided ε",
-                        "rel_l2",
-                        rel_l2(got, want),
-                        _limit("dit", precision, "rel_l2"),
-                    )
-                )
-            return r
-
-        cases.append(Case("dit", f"t={t}", {"x": x, "t": tt, "y": y}, ref, rows))
-    return cases
-
-
-def step_cases(model, batch: int, seed: int = 0) -> list[Case]:
-    """`dit_step.onnx` for every check timestep × guidance (with that sampler's coefficient row)."""
+    `dit_step`: every check timestep × guidance, with that sampler's coefficient row nearest t.
+    `dit`: at each check timestep, the 2N-row batch the guided step fed to the model
+    ([x, x], [y, null]) and the model output captured there — so the dit reference costs no
+    extra forward (XL/2 on 2 CPU cores: ~15 s each). Fused SDPA is used for the reference
+    forwards (fp32, equal to the matmul-softmax path to ~1e-7) and restored afterwards.
+    """
     import torch
 
     from dit_export.sampling.schedule import make_schedule
@@ -135,33 +105,79 @@ def step_cases(model, batch: int, seed: int = 0) -> list[Case]:
     cfg = model.config
     n, c, size = batch, cfg.in_channels, cfg.input_size
     step = SamplerStep(model, guided=True).eval()
-    cases = []
-    for i, t in enumerate(CHECK_TIMESTEPS):
-        for j, (scale, sampler, steps) in enumerate(CHECK_GUIDANCE):
-            rng = _rng(seed, 200 + 10 * i + j)
-            sched = make_schedule(steps, sampler)
-            k = int(np.argmin(np.abs(sched.timesteps - t)))  # the row nearest t (t itself is fed as is)
-            feeds = {
-                "x": rng.standard_normal((n, c, size, size), dtype=np.float32),
-                "t": np.full(n, t, dtype=np.int64),
-                "y": rng.integers(0, cfg.num_classes, size=n).astype(np.int64),
-                "noise": rng.standard_normal((n, c, size, size), dtype=np.float32),
-                "guidance": np.array([scale], dtype=np.float32),
-                "coef": sched.coefs[k].copy(),
-            }
-            with torch.no_grad():
-                ref = step(*(torch.from_numpy(v) for v in feeds.values())).numpy()
-            label = f"t={t} cfg={scale:g} {sampler}"
+    captured: list[tuple[tuple[np.ndarray, ...], np.ndarray]] = []
 
-            def rows(out: np.ndarray, ref: np.ndarray, precision: str, label: str = label) -> list[Row]:
-                return [
-                    Row(
-                        "dit_step", label, "rel_l2", rel_l2(out, ref), _limit("dit_step", precision, "rel_l2")
-                    )
-                ]
+    def hook(module, args, out):
+        captured.append((tuple(a.detach().numpy().copy() for a in args), out.detach().numpy().copy()))
 
-            cases.append(Case("dit_step", label, feeds, ref, rows))
-    return cases
+    fused = [b.attn.use_sdpa for b in model.blocks]
+    model.set_fused_attention(True)
+    handle = model.register_forward_hook(hook)
+    steps: list[Case] = []
+    dits: list[Case] = []
+    try:
+        for i, t in enumerate(CHECK_TIMESTEPS):
+            for j, (scale, sampler, nsteps) in enumerate(CHECK_GUIDANCE):
+                rng = _rng(seed, 200 + 10 * i + j)
+                sched = make_schedule(nsteps, sampler)
+                k = int(np.argmin(np.abs(sched.timesteps - t)))  # the row nearest t (t itself is fed as is)
+                feeds = {
+                    "x": rng.standard_normal((n, c, size, size), dtype=np.float32),
+                    "t": np.full(n, t, dtype=np.int64),
+                    "y": rng.integers(0, cfg.num_classes, size=n).astype(np.int64),
+                    "noise": rng.standard_normal((n, c, size, size), dtype=np.float32),
+                    "guidance": np.array([scale], dtype=np.float32),
+                    "coef": sched.coefs[k].copy(),
+                }
+                captured.clear()
+                with torch.inference_mode():
+                    ref = step(*(torch.from_numpy(v) for v in feeds.values())).numpy()
+                label = f"t={t} cfg={scale:g} {sampler}"
+
+                def step_rows(
+                    out: np.ndarray, ref: np.ndarray, precision: str, label: str = label
+                ) -> list[Row]:
+                    return [
+                        Row(
+                            "dit_step",
+                            label,
+                            "rel_l2",
+                            rel_l2(out, ref),
+                            _limit("dit_step", precision, "rel_l2"),
+                        )
+                    ]
+
+                steps.append(Case("dit_step", label, feeds, ref, step_rows))
+                if j == len(CHECK_GUIDANCE) - 1:  # one dit case per timestep
+                    (x2, t2, y2), out = captured[0]
+                    dits.append(Case("dit", f"t={t}", {"x": x2, "t": t2, "y": y2}, out, _dit_rows(cfg, n, t)))
+    finally:
+        handle.remove()
+        for b, f in zip(model.blocks, fused):
+            b.attn.use_sdpa = f
+    return {"dit": dits, "dit_step": steps}
+
+
+def _dit_rows(cfg, n: int, t: int) -> Callable[[np.ndarray, np.ndarray, str], list[Row]]:
+    """Raw output, then guided ε at each check scale (the guidance rule applied in float64)."""
+
+    def rows(out: np.ndarray, ref: np.ndarray, precision: str) -> list[Row]:
+        r = [Row("dit", f"t={t} out", "rel_l2", rel_l2(out, ref), _limit("dit", precision, "rel_l2"))]
+        for scale, _, _ in CHECK_GUIDANCE:
+            got = guided_eps(out, n, cfg.cfg_channels, cfg.in_channels, scale)
+            want = guided_eps(ref, n, cfg.cfg_channels, cfg.in_channels, scale)
+            r.append(
+                Row(
+                    "dit",
+                    f"t={t} cfg={scale:g} guided ε",
+                    "rel_l2",
+                    rel_l2(got, want),
+                    _limit("dit", precision, "rel_l2"),
+                )
+            )
+        return r
+
+    return rows
 
 
 def vae_cases(decode, batch: int, latent_channels: int, latent_size: int, seed: int = 0) -> list[Case]:

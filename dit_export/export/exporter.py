@@ -206,8 +206,7 @@ def export(
 
     cases: dict[str, list] = {}
     if o.check:
-        cases["dit"] = check.dit_cases(model, n, o.check_seed)
-        cases["dit_step"] = check.step_cases(model, n, o.check_seed)
+        cases.update(check.model_cases(model, n, o.check_seed))
         if decode is not None:
             cases["vae_decoder"] = check.vae_cases(decode, n, c, size, o.check_seed)
         stage("torch reference")

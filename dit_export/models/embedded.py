@@ -75,7 +75,7 @@ EMBEDDED: dict[str, EmbeddedModel] = {
         num_heads=4,
         num_classes=10,
         class_names=tuple(str(d) for d in range(10)),
-        description="DiT (depth 4, hidden 128, patch 1) + AutoencoderKL (×8) on sklearn's 8×8 digits at 32×32",
+        description="DiT (depth 4, hidden 128, 4 heads, patch 1) + AutoencoderKL (×8) on sklearn's 8×8 digits at 32×32",
     ),
 }
 

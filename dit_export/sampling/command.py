@@ -35,7 +35,13 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
 def load_model_from_args(args: argparse.Namespace):
     """(model, config) from the shared model flags; one-line errors for inconsistent flags."""
     from dit_export.models.checkpoints import load_dit
+    from dit_export.models.embedded import is_embedded, resolve_embedded
 
+    if is_embedded(args.model) and not args.ckpt:  # a shipped model: the same loaders as XL/2
+        ckpt, _, image_size, heads = resolve_embedded(args.model)
+        return load_dit(
+            str(ckpt), image_size=args.image_size or image_size, num_heads=heads, flavor=args.flavor
+        )
     if args.ckpt and args.random_weights:
         raise UserError("give either --ckpt or --random-weights, not both")
     if args.random_weights and not args.model:
@@ -128,6 +134,10 @@ def run_sample(args: argparse.Namespace) -> int:
     from dit_export.sampling.reference import sample_latents
 
     model, cfg = load_model_from_args(args)
+    from dit_export.models.embedded import is_embedded, resolve_embedded
+
+    if is_embedded(args.model) and args.vae == "mse":  # its own VAE unless one is named
+        args.vae = str(resolve_embedded(args.model)[1])
     vae_decode = None
     if args.vae != "none":
         from dit_export.models.vae import VAEDecode, load_vae, vae_factor

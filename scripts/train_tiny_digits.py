@@ -17,12 +17,16 @@ steps, uniform t, loss = MSE(ε̂, ε) + the IDDPM variational bound term for th
 (Gaussian KL to the true posterior at t > 0, discretized-Gaussian decoder NLL at t = 0, in bits
 per dimension, with stop-gradient on ε̂ so the bound only trains v) — the full hybrid objective
 of DiT / IDDPM with λ = 1 after its ×T/1000 rescale. Label dropout 0.1 (in ``LabelEmbedder``)
-trains the null class that guidance needs. AdamW, short linear warm-up, EMA of the weights; the
-EMA state dict is saved with official key names in safetensors.
+trains the null class that guidance needs. AdamW, 100-step linear warm-up then cosine decay to 0
+(short runs end much lower with it), EMA of the weights; the EMA state dict is saved with official
+key names in safetensors. Depth 4, hidden 128, 4 heads (1.27 M parameters, 5 MB in fp32).
 
 Re-running with the same arguments on the same torch build reproduces the weights (seeded, fixed
 thread count). One thread is the default: on two shared cores it measured 4–8× less CPU time per
-step than two (the small ops spend more in thread synchronisation than they gain). Writes ``dit_export/data/tiny_digits/{dit.safetensors, vae/, meta.json}``.
+step than two (the small ops spend more in thread synchronisation than they gain). The default
+run took 474 CPU-seconds (VAE 81 s, DiT 420 s wall on a shared machine) and scores 99.4 % class
+accuracy at cfg 4 and 91.8 % at cfg 1 (``python -m dit_export score --per-class 50``, DDPM 50
+steps). Writes ``dit_export/data/tiny_digits/{dit.safetensors, vae/, meta.json}``.
 
     python scripts/train_tiny_digits.py               # the shipped recipe
     python scripts/train_tiny_digits.py --out /tmp/td --vae-steps 100 --dit-steps 100   # a trial
@@ -251,9 +255,9 @@ def train_dit(
     cfg: DiTConfig | None = None,
     steps: int,
     batch: int = 128,
-    lr: float = 2e-3,
+    lr: float = 1e-3,
     warmup: int = 100,
-    ema_decay: float = 0.999,
+    ema_decay: float = 0.995,
     seed: int = 0,
     log_every: int = 100,
 ) -> tuple[DiT, DiT, list[dict[str, float]]]:
@@ -313,6 +317,8 @@ def save_model(out: Path, vae: Any, ema: DiT, meta: dict[str, Any]) -> None:
         save_file(state, str(tmp / MODEL.ckpt), metadata={"format": "pt", "model": MODEL.name})
         vae.save_pretrained(tmp / MODEL.vae, safe_serialization=True)
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+        for path in [tmp, *tmp.rglob("*")]:  # package data: readable by everyone (mkstemp-style 0600 is not)
+            path.chmod(0o755 if path.is_dir() else 0o644)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -158,3 +158,57 @@ def test_score_command_user_errors(argv, match) -> None:
     args = _parser().parse_args(argv)
     with pytest.raises(UserError, match=match):
         args.func(args)
+
+
+def test_ort_runtime_scores_like_the_reference(tmp_path, clf, capsys) -> None:
+    """Export the shipped model (fp32 and mixed fp16), score it through the runtime's ORT backend,
+    and compare with the PyTorch reference on the same noise."""
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("torch")
+    from safetensors.torch import save_file
+
+    from dit_export.export.exporter import ExportOptions, export
+    from dit_export.models.checkpoints import load_dit, to_diffusers_config, to_diffusers_state_dict
+    from dit_export.models.embedded import resolve_embedded
+    from dit_export.runtime import Sampler
+    from dit_export.verify.score_command import load_embedded_reference
+
+    # A diffusers folder carries the heads, so the exporter's load_dit needs no extra argument;
+    # the official flavor keeps the numerics identical to the shipped file.
+    ckpt, vae, size, heads = resolve_embedded("tiny-digits")
+    model, cfg = load_dit(ckpt, image_size=size, num_heads=heads)
+    folder = tmp_path / "dit"
+    folder.mkdir()
+    save_file(to_diffusers_state_dict(model), str(folder / "diffusion_pytorch_model.safetensors"))
+    (folder / "config.json").write_text(
+        json.dumps({"_class_name": "DiTTransformer2DModel"} | to_diffusers_config(cfg))
+    )
+    labels = score.score_labels(10, 1)
+    ref_model, decode = load_embedded_reference("tiny-digits")
+    ref = score.torch_sample_fn(ref_model, decode, cfg_scale=4.0, steps=6, sampler="ddim")(labels)
+    for precision in ("fp32", "fp16"):
+        out = tmp_path / precision
+        opts = ExportOptions(
+            out=out,
+            ckpt=str(folder),
+            flavor="official",
+            vae=str(vae),
+            batch=10,
+            precision=precision,
+            check=False,
+        )
+        export(opts, log=lambda s: None)
+        args = _parser().parse_args(
+            ["score", "--backend", "ort", "--engines", str(out), "--per-class", "1", "--steps", "6"]
+            + ["--sampler", "ddim", "--cfg-scale", "4", "--json", str(tmp_path / f"{precision}.json")]
+        )
+        assert args.func(args) == 0
+        (r,) = json.loads((tmp_path / f"{precision}.json").read_text())["results"]
+        assert (r["backend"], r["precision"], r["num_images"]) == ("ort", precision, 10)
+        got = Sampler.load(out, "ort").sample(
+            labels, seed=0, cfg_scale=4.0, steps=6, sampler="ddim", progress=False
+        )
+        diff = np.abs(np.asarray(got, dtype=np.int16) - ref)
+        assert diff.mean() < (0.5 if precision == "fp32" else 3.0), precision
+        assert r["accuracy"] == pytest.approx(score.score_images(ref, labels, clf)["accuracy"], abs=0.1)
+    capsys.readouterr()

@@ -82,7 +82,7 @@ def test_meta_agrees_with_the_registry_and_the_weights(shipped) -> None:
 
 def test_shipped_dit_loads_through_every_path(shipped) -> None:
     model, cfg, _ = shipped
-    assert (cfg.depth, cfg.hidden_size, cfg.num_heads, cfg.patch_size) == (4, 128, 4, 1)
+    assert (cfg.num_heads, cfg.patch_size) == (MODEL.num_heads, 1) and cfg.num_tokens == 16
     assert (cfg.input_size, cfg.in_channels, cfg.num_classes, cfg.learn_sigma) == (4, 4, 10, True)
     assert cfg.flavor == "official" and not model.training
     ckpt = MODEL.ckpt_path
@@ -145,7 +145,8 @@ def test_quick_sample_gives_digit_images(shipped) -> None:
     with torch.inference_mode():
         img = to_uint8(decode(z).numpy())
     assert img.shape == (10, 32, 32, 3) and img.dtype == np.uint8
-    assert (img[..., 0] == img[..., 1]).mean() > 0.9  # gray digits (the VAE learned gray → RGB)
+    spread = np.ptp(img.astype(np.int16), axis=3)  # per-pixel max − min over R, G, B
+    assert spread.mean() < 8  # gray digits (the VAE learned gray → RGB)
     assert img.std() > 20  # strokes on a background, not a flat field
 
 

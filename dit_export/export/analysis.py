@@ -178,11 +178,12 @@ def analyze(path: str | Path, precision: str | None = None, policy: PrecisionPol
                 return t.dtype
         return None
 
-    flops: Counter[str] = Counter()
+    flops: dict[str, float] = {}
     for n in g.node:
         f = _gemm_flops(n, infos)
         if f:
-            flops[node_dtype(n) or "?"] += f
+            key = node_dtype(n) or "?"
+            flops[key] = flops.get(key, 0.0) + f
 
     has_fp16 = any(t.dtype == "float16" for t in infos.values())
     islands: dict[str, dict] | None = None
@@ -356,7 +357,8 @@ def _fp16_checks(model, infos: dict[str, TensorInfo], report: GraphReport, node_
     for n in g.node:
         for i in n.input:
             consumers_of.setdefault(i, []).append(n)
-    first_gemms, frontier = [], [o for n in sincos for o in n.output]
+    first_gemms: list = []
+    frontier = [o for n in sincos for o in n.output]
     for _ in range(4):
         nxt = []
         for name in frontier:

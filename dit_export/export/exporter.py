@@ -187,7 +187,8 @@ def export(
     )
     model.eval().requires_grad_(False)
     model.set_fused_attention(False)
-    vae = vae_source = decode = None
+    vae = vae_source = None
+    decode: torch.nn.Module | None = None
     vae_scaling = 0.0
     if o.vae != "none":
         from dit_export.models.vae import VAEDecode, vae_factor

@@ -114,6 +114,7 @@ def trace(
         raise UserError(
             f"torch.onnx.export failed for {type(module).__name__}: {first} (DIT_EXPORT_DEBUG=1 shows the traceback)"
         ) from None
+    assert program is not None  # f=None: the program is returned, not written
     return program.model
 
 

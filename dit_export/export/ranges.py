@@ -113,7 +113,7 @@ def measure_ranges(
 
     handles.append(model.final_layer.register_forward_hook(final))
     step = SamplerStep(model, guided=True).eval()
-    cases = []
+    cases: list[dict] = []
     try:
         for scale in scales:
             gen = torch.Generator().manual_seed(seed)

@@ -69,9 +69,9 @@ def inspect_folder(folder: Path, verify: bool = True, out: Callable[[str], None]
         out(f"  GEMM/conv per call: {_flops(flops)}, {100 * rep.fp16_flop_share:.2f} % in fp16")
         if rep.fp32_islands is not None:
             out("  fp32 islands (compute nodes by region):")
-            for region, e in rep.fp32_islands.items():
-                ops = ", ".join(f"{k} {v}" for k, v in e["ops"].items())
-                out(f"    - {region}: {e['nodes']} nodes ({ops})")
+            for region, entry in rep.fp32_islands.items():
+                ops = ", ".join(f"{k} {v}" for k, v in entry["ops"].items())
+                out(f"    - {region}: {entry['nodes']} nodes ({ops})")
         elif m["precision"] == "fp32":
             out("  fp32 islands: n/a (fp32 graph)")
         # The manifest's I/O must be what the file says (a runtime binds buffers from it).

@@ -57,9 +57,11 @@ def run_one(args: argparse.Namespace, model: str, extra: list[str], out: Path) -
         str(args.engines),
         "--json",
         str(out),
+        "--threads",
+        str(args.threads),
         *extra,
     ]
-    print("$", " ".join(cmd[1:]), flush=True)
+    print("$ python", " ".join(cmd[1:]), flush=True)
     subprocess.run(cmd, check=True, cwd=ROOT, stdout=subprocess.DEVNULL if args.quiet else None)
     return json.loads(out.read_text())
 
@@ -81,7 +83,7 @@ def table(runs: list[dict]) -> tuple[list[dict], list[str]]:
             def gflops(r: dict | None) -> float | None:
                 return r["denoiser"]["tflops"] * 1e3 if r else None
 
-            def speed(r: dict | None) -> float | None:
+            def speed(r: dict | None, t: dict | None = t) -> float | None:
                 return med(t) / med(r) if r and t else None
 
             rows.append(
@@ -137,6 +139,7 @@ def main() -> int:
     p.add_argument("--batch", type=int, nargs="+", default=[1, 4])
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--repeat", type=int, default=30)
+    p.add_argument("--threads", type=int, default=0, help="CPU threads for torch and ORT (0: their defaults)")
     p.add_argument("--engines", default=None, help="keep the exports here (default: a temporary folder)")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     p.add_argument("--date", default=dt.date.today().isoformat())
@@ -173,7 +176,9 @@ def main() -> int:
         "runs": runs,
     }
     out = Path(args.out)
-    base = out / f"bench_cpu_{args.date}"
+    base = (
+        out / f"bench_cpu_{args.date}" if not args.threads else out / f"bench_cpu_{args.date}_t{args.threads}"
+    )
     write_json(base.with_suffix(".json"), doc)
     md = [
         f"# CPU denoiser forward: {first['machine']['label']} ({args.date})",

@@ -24,6 +24,7 @@ import gc
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -36,6 +37,9 @@ from dit_export.bench.timing import (
     cuda_used_bytes,
 )
 from dit_export.errors import UserError
+
+if TYPE_CHECKING:
+    from dit_export.runtime.sampler import Sampler
 
 GUIDANCE = 4.0  # the official sample.py scale; guided steps run 2N rows
 MID_STEP_T = 500
@@ -145,19 +149,24 @@ class Runner:
     device: str = "cpu"
     info: dict
 
-    def open(self, batch: int) -> None: ...
+    def open(self, batch: int) -> None:
+        raise NotImplementedError
 
-    def denoiser(self) -> Stage: ...
+    def denoiser(self) -> Stage:
+        raise NotImplementedError
 
-    def step(self) -> Stage: ...
+    def step(self) -> Stage:
+        raise NotImplementedError
 
     def step_variants(self) -> dict[str, Stage]:
         """Extra step timings (e.g. TensorRT without CUDA graphs), by name."""
         return {}
 
-    def vae(self) -> Stage | None: ...
+    def vae(self) -> Stage | None:
+        raise NotImplementedError
 
-    def sample(self, steps: int) -> Stage: ...
+    def sample(self, steps: int) -> Stage:
+        raise NotImplementedError
 
     def sync(self) -> None:
         """Wait for all work this runner launched (a no-op for synchronous backends)."""
@@ -195,7 +204,8 @@ class Runner:
             else max(0, self._dev_peak - self._dev_base),
         }
 
-    def close(self) -> None: ...
+    def close(self) -> None:
+        """Free what `open` allocated."""
 
 
 # ------------------------------------------------------------------------------ torch
@@ -204,7 +214,7 @@ class Runner:
 class TorchModels:
     """The reference DiT and VAE decoder, loaded once and shared by every torch backend."""
 
-    def __init__(self, load_model: Callable[[], tuple], load_vae: Callable[[], object | None], device: str):
+    def __init__(self, load_model: Callable[[], tuple], load_vae: Callable[[], Any], device: str):
         import torch
 
         self.device = torch.device(device)
@@ -223,6 +233,7 @@ class TorchModels:
         import torch
 
         self.model = self.vae = None  # type: ignore[assignment]
+        torch._dynamo.reset()  # compiled graphs hold the modules (and their device memory)
         gc.collect()
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
@@ -445,7 +456,7 @@ class RuntimeRunner(Runner):
 
     def __init__(self, spec: BackendSpec, folders: dict[int, Path], threads: int = 0) -> None:
         self.spec, self.folders, self.threads = spec, folders, threads
-        self.sampler = None
+        self.sampler: Sampler | None = None
         self.info = {"engine": "", "device": "", "precision": "", "attention": "as exported (explicit)"}
 
     def open(self, batch: int) -> None:
@@ -519,14 +530,19 @@ class RuntimeRunner(Runner):
         if self.spec.family == "trt" and self.sampler is not None:
             self.sampler.backend.stream.synchronize()  # type: ignore[attr-defined]
 
+    def _sampler(self) -> Sampler:
+        if self.sampler is None:
+            raise RuntimeError("open() first")
+        return self.sampler
+
     def _clock(self) -> Clock:
-        be = self.sampler.backend  # type: ignore[union-attr]
+        be = self._sampler().backend
         if self.spec.family == "trt":
-            return CudartEventClock(be.stream.handle, be.stream.synchronize)  # type: ignore[attr-defined]
+            return CudartEventClock(be.stream.stream, be.stream.synchronize)  # type: ignore[attr-defined]
         return CpuClock()  # ORT's run_with_iobinding returns when the outputs are ready
 
     def _run(self, graph: str, bindings: dict) -> Callable[[], None]:
-        be = self.sampler.backend  # type: ignore[union-attr]
+        be = self._sampler().backend
         return lambda: be.run(graph, bindings)
 
     def denoiser(self) -> Stage:
@@ -538,7 +554,7 @@ class RuntimeRunner(Runner):
     def step_variants(self) -> dict[str, Stage]:
         if self.spec.family != "trt":
             return {}
-        be = self.sampler.backend  # type: ignore[union-attr]
+        be = self._sampler().backend
         run = self._run("dit_step", self._step)
 
         def no_graph() -> None:

@@ -146,7 +146,7 @@ def register(sub) -> None:
         nargs="+",
         choices=STAGES,
         default=None,
-        help="what to time (default all; without 'sample' the whole sample is estimated)",
+        help="what to time (default all; without 'sample' the whole sample is estimated from step and VAE)",
     )
     p.add_argument(
         "--max-sample-seconds",

@@ -14,6 +14,7 @@ import os
 import platform
 import socket
 import sys
+import time
 
 # (substring of the GPU name, label, {math class: dense TFLOP/s}); first match wins, so the more
 # specific names come first.
@@ -123,6 +124,43 @@ def machine_info() -> dict:
         "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
         "gpu": gpu,
     }
+
+
+class OtherLoad:
+    """CPU time other processes used while we ran, as a share of all CPUs (Linux /proc/stat).
+
+    The load average cannot tell our own threads from anyone else's; this can: the machine's busy
+    time minus this process's and its reaped children's CPU time, over the wall time.
+    """
+
+    def __init__(self) -> None:
+        self.t0, self.busy0, self.ours0 = time.monotonic(), _busy_seconds(), _our_seconds()
+
+    def percent(self) -> float | None:
+        busy = _busy_seconds()
+        if busy is None or self.busy0 is None:
+            return None
+        wall = time.monotonic() - self.t0
+        if wall <= 0:
+            return None
+        other = (busy - self.busy0) - (_our_seconds() - self.ours0)
+        return max(0.0, 100.0 * other / (wall * usable_cpus()))
+
+
+def _busy_seconds() -> float | None:
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(v) for v in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    # user nice system idle iowait irq softirq steal ...: busy = all but idle and iowait
+    busy = sum(fields[:8]) - fields[3] - fields[4]
+    return busy / os.sysconf("SC_CLK_TCK")
+
+
+def _our_seconds() -> float:
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
 
 
 def versions() -> dict:

@@ -67,6 +67,10 @@ def _ratio(r: dict, key: str) -> float | None:
     return rt.get(key)
 
 
+def _pct(x: float | None) -> str:
+    return NA if x is None else f"{x:.0f}%"
+
+
 def _loads(v: list[float] | None) -> str:
     return "/".join(f"{x:.1f}" for x in v) if v else NA
 
@@ -84,8 +88,8 @@ def header_lines(res: dict) -> list[str]:
         f"# {mod['name']} @{mod['image_size']} benchmark: {m['label']}",
         "",
         f"- measured {res['created_utc']} on **{m['label']}** ({gpu}; {m['platform']}; "
-        f"1/5/15-min load average {_loads(m.get('load_average'))} at start, "
-        f"{_loads(m.get('load_average_end'))} at the end)",
+        f"1/5/15-min load average {_loads(m.get('load_average'))} at start; other processes used "
+        f"{_pct(m.get('other_processes_cpu_pct'))} of the CPUs during the run)",
         f"- torch {v.get('torch')}, onnxruntime {v.get('onnxruntime')}, TensorRT {trt}, "
         f"dit_export {v.get('dit_export')}, Python {v.get('python')}",
         f"- model {mod['name']} ({weights}), VAE {c['vae']}, DDPM {c['steps']} steps, guidance "
@@ -283,10 +287,10 @@ def to_markdown(res: dict) -> str:
 def write_plot(res: dict, path: str | Path) -> str | None:
     """Latency and throughput against batch, one line per backend; returns why not, or None."""
     try:
-        import matplotlib
+        import matplotlib  # type: ignore[import-not-found]
 
         matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        import matplotlib.pyplot as plt  # type: ignore[import-not-found]
     except ModuleNotFoundError:
         return "matplotlib is not installed (pip install 'dit_export[plot]')"
     from dit_export.fileio import atomic_path
@@ -313,7 +317,7 @@ def write_plot(res: dict, path: str | Path) -> str | None:
                     fillstyle="full" if kind == "measured" else "none",
                 )
     mod, c = res["model"], res["config"]
-    from matplotlib.ticker import NullFormatter, ScalarFormatter
+    from matplotlib.ticker import NullFormatter, ScalarFormatter  # type: ignore[import-not-found]
 
     axes[0].set(yscale="log", ylabel="ms", title="denoiser forward (2N rows), median")
     axes[1].set(ylabel="images/s", title=f"whole sample, {c['steps']} steps + VAE (hollow: estimated)")

@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from dit_export.bench import backends as bk
-from dit_export.bench.machine import device_peak, machine_info, versions
+from dit_export.bench.machine import OtherLoad, device_peak, machine_info, versions
 from dit_export.bench.timing import CpuClock, Stats
 from dit_export.errors import UserError
 
@@ -419,6 +419,7 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict:
         torch.set_num_threads(cfg.threads)
     env = bk.Env(device=device, quick=cfg.quick, torch_version=torch.__version__)
     machine = machine_info()
+    other_load = OtherLoad()
     gpu = machine["gpu"]
     peak = device_peak(gpu["name"]) if gpu and device == "cuda" else None
     started = _dt.datetime.now(_dt.timezone.utc)
@@ -464,6 +465,7 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict:
                 runner: bk.Runner = bk.TorchRunner(s, models, cfg.torch_attention == "sdpa", cfg.compile_mode)
             else:
                 if models is not None:  # the runtime backends run without the torch model in memory
+                    runner = None  # type: ignore[assignment]  # drop the last torch runner's compiled modules
                     models.close()
                     models = None
                 fam_key = f"{s.family}:{s.precision}"
@@ -517,21 +519,22 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict:
             shutil.rmtree(tmp_root, ignore_errors=True)
 
     # every measured backend with no measured row at all is reported as failed, not measured
-    for b in backends:
-        mine = [r for r in rows if r["backend"] == b["name"]]
-        if b["status"] == "measured" and mine and all(r["status"] != "measured" for r in mine):
-            b["status"] = "failed"
-            b["reason"] = mine[0]["reason"]
+    for entry in backends:
+        mine = [r for r in rows if r["backend"] == entry["name"]]
+        if entry["status"] == "measured" and mine and all(r["status"] != "measured" for r in mine):
+            entry["status"] = "failed"
+            entry["reason"] = mine[0]["reason"]
     _add_ratios(rows)
     import os
 
     machine["load_average_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
-    busy = max((machine.get("load_average") or [0.0])[0], (machine["load_average_end"] or [0.0])[0])
-    if device == "cpu" and busy > 0.5 * machine["cpus_usable"]:
+    other = other_load.percent()
+    machine["other_processes_cpu_pct"] = other
+    if device == "cpu" and other is not None and other > 10.0:
         notes.append(
-            f"the machine was busy (1-minute load average up to {busy:.1f} on {machine['cpus_usable']} CPUs): "
-            "CPU timings compete with other work and multi-threaded kernels (torch's OpenMP especially) "
-            "slow down badly when a core is taken; rerun on an idle machine before trusting them"
+            f"other processes used {other:.0f}% of the CPUs during this run: CPU timings competed with "
+            "them, and multi-threaded kernels (torch's OpenMP especially) slow down badly when a core is "
+            "taken; rerun on an idle machine before trusting them"
         )
     order = {s.name: i for i, s in enumerate(specs)}
     rows.sort(key=lambda r: (order[r["backend"]], r["batch"]))

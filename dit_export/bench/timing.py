@@ -111,12 +111,12 @@ class TorchEventClock(Clock):
 
 
 class CudartEventClock(Clock):
-    """CUDA events on a cuda-python stream handle (what the TensorRT backend runs on)."""
+    """CUDA events on a cuda-python stream (the cudaStream_t the TensorRT backend runs on)."""
 
     kind = "cuda events (cudart)"
 
-    def __init__(self, stream_handle, synchronize: Callable[[], None]) -> None:
-        self.stream, self.synchronize = stream_handle, synchronize
+    def __init__(self, stream, synchronize: Callable[[], None]) -> None:
+        self.stream, self.synchronize = stream, synchronize
 
     def time(self, fn: Callable[[], None], warmup: int, repeat: int) -> list[float]:
         from dit_export.engine.cuda import check, cudart
@@ -161,7 +161,7 @@ def rss_bytes() -> int | None:
     if kib is not None:
         return kib * 1024
     try:
-        import psutil  # optional
+        import psutil  # type: ignore[import-untyped]  # optional
 
         return int(psutil.Process().memory_info().rss)
     except ModuleNotFoundError:

@@ -12,6 +12,7 @@ from dit_export.errors import UserError
 if TYPE_CHECKING:
     import numpy as np
 
+    from dit_export.models.embedded import EmbeddedModel
     from dit_export.verify.score import SampleFn
 
 BACKENDS = ("torch", "ort", "trt")
@@ -28,25 +29,36 @@ def load_embedded_reference(name: str) -> tuple[Any, Any]:
     return model, VAEDecode(load_vae(str(vae_path))).eval()
 
 
-def runtime_sampler_factory(args: argparse.Namespace) -> Callable[[float], tuple[SampleFn, str]]:
-    """For --backend ort/trt: cfg scale → (labels → uint8 images, precision) from the runtime's
-    ``Sampler.load(engines, backend).sample(labels, seed=, cfg_scale=, steps=, sampler=)``."""
-    if not args.engines:
-        raise UserError(f"--backend {args.backend} needs --engines DIR (a folder made by export/build)")
-    try:
-        from dit_export.runtime import Sampler  # type: ignore[attr-defined]
-    except ImportError:
-        raise UserError(f"the {args.backend} runtime is not part of this build of dit_export") from None
+def runtime_sampler_factory(
+    args: argparse.Namespace, info: EmbeddedModel
+) -> Callable[[float], tuple[SampleFn, str]]:
+    """For --engines: cfg scale → (labels → uint8 images, precision) from the runtime's
+    ``Sampler.load(engines, backend).sample(...)``, the path users sample with."""
+    import numpy as np
+
+    from dit_export.runtime import Sampler
+
     runner = Sampler.load(args.engines, args.backend)
-    precision = str(getattr(runner, "precision", "?"))
+    if (runner.num_classes, runner.image_size) != (info.num_classes, info.image_size):
+        raise UserError(
+            f"{args.engines} holds a {runner.num_classes}-class {runner.image_size}px model, "
+            f"not {info.name} ({info.num_classes} classes, {info.image_size}px)"
+        )
 
     def make(cfg_scale: float) -> tuple[SampleFn, str]:
         def sample(labels: Sequence[int]) -> np.ndarray:
-            return runner.sample(
-                list(labels), seed=args.seed, cfg_scale=cfg_scale, steps=args.steps, sampler=args.sampler
+            images = runner.sample(
+                list(labels),
+                seed=args.seed,
+                cfg_scale=cfg_scale,
+                steps=args.steps,
+                sampler=args.sampler,
+                progress=False,
             )
+            assert isinstance(images, np.ndarray)
+            return images
 
-        return sample, precision
+        return sample, runner.precision
 
     return make
 
@@ -76,10 +88,13 @@ def run_score(args: argparse.Namespace) -> int:
         raise UserError(f"--steps must be ≥ 1, got {args.steps}")
     if any(not s >= 1.0 for s in args.cfg_scale):
         raise UserError("--cfg-scale values must be ≥ 1 (1 = no guidance)")
-    if args.backend == "torch":
-        make = torch_sampler_factory(args, info.name)
+    if args.engines:
+        make = runtime_sampler_factory(args, info)
+        label = f"{args.backend}-rt" if args.backend == "torch" else args.backend
+    elif args.backend == "torch":
+        make, label = torch_sampler_factory(args, info.name), "torch"
     else:
-        make = runtime_sampler_factory(args)
+        raise UserError(f"--backend {args.backend} needs --engines DIR (a folder made by export)")
     clf = score.train_classifier(seed=0)
     results = []
     for cfg_scale in args.cfg_scale:
@@ -90,7 +105,7 @@ def run_score(args: argparse.Namespace) -> int:
                 per_class=args.per_class,
                 num_classes=info.num_classes,
                 classifier=clf,
-                backend=args.backend,
+                backend=label,
                 precision=precision,
                 cfg_scale=cfg_scale,
                 steps=args.steps,
@@ -129,8 +144,15 @@ def register(sub) -> None:
     p.add_argument("--steps", type=int, default=50, help="sampling steps (default 50)")
     p.add_argument("--sampler", choices=["ddpm", "ddim"], default="ddpm")
     p.add_argument("--seed", type=int, default=0, help="noise seed (default 0)")
-    p.add_argument("--backend", choices=BACKENDS, default="torch", help="torch (fp32 reference), ort or trt")
-    p.add_argument("--engines", default=None, help="engines folder for --backend ort/trt")
+    p.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        default="torch",
+        help="without --engines: torch = the fp32 PyTorch reference; with --engines: the runtime backend",
+    )
+    p.add_argument(
+        "--engines", default=None, metavar="DIR", help="an exported folder to score with the runtime"
+    )
     p.add_argument("--json", default=None, metavar="PATH", help="also write the results as JSON")
     p.add_argument(
         "--min-accuracy",

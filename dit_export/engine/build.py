@@ -94,8 +94,11 @@ def _ort_provider() -> str:
 def default_out(cfg: BuildConfig) -> Path:
     """engines/<model>-<image size>-<precision>-b<N>, e.g. engines/DiT-XL-2-256-fp16-b1."""
     from dit_export.models.configs import canonical_name
+    from dit_export.models.embedded import embedded_model, is_embedded
 
-    if cfg.model and (cfg.image_size or not cfg.ckpt):
+    if is_embedded(cfg.model):
+        name, size = canonical_name(cfg.model), cfg.image_size or embedded_model(cfg.model).image_size
+    elif cfg.model and (cfg.image_size or not cfg.ckpt):
         name, size = canonical_name(cfg.model), cfg.image_size or 256
     elif (
         cfg.ckpt

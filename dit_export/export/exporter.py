@@ -71,7 +71,9 @@ def validate_options(o: ExportOptions) -> None:
         raise UserError("give --model, --ckpt or both (e.g. --model S/8 --random-weights)")
     if o.image_size is not None and o.image_size <= 0:
         raise UserError(f"--image-size must be positive, got {o.image_size}")
-    if o.model and o.image_size is not None:
+    from dit_export.models.embedded import is_embedded
+
+    if o.model and o.image_size is not None and not is_embedded(o.model):
         from dit_export.models.configs import model_config
 
         model_config(o.model, o.image_size)  # image size a multiple of 8·patch, known model name
@@ -90,6 +92,21 @@ def check_out_dir(out: Path, force: bool) -> None:
     from dit_export.fileio import ensure_writable_dir
 
     ensure_writable_dir(out.parent if out.parent != Path("") else Path("."))
+
+
+def _weights_source(o: ExportOptions, image_size: int) -> str:
+    """What the torch backend reloads: a path / released name / hub id, or the random-weights text."""
+    if o.random_weights:
+        return f"random weights (seed {o.weights_seed}, adaLN-Zero perturbed)"
+    if o.ckpt:
+        return o.ckpt
+    from dit_export.models import hub
+    from dit_export.models.configs import canonical_name
+    from dit_export.models.embedded import is_embedded, resolve_embedded
+
+    if is_embedded(o.model):
+        return str(resolve_embedded(str(o.model))[0])
+    return hub.official_file_for(canonical_name(str(o.model)), image_size) or str(o.model)
 
 
 def _versions() -> dict:
@@ -191,9 +208,11 @@ def export(
     decode: torch.nn.Module | None = None
     vae_scaling = 0.0
     if o.vae != "none":
+        from dit_export.models.embedded import is_embedded
         from dit_export.models.vae import VAEDecode, vae_factor
 
-        vae, vae_source = _load_vae(o.vae, o.weights_seed)
+        spec = o.model if is_embedded(o.model) and o.vae == "mse" else o.vae  # a shipped model's own VAE
+        vae, vae_source = _load_vae(spec, o.weights_seed)
         if vae_factor(vae) != 8:
             raise UserError(f"VAE {vae_source} scales by {vae_factor(vae)}, but DiT latents are image/8")
         decode = VAEDecode(vae).eval()
@@ -305,9 +324,7 @@ def export(
                 "flavor": cfg.flavor,
                 "cfg_channels": cfg.cfg_channels,
                 "null_class": cfg.null_class,
-                "source": o.ckpt
-                if o.ckpt
-                else f"random weights (seed {o.weights_seed}, adaLN-Zero perturbed)",
+                "source": _weights_source(o, image_size),
             },
             "image_size": image_size,
             "latent_size": size,

@@ -279,6 +279,12 @@ def _prepare(
     cache_dir: str | os.PathLike | None,
 ) -> tuple[RawWeights, DiTConfig]:
     """Read the weights (downloading if needed) and settle the config they must be loaded with."""
+    from dit_export.models.embedded import is_embedded, resolve_embedded
+
+    if source is None and is_embedded(model):  # a shipped model: its file, through the same path
+        ckpt, _, size, heads = resolve_embedded(str(model))
+        source, model = str(ckpt), None
+        image_size, num_heads = image_size or size, num_heads or heads
     if source is None:
         if not model:
             raise UserError("give a checkpoint (path, released name or hub id), or a model name")

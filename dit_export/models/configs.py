@@ -115,11 +115,15 @@ _NAME = re.compile(r"^(?:DiT-)?(XL|L|B|S)[/-](2|4|8)$", re.IGNORECASE)
 
 
 def canonical_name(name: str) -> str:
-    """'XL/2', 'dit-xl/2', 'DiT-XL-2' → 'DiT-XL/2'; anything else is a user error."""
+    """'XL/2', 'dit-xl/2', 'DiT-XL-2' → 'DiT-XL/2'; a shipped model's own name; else a user error."""
+    from dit_export.models.embedded import embedded_model, is_embedded
+
+    if is_embedded(name):
+        return embedded_model(name).name
     m = _NAME.match(name.strip())
     if not m:
         known = ", ".join(f"{s}/{p}" for s in SIZES for p in PATCHES)
-        raise UserError(f"unknown model {name!r}; known: {known} (optionally prefixed 'DiT-')")
+        raise UserError(f"unknown model {name!r}; known: {known} (optionally prefixed 'DiT-'), tiny-digits")
     return f"DiT-{m.group(1).upper()}/{m.group(2)}"
 
 

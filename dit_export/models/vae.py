@@ -112,6 +112,10 @@ def load_vae(spec: str, cache_dir: str | os.PathLike | None = None) -> Autoencod
     """
     if not spec or not str(spec).strip():
         raise UserError("no VAE given: pass a diffusers folder, a Hub id, or one of ema, mse")
+    from dit_export.models.embedded import is_embedded, resolve_embedded
+
+    if is_embedded(str(spec)):  # a shipped model's own VAE (e.g. tiny-digits)
+        return _load_folder(resolve_embedded(str(spec))[1])
     spec = resolve_vae_spec(str(spec))
     path = Path(spec).expanduser()
     if path.exists():

@@ -96,6 +96,7 @@ def load_reference(manifest: dict, folder: Path, want_vae: bool = True):
             image_size=manifest["image_size"],
             flavor=cfg_expected.flavor,
             num_classes=cfg_expected.num_classes,
+            num_heads=cfg_expected.num_heads,
         )
     if cfg.to_dict() != cfg_expected.to_dict():
         raise UserError(

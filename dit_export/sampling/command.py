@@ -134,10 +134,10 @@ def run_sample(args: argparse.Namespace) -> int:
     from dit_export.sampling.reference import sample_latents
 
     model, cfg = load_model_from_args(args)
-    from dit_export.models.embedded import is_embedded, resolve_embedded
+    from dit_export.models.embedded import is_embedded
 
     if is_embedded(args.model) and args.vae == "mse":  # its own VAE unless one is named
-        args.vae = str(resolve_embedded(args.model)[1])
+        args.vae = args.model
     vae_decode = None
     if args.vae != "none":
         from dit_export.models.vae import VAEDecode, load_vae, vae_factor

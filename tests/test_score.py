@@ -101,10 +101,12 @@ def test_reference_sampler_scores_the_shipped_model(clf) -> None:
     r = score.score_sampler(fn, per_class=2, classifier=clf, cfg_scale=4.0, steps=10, sampler="ddim")
     assert r.backend == "torch" and r.precision == "fp32" and r.num_images == 20
     assert r.accuracy >= 0.7  # 10 DDIM steps, 20 images: loose; the full score is in the README
-    # batching bounds memory only: image i always gets noise index i
+    # batching bounds memory only: image i always gets noise index i, so another batch size gives
+    # the same images up to GEMM rounding (seen: 2 of 61,440 uint8 values off by 1)
     again = score.torch_sample_fn(model, decode, cfg_scale=4.0, steps=10, sampler="ddim", seed=0, batch=20)
     labels = score.score_labels(10, 2)
-    np.testing.assert_array_equal(fn(labels), again(labels))
+    a, b = fn(labels).astype(int), again(labels).astype(int)
+    assert np.abs(a - b).max() <= 1 and (a != b).mean() < 1e-3
 
 
 def _parser() -> argparse.ArgumentParser:

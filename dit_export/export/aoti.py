@@ -17,12 +17,9 @@ ISA, recorded as `cpu_isa`) and runs only with the same torch release's LibTorch
 from __future__ import annotations
 
 import argparse
-import contextlib
-import logging
 import sys
 import time
-import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -43,19 +40,7 @@ def package_name(graph: str) -> str:
     return f"{graph}{SUFFIX}"
 
 
-@contextlib.contextmanager
-def _quiet() -> Iterator[None]:
-    loggers = [logging.getLogger(n) for n in ("torch._inductor", "torch.export", "torch._dynamo")]
-    levels = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        for lg, lvl in zip(loggers, levels):
-            lg.setLevel(lvl)
+COMPILER_LOGGERS = ("torch._inductor", "torch.export", "torch._dynamo")
 
 
 def _example_inputs(manifest: dict, graph: str) -> tuple:
@@ -126,7 +111,9 @@ def check_agreement(folder: Path, manifest: dict, graph: str, package: Path) -> 
     sess = ort.InferenceSession(
         str(folder / manifest["graphs"][graph]["file"]), so, providers=["CPUExecutionProvider"]
     )
-    with _quiet():
+    from dit_export.export.graphs import quiet
+
+    with quiet(COMPILER_LOGGERS):
         runner = torch._inductor.aoti_load_package(str(package))
     worst = 0.0
     limit = AGREEMENT.get(manifest["precision"], AGREEMENT["fp16"])
@@ -156,8 +143,10 @@ def compile_package(module, args: tuple, path: Path) -> None:
     import torch
     import torch._inductor
 
+    from dit_export.export.graphs import quiet
+
     module = module.eval()
-    with _quiet(), torch.no_grad():
+    with quiet(COMPILER_LOGGERS), torch.no_grad():
         try:
             program = torch.export.export(module, args, strict=False)
             torch._inductor.aoti_compile_and_package(program, package_path=str(path))

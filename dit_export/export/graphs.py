@@ -64,10 +64,12 @@ class SavedGraph:
     param_bytes: int
 
 
+EXPORTER_LOGGERS = ("torch.onnx", "torch.onnx._internal.exporter._registration", "torch.export", "onnxscript")
+
+
 @contextlib.contextmanager
-def _quiet_exporter() -> Iterator[None]:
-    """The exporter logs progress and torchvision notes; keep the CLI's output ours."""
-    names = ["torch.onnx", "torch.onnx._internal.exporter._registration", "torch.export", "onnxscript"]
+def quiet(names: tuple[str, ...] = EXPORTER_LOGGERS) -> Iterator[None]:
+    """Compilers and exporters log progress and notes; keep the CLI's output ours."""
     loggers = [logging.getLogger(n) for n in names]
     levels = [lg.level for lg in loggers]
     for lg in loggers:
@@ -95,7 +97,7 @@ def trace(
         raise UserError("the ONNX exporter needs onnxscript: pip install 'dit_export[export]'") from None
     module = module.eval()
     try:
-        with _quiet_exporter(), torch.no_grad():
+        with quiet(), torch.no_grad():
             program = torch.onnx.export(
                 module,
                 tuple(args),

@@ -28,10 +28,9 @@ def run_engine_sample(args: argparse.Namespace) -> int:
     """Sample with the runtime; uses the request flags of `add_request_args` (classes, steps, ...)."""
     from dit_export.errors import UserError
     from dit_export.runtime.sampler import Sampler
-    from dit_export.sampling.command import default_labels, write_outputs
+    from dit_export.sampling.command import check_steps, default_labels, write_outputs
 
-    if args.steps <= 0:
-        raise UserError(f"--steps must be ≥ 1, got {args.steps}")
+    check_steps(args.steps)
     options: dict[str, Any] = {"cuda_graph": not args.no_cuda_graph} if args.backend == "trt" else {}
     with Sampler.load(args.engines, backend=args.backend, providers=args.providers, **options) as s:
         if args.out and not s.has_vae:

@@ -29,12 +29,7 @@ from dit_export.fileio import atomic_path, write_json  # noqa: E402
 
 
 def bench_command() -> list[str]:
-    """`python -m dit_export bench` when the CLI registers it, else the module's own entry point."""
-    from dit_export import cli
-
-    if "dit_export.bench.command" in cli.COMMANDS:
-        return [sys.executable, "-m", "dit_export", "bench"]
-    return [sys.executable, "-m", "dit_export.bench.command"]
+    return [sys.executable, "-m", "dit_export", "bench"]
 
 
 def run_one(args: argparse.Namespace, model: str, extra: list[str], out: Path) -> dict:
@@ -53,7 +48,7 @@ def run_one(args: argparse.Namespace, model: str, extra: list[str], out: Path) -
         str(args.warmup),
         "--repeat",
         str(args.repeat),
-        "--engines",
+        "--work-dir",
         str(args.engines),
         "--json",
         str(out),

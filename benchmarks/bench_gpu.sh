@@ -33,16 +33,9 @@ else
     vae=${VAE:-random-sd}
 fi
 
-# `python -m dit_export bench` once the CLI lists it; the module's own entry point until then.
-if python -c 'import sys; from dit_export import cli; sys.exit("dit_export.bench.command" not in cli.COMMANDS)'; then
-    bench=(python -m dit_export bench)
-else
-    bench=(python -m dit_export.bench.command)
-fi
-
 # shellcheck disable=SC2086  # $backends is a word list on purpose
-"${bench[@]}" --model XL/2 "${weights[@]}" --vae "$vae" \
+python -m dit_export bench --model XL/2 "${weights[@]}" --vae "$vae" \
     --backends $backends \
     --batch 1 8 32 --steps 50 --warmup 5 --repeat 20 \
-    --engines engines/bench \
+    --work-dir engines/bench \
     --json "$out.json" --markdown "$out.md" --plot "$out.png" "$@"

@@ -149,7 +149,7 @@ def evaluate(paths: dict[str, Path], cases: dict[str, list]) -> dict:
             "rows": [r.to_dict() for r in rows],
         }
         if name == "dit":
-            res[name]["max_guided_rel_l2"] = max(r.value for r in rows if "guided" in r.case)
+            res[name]["max_guided_rel_l2"] = max(r.value for r in rows if r.stage == "guided_eps")
     return res
 
 

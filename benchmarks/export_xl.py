@@ -22,34 +22,24 @@ import threading
 import time
 from pathlib import Path
 
+import psutil
+
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 
-
-def _rss_bytes() -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    return 0
-
-
-def _hwm_bytes() -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    return 0
+from dit_export.bench.machine import cpu_name  # noqa: E402
+from dit_export.bench.timing import PeakRss, rss_bytes  # noqa: E402
 
 
 def child(args: argparse.Namespace) -> None:
     """One export in this process; prints one JSON line with the stage table."""
-    sys.path.insert(0, str(ROOT))
     peak = [0]
+    whole = PeakRss()
     stop = threading.Event()
 
     def sample() -> None:
         while not stop.is_set():
-            peak[0] = max(peak[0], _rss_bytes())
+            peak[0] = max(peak[0], rss_bytes())
             time.sleep(0.05)
 
     th = threading.Thread(target=sample, daemon=True)
@@ -57,45 +47,47 @@ def child(args: argparse.Namespace) -> None:
     stages: list[dict] = []
 
     def on_stage(name: str, seconds: float) -> None:
-        peak[0] = max(peak[0], _rss_bytes())
+        peak[0] = max(peak[0], rss_bytes())
         stages.append({"stage": name, "seconds": round(seconds, 2), "peak_rss_gb": round(peak[0] / 1e9, 2)})
-        peak[0] = _rss_bytes()
+        peak[0] = rss_bytes()
 
     t0 = time.perf_counter()
     from dit_export.export.exporter import ExportOptions, export
+    from dit_export.models.spec import ModelSpec
 
     result = export(
         ExportOptions(
+            model=ModelSpec(model=args.model, random_weights=True, vae=args.vae),
             out=Path(args.out),
-            model=args.model,
-            random_weights=True,
-            vae=args.vae,
             batch=args.batch,
             precision=args.precision,
             check=not args.no_check,
         ),
-        log=lambda s: print(s, file=sys.stderr),
+        log=lambda s: print(s, file=sys.stderr, flush=True),
         on_stage=on_stage,
     )
     total = time.perf_counter() - t0
     stop.set()
+    m = result.manifest
     graphs = {
         k: {
-            "bytes": g["bytes"] + sum(e["bytes"] for e in g["external_data"]),
-            "external_data": bool(g["external_data"]),
+            "bytes": g.file.bytes,
+            "external_data": ", ".join(f"{e.file} ({e.bytes:,} B)" for e in g.external_data) or "no",
         }
-        for k, g in result.manifest["graphs"].items()
+        for k, g in m.graphs.items()
         if g
     }
+    on_disk = sum(p.stat().st_size for p in Path(args.out).iterdir() if p.is_file())
     rows = [r.to_dict() for r in result.rows]
     print(
         json.dumps(
             {
                 "precision": args.precision,
                 "total_seconds": round(total, 1),
-                "peak_rss_gb": round(_hwm_bytes() / 1e9, 2),
+                "peak_rss_gb": round(whole.peak() / 1e9, 2),
                 "stages": stages,
                 "graphs": graphs,
+                "folder_bytes": on_disk,
                 "check_rows": rows,
             }
         )
@@ -103,18 +95,45 @@ def child(args: argparse.Namespace) -> None:
 
 
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    return (
-        f"{cpu}, {os.cpu_count()} cores visible, {mem:.0f} GiB RAM, {platform.system()} {platform.release()}"
-    )
+    mem = psutil.virtual_memory().total / 2**30
+    return f"{cpu_name()}, {os.cpu_count()} cores visible, {mem:.0f} GiB RAM, {platform.system()} {platform.release()}"
+
+
+def to_markdown(result: dict) -> str:
+    lines = [
+        f"# Export of {result['model']} (random weights) on CPU",
+        "",
+        f"Machine: {result['machine']}. torch {result['torch']}, onnxruntime {result['onnxruntime']}. "
+        f"VAE {result['vae']}, batch {result['batch']}, ONNX Runtime check {'on' if result['check'] else 'off'}. "
+        "Peak RSS per stage = the highest resident set sampled (50 ms) during that stage. "
+        f"Load average (1/5/15 min) before: {result['load_average_before']} — other jobs shared the 2 cores, so wall "
+        "times are upper bounds.",
+        "",
+    ]
+    for run in result["runs"]:
+        ok = run["total_seconds"] < 180 and run["peak_rss_gb"] < 8
+        lines += [
+            f"## {run['precision']}: {run['total_seconds']} s total, peak RSS {run['peak_rss_gb']} GB "
+            f"({'within' if ok else 'OUTSIDE'} the 3 min / 8 GB target; load average after {run['load_average_after']})",
+            "",
+            "| stage | seconds | peak RSS (GB) |",
+            "|---|---:|---:|",
+        ]
+        lines += [f"| {s['stage']} | {s['seconds']} | {s['peak_rss_gb']} |" for s in run["stages"]]
+        lines += ["", "| graph | .onnx bytes | external data |", "|---|---:|---|"]
+        lines += [f"| {k} | {v['bytes']:,} | {v['external_data']} |" for k, v in run["graphs"].items()]
+        lines += ["", f"Folder on disk: {run['folder_bytes']:,} bytes (every file, weights once)."]
+        if run["check_rows"]:
+            worst = {}
+            for r in run["check_rows"]:
+                if r["metric"] == "rel_l2":
+                    worst[r["stage"]] = max(worst.get(r["stage"], 0.0), r["value"] or 0.0)
+            lines += [
+                "",
+                "Worst rel-L2 vs PyTorch fp32: " + ", ".join(f"{k} {v:.2e}" for k, v in worst.items()),
+            ]
+        lines.append("")
+    return "\n".join(lines)
 
 
 def main() -> None:
@@ -137,7 +156,7 @@ def main() -> None:
 
     runs = []
     load_before = [round(v, 1) for v in os.getloadavg()]
-    with tempfile.TemporaryDirectory(dir=ROOT / "benchmarks") as tmp:
+    with tempfile.TemporaryDirectory(prefix="export_xl_", dir=ROOT / "benchmarks") as tmp:  # large: not /tmp
         for prec in args.precisions:
             cmd = [sys.executable, __file__, "--child", "--precision", prec, "--model", args.model, "--vae", args.vae,
                    "--batch", str(args.batch), "--out", str(Path(tmp) / prec)] + (["--no-check"] if args.no_check else [])  # fmt: skip
@@ -167,42 +186,7 @@ def main() -> None:
     out = Path(args.results)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(result, indent=1) + "\n")
-    lines = [
-        f"# Export of {args.model} (random weights) on CPU",
-        "",
-        f"Machine: {result['machine']}. torch {result['torch']}, onnxruntime {result['onnxruntime']}. "
-        f"VAE {args.vae}, batch {args.batch}, ONNX Runtime check {'on' if result['check'] else 'off'}. "
-        "Peak RSS per stage = the highest resident set sampled (50 ms) during that stage. "
-        f"Load average (1/5/15 min) before: {load_before} — other jobs shared the 2 cores, so wall "
-        "times are upper bounds.",
-        "",
-    ]
-    for run in runs:
-        ok = run["total_seconds"] < 180 and run["peak_rss_gb"] < 8
-        lines += [
-            f"## {run['precision']}: {run['total_seconds']} s total, peak RSS {run['peak_rss_gb']} GB "
-            f"({'within' if ok else 'OUTSIDE'} the 3 min / 8 GB target; load average after {run['load_average_after']})",
-            "",
-            "| stage | seconds | peak RSS (GB) |",
-            "|---|---:|---:|",
-        ]
-        lines += [f"| {s['stage']} | {s['seconds']} | {s['peak_rss_gb']} |" for s in run["stages"]]
-        lines += ["", "| graph | bytes | external data |", "|---|---:|---|"]
-        lines += [
-            f"| {k} | {v['bytes']:,} | {'yes' if v['external_data'] else 'no'} |"
-            for k, v in run["graphs"].items()
-        ]
-        if run["check_rows"]:
-            worst = {}
-            for r in run["check_rows"]:
-                if r["metric"] == "rel_l2":
-                    worst[r["graph"]] = max(worst.get(r["graph"], 0.0), r["value"] or 0.0)
-            lines += [
-                "",
-                "Worst rel-L2 vs PyTorch fp32: " + ", ".join(f"{k} {v:.2e}" for k, v in worst.items()),
-            ]
-        lines.append("")
-    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    out.with_suffix(".md").write_text(to_markdown(result) + "\n")
     print(f"wrote {out.with_suffix('.json')} and {out.with_suffix('.md')}")
 
 

@@ -36,9 +36,28 @@ def write_bytes(target: str | os.PathLike, data: bytes) -> None:
         tmp.write_bytes(data)
 
 
-def write_json(target: str | os.PathLike, obj: object) -> None:
+def write_json(target: str | os.PathLike, obj: object, *, allow_nan: bool = True) -> None:
     with atomic_path(target) as tmp:
-        tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=False, allow_nan=allow_nan) + "\n")
+
+
+def read_json_object(path: str | os.PathLike, what: str) -> dict:
+    """The JSON object in `path`; a one-line UserError naming `what` when unreadable or not an object."""
+    try:
+        value = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as e:
+        raise UserError(f"cannot read {path} ({what}): {str(e).splitlines()[0]}") from None
+    if not isinstance(value, dict):
+        raise UserError(f"{path} is not {what} (a JSON object was expected)")
+    return value
+
+
+def read_json_or_none(path: str | os.PathLike) -> object | None:
+    """The JSON value in `path`; None when the file is missing or not JSON (a record we may rewrite)."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
 
 
 @contextlib.contextmanager

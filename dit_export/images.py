@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -101,6 +102,23 @@ def save_png_folder(folder: str | os.PathLike, nhwc_uint8: np.ndarray, start: in
     """Write images as ``{index:06d}.png`` from ``start`` (the naming of ``sample_ddp.py``)."""
     folder = ensure_writable_dir(folder)
     return [save_png(folder / f"{start + i:06d}.png", img) for i, img in enumerate(nhwc_uint8)]
+
+
+def save_labelled_pngs(
+    folder: str | os.PathLike, nhwc_uint8: np.ndarray, labels: Sequence[int], start: int = 0
+) -> list[Path]:
+    """Write one PNG per image as ``{index:03d}-class{label}.png`` (what ``sample --out`` writes
+    beside its grid); `start` offsets the index. Each file is written atomically."""
+    arr = np.asarray(nhwc_uint8)
+    if arr.ndim != 4 or len(arr) != len(labels):
+        raise ValueError(
+            f"expected (N, H, W, 3) images and N labels, got {arr.shape} and {len(labels)} labels"
+        )
+    folder = ensure_writable_dir(folder)
+    return [
+        save_png(folder / f"{start + i:03d}-class{int(label)}.png", img)
+        for i, (label, img) in enumerate(zip(labels, arr))
+    ]
 
 
 def save_npz(path: str | os.PathLike, nhwc_uint8: np.ndarray) -> Path:

@@ -4,7 +4,8 @@
 #   bash scripts/build_cpp.sh            # build into cpp/build (incremental: re-running is cheap)
 #   bash scripts/build_cpp.sh --test     # ... then run ctest (end-to-end tests need DIT_TEST_REFERENCE)
 #
-# Needs cmake, a C++17 compiler, nlohmann-json and zlib headers; run as root with apt-get
+# Needs cmake, a C++17 compiler and the nlohmann-json, zlib, OpenSSL and stb headers
+# (nlohmann-json3-dev zlib1g-dev libssl-dev libstb-dev); run as root with apt-get
 # available, it installs the missing Debian packages itself. The CPU backend uses the LibTorch
 # inside the torch wheel of .venv (or of the active python); without torch it is left out.
 # Env: DIT_CPP_BUILD (build folder), DIT_CPP_JOBS (parallel jobs, default 2), DIT_CPP_CMAKE_ARGS.
@@ -18,6 +19,8 @@ command -v cmake >/dev/null || need+=(cmake)
 command -v c++ >/dev/null || need+=(g++)
 [ -f /usr/include/nlohmann/json.hpp ] || need+=(nlohmann-json3-dev)
 [ -f /usr/include/zlib.h ] || need+=(zlib1g-dev)
+[ -f /usr/include/openssl/evp.h ] || need+=(libssl-dev)                # SHA-256 (OpenSSL EVP)
+[ -f /usr/include/stb/stb_image_write.h ] || need+=(libstb-dev)        # PNG writer of the example
 if ((${#need[@]})); then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     echo "build_cpp: installing ${need[*]}"

@@ -29,6 +29,8 @@ from __future__ import annotations
 import argparse
 import ast
 import hashlib
+import importlib
+import importlib.util
 import os
 import re
 import struct
@@ -43,6 +45,8 @@ ENGINE = ROOT / "dit_export" / "engine"
 NAMES_11 = ENGINE / "trt11_names.txt"
 NAMES_10_0 = ENGINE / "trt10.0_names.txt"
 TRT_FILES = sorted(ENGINE.glob("*.py")) + [ROOT / "dit_export" / "runtime" / "trt_backend.py"]
+# The TensorRT 11 lean runtime (tensorrt-lean-cu13-bindings + -libs): imports on a CPU-only machine.
+LEAN_MODULE = "tensorrt_lean_bindings"
 MYPY_FILES = [
     ENGINE / "trt_api.py",
     ENGINE / "cuda.py",
@@ -224,12 +228,15 @@ def typed_attributes(files: list[Path]) -> dict[str, list[str]] | None:
     module, a TensorRT class, or an instance of one (Optional included); a method defined in a
     subclass of a TensorRT class (the ILogger callback) counts too. None without the stubs.
     """
-    from mypy import build
-    from mypy.modulefinder import BuildSource
-    from mypy.nodes import MypyFile, RefExpr, TypeInfo
-    from mypy.options import Options
-    from mypy.traverser import NameAndMemberCollector
-    from mypy.types import Instance, TypeType, UnionType, get_proper_type
+    try:
+        from mypy import build
+        from mypy.modulefinder import BuildSource
+        from mypy.nodes import MypyFile, RefExpr, TypeInfo
+        from mypy.options import Options
+        from mypy.traverser import NameAndMemberCollector
+        from mypy.types import Instance, TypeType, UnionType, get_proper_type
+    except ImportError:  # mypy is not installed: the caller falls back to trt.X chains
+        return None
 
     with tempfile.TemporaryDirectory() as tmp:
         stubdir = _stub_dir(Path(tmp))
@@ -335,7 +342,10 @@ def check_names(
     used = typed_attributes(files)
     how = "typed (mypy against tensorrt-stubs 10.x)"
     if used is None:
-        used, how = module_rooted_attributes(files), "trt.X chains only (tensorrt-stubs not installed)"
+        used, how = (
+            module_rooted_attributes(files),
+            "trt.X chains only (mypy or tensorrt-stubs not installed)",
+        )
     gated = needs_10_1()
     problems = []
     for n in sorted(set(used) - WRAPPER_NAMES):
@@ -352,8 +362,171 @@ def check_names(
     return problems, used, how
 
 
+# ------------------------------------------------------------------------------ the real lean runtime
+
+
+def _trt_aliases(tree: ast.AST) -> set[str]:
+    """Names the tensorrt module is bound to in a file (import tensorrt [as x]; x = optional_import("tensorrt"))."""
+    aliases = {"trt", "tensorrt"}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            aliases |= {a.asname or a.name for a in node.names if a.name == "tensorrt"}
+        elif isinstance(node, ast.Assign) and isinstance(node.value, ast.Call):
+            args = node.value.args
+            if args and isinstance(args[0], ast.Constant) and args[0].value == "tensorrt":
+                aliases |= {t.id for t in node.targets if isinstance(t, ast.Name)}
+    return aliases
+
+
+def _chain(node: ast.AST) -> list[str] | None:
+    """`trt.A.B` → ["trt", "A", "B"]; None for anything that is not a dotted name."""
+    parts = []
+    while isinstance(node, ast.Attribute):
+        parts.append(node.attr)
+        node = node.value
+    if not isinstance(node, ast.Name):
+        return None
+    return [node.id, *reversed(parts)]
+
+
+def _lean_class(lean, dotted: str):
+    obj = lean
+    for part in dotted.split("."):
+        obj = getattr(obj, part, None)
+        if obj is None:
+            return None
+    return obj if isinstance(obj, type) else None
+
+
+def _returns(lean, cls: str, method: str) -> str | None:
+    """The TensorRT class a lean method returns, from its pybind11 signature (None when not a class)."""
+    fn = getattr(_lean_class(lean, cls), method, None)
+    doc = getattr(fn, "__doc__", "") or ""
+    m = re.search(rf"^(?:\d+\. )?{re.escape(method)}\(.*\) -> (?:[\w.]*\.)?(\w+)\s*$", doc, re.M)
+    return m.group(1) if m and _lean_class(lean, m.group(1)) is not None else None
+
+
+class _RuntimeUses(ast.NodeVisitor):
+    """(class, attribute, where) for every TensorRT attribute a file uses, by a small type inference:
+    `trt.X.Y` chains; names and `self.x` annotated `trt.C` (or `trt.C | None`); `v = <call returning C>`
+    (return types from the lean module's signatures); `v = trt.C(...)`; methods of `trt.C` subclasses."""
+
+    def __init__(self, lean, aliases: set[str], rel: str) -> None:
+        self.lean, self.aliases, self.rel = lean, aliases, rel
+        self.env: dict[str, str] = {}
+        self.uses: list[tuple[str, str, str]] = []
+
+    def type_of(self, node: ast.AST | None) -> str | None:
+        if node is None or isinstance(node, ast.Constant):
+            return None
+        if isinstance(node, ast.BinOp):  # trt.C | None
+            return self.type_of(node.left) or self.type_of(node.right)
+        chain = _chain(node)
+        if chain and chain[0] in self.aliases and len(chain) > 1:
+            return ".".join(chain[1:])
+        if isinstance(node, ast.Call):
+            if isinstance(node.func, ast.Attribute):
+                owner = self.type_of(node.func.value)
+                if owner:  # a method of a TensorRT object: its return type
+                    return _returns(self.lean, owner, node.func.attr)
+            return self.type_of(node.func)  # trt.C(...): a C
+        return self.env.get(ast.unparse(node))
+
+    def annotation(self, node: ast.AST | None) -> str | None:
+        if isinstance(node, ast.Constant) and isinstance(node.value, str):  # "trt.C" forward references
+            try:
+                node = ast.parse(node.value, mode="eval").body
+            except SyntaxError:
+                return None
+        return self.type_of(node)
+
+    def bind(self, target: ast.AST, value_type: str | None) -> None:
+        if value_type:
+            self.env[ast.unparse(target)] = value_type
+
+    def visit_arg(self, node: ast.arg) -> None:
+        self.bind(ast.Name(node.arg), self.annotation(node.annotation))
+
+    def visit_AnnAssign(self, node: ast.AnnAssign) -> None:
+        self.generic_visit(node)
+        self.bind(node.target, self.annotation(node.annotation))
+
+    def visit_Assign(self, node: ast.Assign) -> None:
+        self.generic_visit(node)
+        for t in node.targets:
+            if isinstance(t, ast.Tuple) and isinstance(node.value, ast.Tuple):
+                for a, b in zip(t.elts, node.value.elts):
+                    self.bind(a, self.type_of(b))
+            else:
+                self.bind(t, self.type_of(node.value))
+
+    def visit_ClassDef(self, node: ast.ClassDef) -> None:
+        for base in node.bases:
+            base_type = self.type_of(base)
+            if base_type:
+                for item in node.body:
+                    if isinstance(item, ast.FunctionDef) and not item.name.startswith("__"):
+                        self.uses.append((base_type, item.name, f"{self.rel}:{item.lineno}"))
+        self.generic_visit(node)
+
+    def visit_Attribute(self, node: ast.Attribute) -> None:
+        chain = _chain(node)
+        if chain and chain[0] in self.aliases:
+            if len(chain) == 2:
+                self.uses.append(("", chain[1], f"{self.rel}:{node.lineno}"))
+            else:
+                self.uses.append((".".join(chain[1:-1]), chain[-1], f"{self.rel}:{node.lineno}"))
+            return
+        owner = self.type_of(node.value)
+        if owner:
+            self.uses.append((owner, node.attr, f"{self.rel}:{node.lineno}"))
+        self.generic_visit(node)
+
+
+def runtime_uses(lean, files: list[Path] | None = None) -> list[tuple[str, str, str]]:
+    """(owner, attribute, "file:line") for every TensorRT attribute our code uses; owner "" = the module."""
+    uses = []
+    for f in files or TRT_FILES:
+        tree = ast.parse(f.read_text(), str(f))
+        visitor = _RuntimeUses(lean, _trt_aliases(tree), _rel(f))
+        for node in sorted(
+            (n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.ClassDef))),
+            key=lambda n: n.lineno,
+        ):
+            if isinstance(node, ast.ClassDef):  # annotations of self.x in every method, first
+                for item in ast.walk(node):
+                    if isinstance(item, ast.AnnAssign):
+                        visitor.bind(item.target, visitor.annotation(item.annotation))
+        visitor.visit(tree)
+        uses += visitor.uses
+    return sorted(set(uses))
+
+
+def check_runtime(lean, files: list[Path] | None = None) -> tuple[list[str], list[tuple[str, str, str]]]:
+    """(problems, uses): each runtime attribute must exist on the real lean module's class; a name on a
+    class the lean runtime lacks (Builder, OnnxParser, …: builder side) must be in the 11.x name list."""
+    names11 = read_names(NAMES_11)
+    problems = []
+    uses = runtime_uses(lean, files)
+    for owner, attr, where in uses:
+        if attr in WRAPPER_NAMES:
+            continue
+        root = _lean_class(lean, owner) if owner else lean
+        label = f"{owner}.{attr}" if owner else attr
+        if root is lean and not hasattr(lean, attr):  # a builder-side class (Builder, OnnxParser, ...)
+            root, owner = None, ""
+        if root is not None:
+            if not hasattr(root, attr):
+                problems.append(f"{label} ({where}): not in the TensorRT 11 lean runtime ({lean.__name__})")
+        elif attr not in names11 or any(p not in names11 for p in owner.split(".") if p):
+            problems.append(f"{label} ({where}): not in the TensorRT 11.x bindings (builder side)")
+    return problems, uses
+
+
 def run_mypy(files: list[Path] | None = None) -> tuple[int, str]:
     """mypy over the TensorRT-facing files against repaired tensorrt-stubs; (exit code, output)."""
+    if importlib.util.find_spec("mypy") is None:
+        return 0, "mypy is not installed: mypy check skipped (pip install mypy)"
     with tempfile.TemporaryDirectory() as tmp:
         if _stub_dir(Path(tmp)) is None:
             return (
@@ -383,6 +556,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.refresh:
         refresh()
     problems, _, _ = check_names(verbose=True)
+    try:
+        lean = importlib.import_module(LEAN_MODULE)
+    except ImportError:
+        print(f"note: {LEAN_MODULE} is not installed: runtime check skipped (pip install tensorrt-lean-cu13-bindings "
+              "tensorrt-lean-cu13-libs)")  # fmt: skip
+    else:
+        more, uses = check_runtime(lean)
+        problems += more
+        print(f"{len(uses)} TensorRT attribute uses checked against {LEAN_MODULE} {lean.__version__}")
     for p in problems:
         print(f"error: {p}")
     rc = 1 if problems else 0

@@ -22,6 +22,10 @@ from pathlib import Path
 
 import torch
 
+from dit_export.models.spec import ModelSpec
+from dit_export.sampling.noise import TorchNoise
+from dit_export.sampling.reference import sample_latents
+
 TIMM_STANDIN = """
 import torch
 from torch import nn
@@ -68,11 +72,7 @@ def main() -> int:
     ap.add_argument("--classes", type=int, nargs="+", default=[207, 360, 387, 974])
     args = ap.parse_args()
 
-    from dit_export.models.checkpoints import load_dit
-    from dit_export.sampling.noise import TorchNoise
-    from dit_export.sampling.reference import sample_latents
-
-    ours, cfg = load_dit(None, model=args.model, image_size=args.image_size, random_weights=True)
+    ours, cfg = ModelSpec(model=args.model, image_size=args.image_size, random_weights=True).load_dit()
     standin = Path(tempfile.mkdtemp()) / "timm"
     (standin / "models").mkdir(parents=True)
     (standin / "__init__.py").write_text("")

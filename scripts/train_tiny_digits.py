@@ -321,6 +321,11 @@ def save_model(out: Path, vae: Any, ema: DiT, meta: dict[str, Any]) -> None:
             path.chmod(0o755 if path.is_dir() else 0o644)
 
 
+def stage_args(args: argparse.Namespace, stage: str) -> dict:
+    """steps, batch and lr of one training stage, from its --<stage>-steps/-batch/-lr flags."""
+    return {k: getattr(args, f"{stage}_{k}") for k in ("steps", "batch", "lr")}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"output folder (default {DEFAULT_OUT})")
@@ -340,14 +345,7 @@ def main(argv: list[str] | None = None) -> int:
 
     t0, c0 = time.perf_counter(), time.process_time()
     images, labels = training_images()
-    vae, vae_log = train_vae(
-        images,
-        steps=args.vae_steps,
-        batch=args.vae_batch,
-        lr=args.vae_lr,
-        kl_weight=args.kl_weight,
-        seed=args.seed,
-    )
+    vae, vae_log = train_vae(images, **stage_args(args, "vae"), kl_weight=args.kl_weight, seed=args.seed)
     t_vae = time.perf_counter() - t0
     mean, std = encode_dataset(vae, images)
     sf = latent_scaling_factor(mean, std, seed=args.seed)
@@ -361,15 +359,7 @@ def main(argv: list[str] | None = None) -> int:
 
     t1 = time.perf_counter()
     ema, _, dit_log = train_dit(
-        mean,
-        std,
-        labels,
-        sf,
-        steps=args.dit_steps,
-        batch=args.dit_batch,
-        lr=args.dit_lr,
-        ema_decay=args.ema_decay,
-        seed=args.seed,
+        mean, std, labels, sf, **stage_args(args, "dit"), ema_decay=args.ema_decay, seed=args.seed
     )
     t_dit = time.perf_counter() - t1
     print(f"dit done in {t_dit:.0f} s")

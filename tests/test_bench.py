@@ -9,21 +9,24 @@ import sys
 
 import pytest
 
-from dit_export.bench.backends import BASELINE, QUICK_BACKENDS, SPECS
-from dit_export.bench.command import main as bench_main
-from dit_export.bench.machine import device_peak
+from dit_export.bench.backends import BASELINE, QUICK_BACKENDS, SPECS, peak_class
+from dit_export.bench.machine import device_peak, versions
 from dit_export.bench.report import fmt_ms, fmt_num
 from dit_export.bench.run import STAGES
 from dit_export.bench.timing import PeakRss, Stats
+from dit_export.cli import main as cli_main
+
+
+def bench_main(argv: list[str]) -> int:
+    """`python -m dit_export bench ARGV` in-process: its exit status (argparse errors exit 2)."""
+    try:
+        return cli_main(["bench", *argv])
+    except SystemExit as e:
+        return int(e.code or 0)
 
 
 def _bench_cmd() -> list[str]:
-    """`python -m dit_export bench` once the CLI lists it; the module's own entry point until then."""
-    from dit_export import cli
-
-    if "dit_export.bench.command" in cli.COMMANDS:
-        return [sys.executable, "-m", "dit_export", "bench"]
-    return [sys.executable, "-m", "dit_export.bench.command"]
+    return [sys.executable, "-m", "dit_export", "bench"]
 
 
 @pytest.fixture(scope="module")
@@ -242,3 +245,38 @@ def test_peak_rss_window_resets():
     assert peak1 - before.baseline >= 60 << 20
     if after.kind.startswith("VmHWM"):  # Linux: the window starts again below the 64 MiB peak
         assert after.peak() < peak1
+
+
+def test_peak_class_follows_the_build_precision():
+    """Issue 14.7: TensorRT builds keep TF32 off, so trt-fp32 is scored on the fp32 (CUDA-core) peak."""
+    assert peak_class(SPECS["trt-fp32"], "cuda")[0] == "fp32"
+    assert peak_class(SPECS["trt"], "cuda")[0] == "fp16"
+    assert peak_class(SPECS["ort"], "cuda")[0] == "tf32"  # ORT's CUDA EP allows TF32
+    assert peak_class(SPECS["ort-fp16"], "cuda")[0] == "fp16"
+    modes = {
+        n: peak_class(SPECS[n], "cuda")[0]
+        for n in ("torch-fp32", "torch-tf32", "torch-fp16", "torch-compile")
+    }
+    assert modes == {
+        "torch-fp32": "fp32",
+        "torch-tf32": "tf32",
+        "torch-fp16": "fp16",
+        "torch-compile": "fp16",
+    }
+    assert all(peak_class(s, "cpu")[0] is None for s in SPECS.values())
+    h200 = device_peak("NVIDIA H200")["tflops"]
+    assert h200[peak_class(SPECS["trt-fp32"], "cuda")[0]] == 67.0  # not the TF32 495 (7.4× apart)
+
+
+def test_versions_come_from_metadata_without_imports():
+    import subprocess
+
+    code = (
+        "import sys; from dit_export.bench.machine import versions; v = versions(); "
+        "print(v['numpy'] is not None, 'torch' in sys.modules, 'onnxruntime' in sys.modules)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert out == ["True", "False", "False"]
+    assert versions()["dit_export"]

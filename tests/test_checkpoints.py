@@ -20,20 +20,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from dit_diffusers import to_diffusers_config, to_diffusers_state_dict
 from safetensors.torch import save_file
 
 from dit_export.errors import UserError
 from dit_export.models import hub
-from dit_export.models.checkpoints import (
-    describe,
-    from_diffusers_state_dict,
-    load_dit,
-    perturb_zero_initialised,
-    random_dit,
-    to_diffusers_config,
-    to_diffusers_state_dict,
-)
+from dit_export.models.checkpoints import describe, load_dit, perturb_zero_initialised, random_dit
 from dit_export.models.configs import DiTConfig
+from dit_export.models.diffusers_keys import from_diffusers_state_dict
 from dit_export.models.dit import DiT
 
 REPO = Path(__file__).resolve().parents[1]

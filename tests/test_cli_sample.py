@@ -8,21 +8,14 @@ import sys
 import numpy as np
 import pytest
 import torch
+from conftest import assert_one_line_error, run_dit_export
 
 from dit_export.models.checkpoints import random_dit
 
 
 def run(*args, cwd=None):
     """The real CLI in a fresh interpreter (what a user types)."""
-    env = dict(os.environ, HF_HUB_OFFLINE="1", DIT_EXPORT_OFFLINE="1")
-    return subprocess.run(
-        [sys.executable, "-m", "dit_export", *args],
-        capture_output=True,
-        text=True,
-        cwd=cwd,
-        env=env,
-        timeout=600,
-    )
+    return run_dit_export(*args, cwd=cwd, timeout=600)
 
 
 def run_inproc(capsys, monkeypatch, *args, cwd=None):
@@ -38,27 +31,9 @@ def run_inproc(capsys, monkeypatch, *args, cwd=None):
     return subprocess.CompletedProcess(args, rc, out.out, out.err)
 
 
-def assert_one_line_error(r, *needles):
-    assert r.returncode != 0, r.stdout + r.stderr
-    assert "Traceback" not in r.stderr, r.stderr
-    lines = [ln for ln in r.stderr.strip().splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), r.stderr
-    for n in needles:
-        assert n in lines[0], lines[0]
-
-
 def test_readme_sample_command_writes_latents(tmp_path):
     r = run(
-        "sample",
-        "--model",
-        "S/8",
-        "--random-weights",
-        "--vae",
-        "none",
-        "--steps",
-        "10",
-        "--save-latents",
-        "x.npy",
+        *"sample --model S/8 --random-weights --vae none --steps 10 --save-latents x.npy".split(),
         cwd=tmp_path,
     )
     assert r.returncode == 0, r.stderr
@@ -73,30 +48,8 @@ def test_sample_matches_the_library_call(tmp_path):
     from dit_export.sampling.reference import sample_latents
 
     r = run(
-        "sample",
-        "--model",
-        "S/8",
-        "--random-weights",
-        "--weights-seed",
-        "3",
-        "--vae",
-        "none",
-        "--steps",
-        "5",
-        "--sampler",
-        "ddim",
-        "--classes",
-        "1",
-        "2",
-        "--cfg-scale",
-        "1.5",
-        "--seed",
-        "7",
-        "--noise",
-        "torch",
-        "--save-latents",
-        "x.npy",
-        "--no-progress",
+        *"sample --model S/8 --random-weights --weights-seed 3 --vae none --steps 5 --sampler ddim".split(),
+        *"--classes 1 2 --cfg-scale 1.5 --seed 7 --noise torch --save-latents x.npy --no-progress".split(),
         cwd=tmp_path,
     )
     assert r.returncode == 0, r.stderr
@@ -119,22 +72,9 @@ def test_sample_with_a_vae_writes_grid_and_npz(tmp_path):
 
     random_vae("tiny", seed=0).save_pretrained(tmp_path / "vae")
     r = run(
-        "sample",
-        "--model",
-        "S/8",
-        "--random-weights",
-        "--vae",
+        *"sample --model S/8 --random-weights --vae".split(),
         str(tmp_path / "vae"),
-        "--steps",
-        "3",
-        "--classes",
-        "0",
-        "1",
-        "2",
-        "--out",
-        "g.png",
-        "--save-images",
-        "s.npz",
+        *"--steps 3 --classes 0 1 2 --out g.png --save-images s.npz".split(),
         cwd=tmp_path,
     )
     assert r.returncode == 0, r.stderr
@@ -142,6 +82,10 @@ def test_sample_with_a_vae_writes_grid_and_npz(tmp_path):
     assert imgs.shape == (3, 256, 256, 3) and imgs.dtype == np.uint8
     grid = load_png(tmp_path / "g.png")
     assert grid.shape == (256 + 4, 3 * 258 + 2, 3)
+    # one PNG per image beside the grid, named by index and class, equal to the npz images
+    names = sorted(p.name for p in (tmp_path / "g").iterdir())
+    assert names == ["000-class0.png", "001-class1.png", "002-class2.png"]
+    np.testing.assert_array_equal(load_png(tmp_path / "g" / "001-class1.png"), imgs[1])
 
 
 @pytest.fixture(scope="module")

@@ -7,8 +7,10 @@ ctest's end-to-end test, the `dit_sample` example (PNG grid, .npy, .npz), ctypes
 and the Python loop on the C++ graphs (`CppBackend`).
 
 Skipped, with the reason, only when a toolchain piece is missing (cmake, a C++ compiler, the
-nlohmann-json / zlib headers that scripts/build_cpp.sh cannot install, LibTorch's CMake config).
-`DIT_TEST_CPP_ENGINES=DIR` reuses an exported folder that already has its AOTI packages.
+nlohmann-json / zlib / OpenSSL / stb headers that scripts/build_cpp.sh cannot install, LibTorch's
+CMake config).
+`DIT_TEST_CPP_ENGINES=DIR` reuses an exported folder that already has its AOTI packages
+(aoti/<graph>.pt2 with their records aoti/<graph>.pt2.json).
 """
 
 from __future__ import annotations
@@ -45,6 +47,8 @@ def _missing_toolchain() -> str | None:
     for header, pkg in (
         ("/usr/include/nlohmann/json.hpp", "nlohmann-json3-dev"),
         ("/usr/include/zlib.h", "zlib1g-dev"),
+        ("/usr/include/openssl/evp.h", "libssl-dev"),
+        ("/usr/include/stb/stb_image_write.h", "libstb-dev"),
     ):
         if not Path(header).exists() and not root_apt:
             return f"{header} is missing ({pkg}) and apt-get cannot install it here"
@@ -90,25 +94,16 @@ def engines(tmp_path_factory) -> Path:
     reuse = os.environ.get("DIT_TEST_CPP_ENGINES")
     if reuse:
         folder = Path(reuse)
-        assert "aoti" in json.loads((folder / "manifest.json").read_text()), f"{folder} has no AOTI packages"
+        assert (folder / "aoti" / "dit_step.pt2.json").is_file(), f"{folder} has no AOTI packages"
         return folder
-    from dit_export.export.aoti import add_aoti_packages
+    from dit_export.engine.aoti import add_aoti_packages
     from dit_export.export.exporter import ExportOptions, export
+    from dit_export.models.spec import ModelSpec
 
     folder = tmp_path_factory.mktemp("cpp") / "s8"
     t0 = time.perf_counter()
-    export(
-        ExportOptions(
-            out=folder,
-            model="S/8",
-            random_weights=True,
-            vae="random-tiny",
-            image_size=256,
-            batch=2,
-            check=False,
-        ),
-        log=lambda s: None,
-    )
+    spec = ModelSpec(model="S/8", random_weights=True, vae="random-tiny", image_size=256)
+    export(ExportOptions(model=spec, out=folder, batch=2, precision="fp32", check=False), log=lambda s: None)
     t1 = time.perf_counter()
     add_aoti_packages(folder, log=lambda s: None)
     print(f"\nexport {t1 - t0:.1f} s, AOTI compile {time.perf_counter() - t1:.1f} s")
@@ -156,6 +151,15 @@ def reference(engines, python_sampler, tmp_path_factory) -> Path:
     return out / "reference.json"
 
 
+def _built_with_tensorrt(build: Path) -> bool:
+    """Asks the built library itself (dit_version: "0.1.0 (backends: cpu-aoti, tensorrt)")."""
+    import ctypes
+
+    lib = ctypes.CDLL(str(build / "libdit_runtime.so"))
+    lib.dit_version.restype = ctypes.c_char_p
+    return "tensorrt" in lib.dit_version().decode()
+
+
 def _max_delta(a: np.ndarray, b: np.ndarray) -> int:
     assert a.shape == b.shape and a.dtype == b.dtype == np.uint8
     return int(np.abs(a.astype(np.int16) - b.astype(np.int16)).max())
@@ -186,8 +190,10 @@ def test_ctest_all_pass_with_end_to_end(cpp_build, engines, reference):
     assert "end to end: worst uint8 |delta| vs the Python runtime = " in out
     assert "base manifest: a real export (DIT_TEST_ENGINES)" in out
     assert "test_noise: all checks passed" in out
-    # TensorRT: compiled out here, so its test must be reported as skipped, with the reason.
-    assert "SKIP: dit_runtime was built without TensorRT" in out
+    assert "test_find_tensorrt: all checks passed" in out
+    if not _built_with_tensorrt(cpp_build):
+        # TensorRT compiled out: its test must be reported as skipped, with the reason.
+        assert "SKIP: dit_runtime was built without TensorRT" in out
 
 
 # --------------------------------------------------------------------------- the example app
@@ -195,12 +201,9 @@ def test_ctest_all_pass_with_end_to_end(cpp_build, engines, reference):
 
 def test_dit_sample_png_equals_python_sample(cpp_build, engines, tmp_path):
     """`dit_sample` writes the grid, latents and npz that `python -m dit_export sample --engines` writes."""
-    import argparse
-
     from PIL import Image
 
-    from dit_export.runtime.command import add_engine_args, run_engine_sample
-    from dit_export.sampling.command import add_request_args
+    from dit_export.cli import main
 
     request = "--classes 1 2 3 --steps 10 --sampler ddim --seed 5 --cfg-scale 1.5".split()
     c = tmp_path / "cpp"
@@ -216,13 +219,9 @@ def test_dit_sample_png_equals_python_sample(cpp_build, engines, tmp_path):
 
     # The Python side: the very code path of `python -m dit_export sample --engines DIR --backend ort`.
     p = tmp_path / "py"
-    parser = argparse.ArgumentParser()
-    add_request_args(parser)
-    add_engine_args(parser)
     backend = "--backend ort --providers CPUExecutionProvider --no-progress".split()
     outs = f"--out {p}.png --save-latents {p}.npy --save-images {p}.npz".split()
-    args = parser.parse_args(["--engines", str(engines), *backend, *request, *outs])
-    assert run_engine_sample(args) == 0
+    assert main(["sample", "--engines", str(engines), *backend, *request, *outs]) == 0
 
     grid_c = np.asarray(Image.open(f"{c}.png").convert("RGB"))
     grid_p = np.asarray(Image.open(f"{p}.png").convert("RGB"))
@@ -271,6 +270,9 @@ def test_cpp_sampler_equals_python_runtime(cpp_build, engines, python_sampler, m
             dict(
                 seed=7, cfg_scale=2.0, steps=25, sampler="ddpm", noise="torch"
             ),  # caller noise: torch stream
+            # issue 11: the solver-state tensors ping-ponged by the C++ loop (rows passed in / stored)
+            dict(seed=5, cfg_scale=4.0, steps=6, sampler="dpm++2m"),
+            dict(seed=5, cfg_scale=1.5, steps=10, sampler="unipc"),
         ]
         for kw in cases:
             labels = [10, 20, 30]
@@ -287,12 +289,12 @@ def test_cpp_sampler_equals_python_runtime(cpp_build, engines, python_sampler, m
 def test_cpp_backend_drives_python_loop(cpp_build, engines, python_sampler, monkeypatch):
     """The Python Sampler loop on graphs run by the C++ library (dit_run_graph), vs ort."""
     monkeypatch.setenv("DIT_RUNTIME_LIB", str(cpp_build / "libdit_runtime.so"))
-    from dit_export.export.manifest import read_manifest
+    from dit_export.export.manifest import Manifest
     from dit_export.runtime import cpp_backend
     from dit_export.runtime.sampler import Sampler
 
     monkeypatch.setattr(cpp_backend, "_lib", None)
-    manifest = read_manifest(engines)
+    manifest = Manifest.read(engines)
     be = cpp_backend.CppBackend(engines, manifest, ["dit_step", "vae_decoder"], threads=int(THREADS))
     with Sampler(engines, manifest, be) as s:
         assert "C++ dit_runtime" in s.describe()
@@ -333,55 +335,66 @@ def test_missing_library_is_a_one_line_error(monkeypatch, tmp_path):
 def test_stale_or_corrupt_packages_are_refused(cpp_build, engines, tmp_path, monkeypatch):
     """A corrupted .pt2, a package for another ONNX graph, a folder without packages: one line each."""
     monkeypatch.setenv("DIT_RUNTIME_LIB", str(cpp_build / "libdit_runtime.so"))
+    from dit_export.engine.aoti import read_packages
     from dit_export.errors import UserError
-    from dit_export.export.manifest import read_manifest
     from dit_export.runtime import cpp_backend
 
     monkeypatch.setattr(cpp_backend, "_lib", None)
     folder = tmp_path / "copy"
-    folder.mkdir()
+    (folder / "aoti").mkdir(parents=True)
     for f in engines.iterdir():
-        if f.suffix in (".onnx", ".pt2", ".data"):
+        if f.suffix in (".onnx", ".data"):
             (folder / f.name).symlink_to(f.resolve())
-    manifest = json.loads((engines / "manifest.json").read_text())
-    read_manifest(engines)  # the Python reader accepts the "aoti" section
+    shutil.copy(engines / "manifest.json", folder / "manifest.json")
+    for f in (engines / "aoti").glob("*.pt2"):
+        (folder / "aoti" / f.name).symlink_to(f.resolve())
+    records = read_packages(engines)
 
-    def write(m: dict) -> None:
-        (folder / "manifest.json").write_text(json.dumps(m))
+    def write(graph: str, rec: dict) -> None:
+        (folder / "aoti" / f"{graph}.pt2.json").write_text(json.dumps(rec))
 
-    m = json.loads(json.dumps(manifest))
-    m["aoti"]["graphs"]["dit_step"]["sha256"] = "0" * 64
-    write(m)
-    with pytest.raises(UserError, match="sha256 of dit_step.pt2 does not match"):
+    for g, rec in records.items():
+        write(g, rec)
+    with cpp_backend.CppSampler.load(folder, backend="cpu", threads=int(THREADS)) as s:  # the copy loads
+        assert "AOTInductor" in s.describe()
+    write("dit_step", {**records["dit_step"], "sha256": "0" * 64})
+    with pytest.raises(UserError, match="sha256 of aoti/dit_step.pt2 does not match its record"):
         cpp_backend.CppSampler.load(folder, backend="cpu")
-    m = json.loads(json.dumps(manifest))
-    m["aoti"]["graphs"]["dit_step"]["onnx_sha256"] = "1" * 64
-    write(m)
+    write("dit_step", {**records["dit_step"], "onnx_sha256": "1" * 64})
     with pytest.raises(UserError, match="was compiled for another dit_step.onnx"):
         cpp_backend.CppSampler.load(folder, backend="cpu")
-    m = json.loads(json.dumps(manifest))
-    del m["aoti"]
-    write(m)
-    with pytest.raises(UserError, match=r"no AOTInductor packages .* python -m dit_export.export.aoti"):
+    write("dit_step", {**records["dit_step"], "file": "../../dit_step.pt2"})
+    with pytest.raises(UserError, match="must be a relative path inside the folder"):
         cpp_backend.CppSampler.load(folder, backend="cpu")
-    with pytest.raises(UserError, match="built without TensorRT"):
-        cpp_backend.CppSampler.load(folder, backend="tensorrt")
+    (folder / "aoti" / "dit_step.pt2.json").unlink()
+    with pytest.raises(
+        UserError, match=r"no AOTInductor package aoti/dit_step.pt2 .* python -m dit_export aoti"
+    ):
+        cpp_backend.CppSampler.load(folder, backend="cpu")
+    if not _built_with_tensorrt(cpp_build):
+        with pytest.raises(UserError, match="built without TensorRT"):
+            cpp_backend.CppSampler.load(folder, backend="tensorrt")
+    else:  # no plan for this folder: refused in one line, whatever the GPU
+        with pytest.raises(UserError, match="no dit_step engine|no CUDA GPU"):
+            cpp_backend.CppSampler.load(folder, backend="tensorrt")
 
 
 def test_aoti_packages_agree_with_onnx(engines):
     """The recorded agreement, and the check itself on the compiled packages."""
-    from dit_export.export.aoti import AGREEMENT, check_agreement
-    from dit_export.export.manifest import read_manifest
+    from dit_export.engine.aoti import AGREEMENT, check_agreement, read_packages
+    from dit_export.export.manifest import Manifest
 
-    m = read_manifest(engines)
+    m = Manifest.read(engines)
+    records = read_packages(engines)
     for g in ("dit_step", "vae_decoder"):
-        entry = m["aoti"]["graphs"][g]
-        assert entry["onnx_sha256"] == m["graphs"][g]["sha256"]
-        assert entry["onnx_rel_l2"] <= AGREEMENT["fp32"]
-    assert check_agreement(engines, m, "vae_decoder", engines / "vae_decoder.pt2") < 1e-5
+        rec = records[g]
+        assert rec["file"] == f"aoti/{g}.pt2"
+        assert rec["onnx_sha256"] == m.graph(g).file.sha256
+        assert rec["onnx_rel_l2"] <= AGREEMENT["fp32"]
+    assert check_agreement(engines, m, "vae_decoder", engines / "aoti" / "vae_decoder.pt2") < 1e-5
 
 
 def test_aoti_cli_errors(tmp_path):
-    r = _run([sys.executable, "-m", "dit_export.export.aoti", str(tmp_path / "nope")], timeout=120, cwd=ROOT)
+    r = _run([sys.executable, "-m", "dit_export", "aoti", str(tmp_path / "nope")], timeout=120, cwd=ROOT)
     assert r.returncode == 2
     assert r.stderr.startswith("error: ") and r.stderr.strip().count("\n") == 0

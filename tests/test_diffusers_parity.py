@@ -9,13 +9,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from dit_diffusers import to_diffusers_config, to_diffusers_state_dict
 
-from dit_export.models.checkpoints import (
-    load_dit,
-    perturb_zero_initialised,
-    to_diffusers_config,
-    to_diffusers_state_dict,
-)
+from dit_export.models.checkpoints import load_dit, perturb_zero_initialised
 from dit_export.models.configs import DiTConfig
 from dit_export.models.dit import DiT
 

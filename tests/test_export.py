@@ -7,55 +7,36 @@ number is checked by running the real graphs in ONNX Runtime against the PyTorch
 
 from __future__ import annotations
 
+import functools
 import json
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
 import torch
+from conftest import assert_user_error as assert_one_line_error
+from conftest import hidden_names as leftovers
+from conftest import run_dit_export
 
+from dit_export import compare
+from dit_export.compare import psnr, rel_l2
 from dit_export.errors import UserError
 from dit_export.export import analysis, check, trt_ops
 from dit_export.export.exporter import ExportOptions, check_out_dir, export
-from dit_export.export.manifest import FILENAME, read_manifest, schedule_table, verify_hashes
+from dit_export.export.manifest import FILENAME, Manifest
 from dit_export.models.checkpoints import random_dit
-from dit_export.sampling.schedule import make_schedule
+from dit_export.models.spec import ModelSpec
+from dit_export.sampling.schedule import COEF_NAMES, STATE_NAMES, make_schedule, state_output
 from dit_export.sampling.step import SamplerStep
-from dit_export.verify.metrics import psnr, rel_l2
 
 REPO = Path(__file__).resolve().parents[1]
 N = 2  # images per call
 L = 32  # latent side at 256 px
 
 
-def run_cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    full_env = dict(os.environ, PYTHONPATH=str(REPO), **(env or {}))
-    return subprocess.run(
-        [sys.executable, "-m", "dit_export", *args],
-        cwd=REPO,
-        env=full_env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-
-
-def assert_one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> None:
-    assert proc.returncode == 2, proc.stderr
-    assert "Traceback" not in proc.stderr
-    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
-    for needle in needles:
-        assert needle in lines[0], lines[0]
-
-
-def leftovers(parent: Path) -> list[str]:
-    return sorted(p.name for p in parent.iterdir() if p.name.startswith("."))
+run_cli = functools.partial(run_dit_export, cwd=REPO, timeout=600)
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +49,7 @@ def fp32_dir(tmp_path_factory) -> Path:
         env={"DIT_EXPORT_EXTERNAL_DATA_THRESHOLD": str(1 << 20)},
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "guided ε" in proc.stdout and "FAIL" not in proc.stdout
+    assert "guided_eps" in proc.stdout and "FAIL" not in proc.stdout  # compare.format_table names the stage
     return out
 
 
@@ -77,7 +58,10 @@ def fp16_dir(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("export16") / "s8_fp16"
     export(
         ExportOptions(
-            out=out, model="S/8", random_weights=True, vae="random-tiny", batch=N, precision="fp16"
+            model=ModelSpec(model="S/8", random_weights=True, vae="random-tiny"),
+            out=out,
+            batch=N,
+            precision="fp16",
         ),
         log=lambda s: None,
     )
@@ -96,7 +80,8 @@ def torch_model():
 @pytest.mark.parametrize("which", ["fp32", "fp16"])
 def test_files_and_manifest(which, fp32_dir, fp16_dir):
     folder = fp32_dir if which == "fp32" else fp16_dir
-    m = read_manifest(folder)
+    typed = Manifest.read(folder)
+    m = typed.to_dict()
     assert m["precision"] == which and m["batch"] == N and m["opset"] == trt_ops.DEFAULT_OPSET
     assert (
         m["model"]["name"] == "DiT-S/8"
@@ -118,28 +103,33 @@ def test_files_and_manifest(which, fp32_dir, fp16_dir):
         ("y", [N], "int64"),
         ("noise", [N, 4, L, L], "float32"),
         ("guidance", [1], "float32"),
-        ("coef", [10], "float32"),
+        ("coef", [len(COEF_NAMES)], "float32"),
+        *((name, [N, 4, L, L], "float32") for name in STATE_NAMES),  # the multistep solvers' state
         ("x_next", [N, 4, L, L], "float32"),
+        *((state_output(name), [N, 4, L, L], "float32") for name in STATE_NAMES),
     ]
     assert io["vae_decoder"] == [("latent", [N, 4, L, L], "float32"), ("image", [N, 3, 256, 256], "float32")]
-    # External data: forced for the two DiT graphs of the fp32 export; the tiny VAE stays inline.
+    # External data: forced for the two DiT graphs of the fp32 export, which share ONE weights
+    # file (issue 16.5: the weights are written once); the tiny VAE stays inline.
     ext = {k: [e["file"] for e in g[k]["external_data"]] for k in g}
     if which == "fp32":
-        assert ext == {"dit": ["dit.onnx.data"], "dit_step": ["dit_step.onnx.data"], "vae_decoder": []}
+        assert ext == {"dit": ["dit.onnx.data"], "dit_step": ["dit.onnx.data"], "vae_decoder": []}
+        assert (folder / "dit_step.onnx").stat().st_size < (folder / "dit.onnx.data").stat().st_size / 100
     else:
         assert ext == {"dit": [], "dit_step": [], "vae_decoder": []}
     assert sorted(p.name for p in folder.iterdir()) == sorted(
-        [FILENAME] + [g[k]["file"] for k in g] + sum(ext.values(), [])
+        {FILENAME, *(g[k]["file"] for k in g), *sum(ext.values(), [])}
     )
     assert not leftovers(folder.parent)
-    verify_hashes(folder)
-    ts, coefs = schedule_table(m, "ddpm", 250)
+    typed.verify_hashes()
+    ts, coefs = typed.table("ddpm", 250)
     ref = make_schedule(250, "ddpm")
     assert np.array_equal(ts, ref.timesteps) and np.array_equal(coefs, ref.coefs)
-    ts, coefs = schedule_table(m, "ddim", 10)
+    ts, coefs = typed.table("ddim", 10)
     assert np.array_equal(coefs, make_schedule(10, "ddim").coefs)
     rows = m["checks"]["rows"]
-    assert m["checks"]["passed"] is True and len(rows) == 9 + 6 + 2 and all(r["ok"] for r in rows)
+    # dit: 3 timesteps × 3 rows; dit_step: 3 timesteps × (ddim, ddpm, unipc rows); vae: 2
+    assert m["checks"]["passed"] is True and len(rows) == 9 + 3 * 3 + 2 and all(r["passed"] for r in rows)
 
 
 # --------------------------------------------------------------------------- static graphs
@@ -170,7 +160,7 @@ def test_static_graph_properties(which, fp32_dir, fp16_dir):
 
 def test_fp16_policy_in_graph(fp16_dir):
     """fp16 tensors inside, fp32/int64 at the edges, the timestep path and LayerNorm in fp32."""
-    m = read_manifest(fp16_dir)
+    m = Manifest.read(fp16_dir).to_dict()
     assert m["precision_policy"]["name"]
     for name in ("dit", "dit_step"):
         model = onnx.load(str(fp16_dir / f"{name}.onnx"))
@@ -220,10 +210,11 @@ def test_dit_step_matches_torch(which, limit, fp32_dir, fp16_dir, torch_model):
             "noise": rng.standard_normal((N, 4, L, L), dtype=np.float32),
             "guidance": np.array([scale], dtype=np.float32),
             "coef": sched.coefs[k],
+            **{name: np.zeros((N, 4, L, L), dtype=np.float32) for name in STATE_NAMES},  # solver state
         }
         with torch.no_grad():
             want = step(*(torch.from_numpy(np.ascontiguousarray(v)) for v in feeds.values())).numpy()
-        (got,) = sess.run(None, feeds)
+        got = sess.run(None, feeds)[0]
         assert rel_l2(got, want) <= limit, (sampler, t)
 
 
@@ -272,7 +263,7 @@ def _edit(folder: Path, fn) -> None:
 
 
 def test_manifest_round_trip_and_errors(fp16_dir, tmp_path):
-    m = read_manifest(fp16_dir)
+    m = Manifest.read(fp16_dir).to_dict()
     assert m == json.loads((fp16_dir / FILENAME).read_text())
     cases = [
         (lambda m: m["graphs"]["dit"].pop("sha256"), "graphs.dit.sha256"),  # fmt: skip
@@ -286,7 +277,7 @@ def test_manifest_round_trip_and_errors(fp16_dir, tmp_path):
         folder = _linked_copy(fp16_dir, tmp_path / f"m{i}")
         _edit(folder, fn)
         with pytest.raises(UserError, match=None) as e:
-            read_manifest(folder)
+            Manifest.read(folder)
         assert needle in str(e.value) and "\n" not in str(e.value)
     # A changed graph file is caught by the hash check (same size, other bytes).
     folder = _linked_copy(fp16_dir, tmp_path / "hash")
@@ -295,9 +286,9 @@ def test_manifest_round_trip_and_errors(fp16_dir, tmp_path):
     data[-1] ^= 1
     (folder / "vae_decoder.onnx").write_bytes(bytes(data))
     with pytest.raises(UserError, match="sha256 of vae_decoder.onnx"):
-        verify_hashes(folder)
+        Manifest.read(folder).verify_hashes()
     with pytest.raises(UserError, match="no manifest.json"):
-        read_manifest(tmp_path)
+        Manifest.read(tmp_path)
 
 
 def test_inspect_cli(fp32_dir, tmp_path):
@@ -353,16 +344,23 @@ def test_leftover_partial_folder_is_not_output(tmp_path):
     (tmp_path / ".out.abc123.partial").mkdir()
     check_out_dir(tmp_path / "out", force=False)  # no error: 'out' does not exist
     with pytest.raises(UserError):
-        read_manifest(tmp_path / ".out.abc123.partial")
+        Manifest.read(tmp_path / ".out.abc123.partial")
 
 
 def test_failing_check_fails_export_and_writes_nothing(tmp_path, monkeypatch):
     """A graph outside its tolerance: exit with the measured number; --out does not appear."""
-    monkeypatch.setitem(check.TOLERANCES, "dit_step", {"fp32": ("rel_l2", 1e-12), "fp16": ("rel_l2", 1e-12)})
+    monkeypatch.setitem(
+        compare._TABLE, ("step", "rel_l2"), compare.Limit("step", "rel_l2", 1e-12, 1e-12, "test")
+    )
     out = tmp_path / "fails"
     with pytest.raises(UserError) as e:
         export(
-            ExportOptions(out=out, model="S/8", random_weights=True, vae="none", batch=1, precision="fp32"),
+            ExportOptions(
+                model=ModelSpec(model="S/8", random_weights=True, vae="none"),
+                out=out,
+                batch=1,
+                precision="fp32",
+            ),
             log=lambda s: None,
         )
     msg = str(e.value)

@@ -206,3 +206,14 @@ def test_hard_values_discriminate_float64_arithmetic():
     )
     assert (naive_ddp != ref_uint8(x)).any()
     assert (naive_grid != ref_grid(x)).any()
+
+
+def test_labelled_pngs_one_file_per_image(tmp_path):
+    rng = np.random.default_rng(1)
+    imgs = rng.integers(0, 256, size=(3, 8, 8, 3), dtype=np.uint8)
+    paths = images.save_labelled_pngs(tmp_path / "out", imgs, [207, 5, 999], start=2)
+    assert [p.name for p in paths] == ["002-class207.png", "003-class5.png", "004-class999.png"]
+    for p, img in zip(paths, imgs):
+        np.testing.assert_array_equal(images.load_png(p), img)
+    with pytest.raises(ValueError, match="N labels"):
+        images.save_labelled_pngs(tmp_path / "bad", imgs, [1, 2])

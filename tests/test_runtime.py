@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-import argparse
+import json
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,9 +20,10 @@ from test_runtime_common import (
     s8_folder,
 )
 
+from dit_export.compare import rel_l2
 from dit_export.errors import UserError
 from dit_export.images import to_uint8
-from dit_export.verify.metrics import rel_l2
+from dit_export.sampling.request import SampleRequest
 
 LABELS = [207, 360, 387]  # 3 images on a batch-2 export: two chunks, the last one padded
 STEPS = 4
@@ -182,16 +185,214 @@ def test_broken_folders_are_one_line_errors(fp32, tmp_path, case):
 
 def test_sample_command_from_engines(fp32, tmp_path):
     """What `sample --engines DIR` runs: grid PNG, latents and images written."""
-    from dit_export.runtime.command import add_engine_args, run_engine_sample
-    from dit_export.sampling.command import add_request_args
-
-    p = argparse.ArgumentParser()
-    add_request_args(p)
-    add_engine_args(p)
-    args = p.parse_args(["--engines", str(fp32), "--classes", "1", "2", "3", "--steps", "2", "--no-progress",
-                         "--out", str(tmp_path / "g.png"), "--save-latents", str(tmp_path / "l.npy"),
-                         "--save-images", str(tmp_path / "i.npz")])  # fmt: skip
-    assert run_engine_sample(args) == 0
+    proc = run_cli("sample", "--engines", str(fp32), "--classes", "1", "2", "3", "--steps", "2", "--no-progress",
+                   "--out", str(tmp_path / "g.png"), "--save-latents", str(tmp_path / "l.npy"),
+                   "--save-images", str(tmp_path / "i.npz"))  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert (tmp_path / "g.png").stat().st_size > 0
     assert np.load(tmp_path / "l.npy").shape == (3, 4, 32, 32)
     assert np.load(tmp_path / "i.npz")["arr_0"].shape == (3, 256, 256, 3)
+
+
+# --------------------------------------------------------------------------- the request, one entry point
+
+
+def test_generate_takes_one_request(ort32):
+    req = SampleRequest((207, 360, 387), seed=3, steps=2)
+    res = ort32.generate(req, decode=False)
+    assert res.images is None and res.latents.shape == (3, 4, 32, 32)
+    np.testing.assert_array_equal(res.latents, ort32.sample_latents([207, 360, 387], seed=3, steps=2))
+    assert ort32.request([1], steps=2) == SampleRequest((1,), steps=2)
+    with pytest.raises(TypeError, match="SampleRequest"):
+        ort32.generate([1, 2])  # type: ignore[arg-type]
+    for bad, needle in (
+        (dict(steps=2.5), "steps must be an integer"),
+        (dict(steps=1_000_000_000), "at most 1000 (the training steps)"),
+        (dict(cfg_scale="4"), "cfg scale must be a number"),
+    ):
+        with pytest.raises(UserError, match=re.escape(needle)):
+            ort32.sample_latents([1], **bad)
+    with pytest.raises(UserError, match="class labels must be integers"):
+        ort32.sample_latents([1.0], steps=1)
+
+
+# --------------------------------------------------------------------------- ORT: providers in use, real I/O
+
+
+def test_ort_follows_the_providers_in_use(fp32, monkeypatch):
+    """CUDA asked for but not loaded (the CPU onnxruntime here): buffers, describe() and device say CPU."""
+    import onnxruntime as ort
+
+    from dit_export.runtime import Sampler
+
+    with Sampler.load(fp32, backend="ort", providers=["CUDAExecutionProvider", "CPUExecutionProvider"]) as s:
+        assert s.backend.device == "cpu" and "CPUExecutionProvider (cpu" in s.backend.describe()
+        assert "CUDAExecutionProvider requested, not in use" in s.backend.describe()
+        assert np.isfinite(s.sample_latents([1, 2, 3], steps=2)).all()
+    # A CUDA provider that is listed as available but fails to load: ORT falls back to the CPU silently.
+    have = ort.get_available_providers()
+    if "CUDAExecutionProvider" not in have:
+        monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", *have])
+        with Sampler.load(fp32, backend="ort", providers=["CUDAExecutionProvider"]) as s:
+            assert s.backend.device == "cpu", s.backend.describe()
+            assert s.backend.active == "CPUExecutionProvider"
+            assert "(cpu; CUDAExecutionProvider requested, not in use)" in s.backend.describe()
+            a = s.sample_latents([1, 2, 3], seed=4, steps=2)
+        with Sampler.load(fp32, backend="ort", providers=["CPUExecutionProvider"]) as s:
+            np.testing.assert_array_equal(a, s.sample_latents([1, 2, 3], seed=4, steps=2))
+
+
+def test_manifest_io_against_the_session_is_one_line(fp32, tmp_path):
+    """A manifest whose graph I/O the ONNX file contradicts: one line naming the tensor, not an ORT traceback."""
+    from dit_export.runtime import Sampler
+
+    folder = link_copy(fp32, tmp_path / "io")
+    path = folder / "manifest.json"
+    m = json.loads(path.read_text())
+    for t in m["graphs"]["dit_step"]["inputs"]:
+        if t["name"] == "y":
+            t["dtype"] = "int32"
+    path.write_text(json.dumps(m, indent=1))
+    with pytest.raises(UserError) as e:
+        Sampler.load(folder, backend="ort")
+    msg = str(e.value)
+    assert "dit_step.onnx does not match the manifest's dit_step I/O: y is input int64" in msg, msg
+    assert "input int32 (2,) in manifest.json" in msg and "\n" not in msg
+
+
+def test_backend_checks_bindings_once_in_run(ort32):
+    be = ort32.backend
+    x = be.alloc((2, 4, 32, 32), "float32")
+    small = be.alloc((1, 4, 32, 32), "float32")
+    names = {"x": x, "t": be.alloc((2,), "int64"), "y": be.alloc((2,), "int64"), "noise": x,
+             "guidance": be.alloc((1,), "float32"),
+             "coef": be.alloc(ort32._coef_shape(), "float32")}  # fmt: skip
+    for name, out in ort32.state_pairs():  # the solver-state tensors (issue 11)
+        names[name], names[out] = be.alloc((2, 4, 32, 32), "float32"), be.alloc((2, 4, 32, 32), "float32")
+    with pytest.raises(ValueError, match="bound"):
+        be.run("dit_step", names)
+    with pytest.raises(
+        ValueError, match="x_next is bound to float32 \\(1, 4, 32, 32\\), the graph takes float32"
+    ):
+        be.run("dit_step", {**names, "x_next": small})
+    with pytest.raises(ValueError, match="y is bound to float32"):
+        be.run(
+            "dit_step",
+            {**names, "y": be.alloc((2,), "float32"), "x_next": be.alloc((2, 4, 32, 32), "float32")},
+        )
+    with pytest.raises(UserError, match="was not loaded"):
+        be.run("dit", {})
+
+
+# --------------------------------------------------------------------------- NaN in the reference loop
+
+
+def test_reference_loop_names_the_nan_step():
+    import torch
+
+    from dit_export.models.checkpoints import random_dit
+    from dit_export.sampling.noise import make_noise
+    from dit_export.sampling.reference import sample_latents
+
+    model, _ = random_dit("S/8", 256, seed=0)
+    with torch.no_grad():
+        model.final_layer.linear.weight.fill_(float("nan"))
+    noise = make_noise("philox", 0, 2, (4, 32, 32), guided=True)
+    with pytest.raises(UserError) as e:
+        sample_latents(model, [1, 2], noise, steps=3, progress=False)
+    assert "NaN/Inf in the step output first at step 1/3 (t=999; images 0, 1)" in str(e.value)
+
+
+# --------------------------------------------------------------------------- multistep solvers (issue 11)
+
+
+@pytest.mark.parametrize("sampler,cfg", [("dpm++2m", 4.0), ("unipc", 1.0), ("unipc", 4.0)])
+def test_multistep_solvers_match_the_reference_loop(ort32, torch32, reference_model, sampler, cfg):
+    """3 images on a batch-2 export: the history state is zeroed again for the second chunk."""
+    from dit_export.sampling.noise import make_noise
+    from dit_export.sampling.reference import sample_latents
+
+    assert [i for i, _ in ort32.state_pairs()] == ["hist_x0", "hist_x0_prev", "hist_x"]
+    noise = make_noise("philox", 1, len(LABELS), (4, 32, 32), guided=cfg > 1.0)
+    ref = sample_latents(
+        reference_model, LABELS, noise, steps=5, sampler=sampler, cfg_scale=cfg, progress=False
+    ).numpy()
+    for runner in (ort32, torch32):
+        got = runner.sample_latents(LABELS, seed=1, cfg_scale=cfg, steps=5, sampler=sampler, progress=False)
+        assert rel_l2(got, ref) < 1e-5, (runner.backend.name, sampler, cfg)
+
+
+def test_ode_samplers_draw_only_the_initial_latent(ort32, monkeypatch):
+    from dit_export.runtime import sampler as sampler_module
+
+    want = {
+        s: ort32.sample_latents([5, 6, 7], seed=2, steps=4, sampler=s) for s in ("ddim", "dpm++2m", "unipc")
+    }
+
+    def no_step_noise(self, c, k0, k1):
+        raise AssertionError("per-step noise drawn")
+
+    monkeypatch.setattr(sampler_module._ChunkNoise, "steps", no_step_noise)
+    for s, w in want.items():
+        np.testing.assert_array_equal(ort32.sample_latents([5, 6, 7], seed=2, steps=4, sampler=s), w)
+    with pytest.raises(AssertionError, match="per-step noise drawn"):  # DDPM does draw it
+        ort32.sample_latents([5], seed=2, steps=4, sampler="ddpm")
+    other = ort32.sample_latents([5, 6, 7], seed=3, steps=4, sampler="unipc")
+    assert rel_l2(other, want["unipc"]) > 0.1  # the initial latent is the seed's
+
+
+def test_solver_requests_below_their_minimum(ort32):
+    with pytest.raises(UserError, match="dpm\\+\\+2m needs at least 2 steps"):
+        ort32.sample_latents([1], steps=1, sampler="dpm++2m")
+    with pytest.raises(UserError, match="unknown sampler 'euler'"):
+        ort32.sample_latents([1], steps=10, sampler="euler")
+
+
+def _without_solver_state(fp32: Path, folder: Path) -> Path:
+    """A copy whose dit_step has no solver-state I/O (what an export made before issue 11 holds):
+    the state inputs become zero constants, the state outputs are dropped."""
+    import onnx
+    from onnx import numpy_helper
+
+    from dit_export.sampling.schedule import STATE_NAMES, state_output
+
+    link_copy(fp32, folder)
+    model = onnx.load(str(fp32 / "dit_step.onnx"), load_external_data=False)
+    g = model.graph
+    for name in STATE_NAMES:
+        (vi,) = [i for i in g.input if i.name == name]
+        dims = [d.dim_value for d in vi.type.tensor_type.shape.dim]
+        g.input.remove(vi)
+        g.initializer.append(numpy_helper.from_array(np.zeros(dims, np.float32), name))
+        (vo,) = [o for o in g.output if o.name == state_output(name)]
+        g.output.remove(vo)
+    replace_graph(folder, "dit_step", model)
+    path = folder / "manifest.json"
+    m = json.loads(path.read_text())
+    step = m["graphs"]["dit_step"]
+    step["inputs"] = [t for t in step["inputs"] if t["name"] not in STATE_NAMES]
+    step["outputs"] = [t for t in step["outputs"] if t["name"] == "x_next"]
+    m["schedule"].pop("samplers", None)
+    for sampler in ("dpm++2m", "unipc"):
+        m["schedule"]["tables"].pop(sampler, None)
+    path.write_text(json.dumps(m, indent=1) + "\n")
+    return folder
+
+
+def test_folder_exported_before_the_solvers(fp32, tmp_path, ort32):
+    """Old folder: DDPM/DDIM still sample the same images; the solvers are a one-line error."""
+    from dit_export.runtime import Sampler
+
+    folder = _without_solver_state(fp32, tmp_path / "old")
+    with Sampler.load(folder, backend="ort") as s:
+        assert s.state_pairs() == []
+        for sampler in ("ddpm", "ddim"):
+            got = s.sample_latents(LABELS, seed=4, steps=3, sampler=sampler)
+            np.testing.assert_array_equal(got, ort32.sample_latents(LABELS, seed=4, steps=3, sampler=sampler))
+        with pytest.raises(
+            UserError, match="exported before the multistep samplers.*re-export it to use unipc"
+        ):
+            s.sample_latents([1], steps=5, sampler="unipc")
+    proc = run_cli("sample", "--engines", str(folder), "--classes", "1", "--steps", "5",
+                   "--sampler", "dpm++2m", "--no-progress", "--out", str(tmp_path / "g.png"))  # fmt: skip
+    assert_one_line_error(proc, "exported before the multistep samplers", "dpm++2m")

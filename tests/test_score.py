@@ -11,10 +11,11 @@ import pytest
 
 pytest.importorskip("sklearn")
 
+from dit_export.cli.score import register  # noqa: E402
 from dit_export.errors import UserError  # noqa: E402
 from dit_export.models.embedded import downscale_images  # noqa: E402
 from dit_export.verify import score  # noqa: E402
-from dit_export.verify.score_command import register  # noqa: E402
+from dit_export.verify.score import load_embedded_reference  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -94,8 +95,6 @@ def test_bad_sampler_output_and_requests_are_one_line_errors(clf) -> None:
 
 
 def test_reference_sampler_scores_the_shipped_model(clf) -> None:
-    from dit_export.verify.score_command import load_embedded_reference
-
     model, decode = load_embedded_reference("tiny-digits")
     fn = score.torch_sample_fn(model, decode, cfg_scale=4.0, steps=10, sampler="ddim", seed=0, batch=7)
     r = score.score_sampler(fn, per_class=2, classifier=clf, cfg_scale=4.0, steps=10, sampler="ddim")
@@ -167,13 +166,14 @@ def test_ort_runtime_scores_like_the_reference(tmp_path, clf, capsys) -> None:
     and compare with the PyTorch reference on the same noise."""
     pytest.importorskip("onnxruntime")
     pytest.importorskip("torch")
+    from dit_diffusers import to_diffusers_config, to_diffusers_state_dict
     from safetensors.torch import save_file
 
     from dit_export.export.exporter import ExportOptions, export
-    from dit_export.models.checkpoints import load_dit, to_diffusers_config, to_diffusers_state_dict
-    from dit_export.models.embedded import resolve_embedded
+    from dit_export.models.checkpoints import load_dit
+    from dit_export.models.embedded import embedded_model, resolve_embedded
+    from dit_export.models.spec import ModelSpec
     from dit_export.runtime import Sampler
-    from dit_export.verify.score_command import load_embedded_reference
 
     # A diffusers folder carries the heads, so the exporter's load_dit needs no extra argument;
     # the official flavor keeps the numerics identical to the shipped file.
@@ -191,10 +191,8 @@ def test_ort_runtime_scores_like_the_reference(tmp_path, clf, capsys) -> None:
     for precision in ("fp32", "fp16"):
         out = tmp_path / precision
         opts = ExportOptions(
+            model=ModelSpec(ckpt=str(folder), flavor="official", vae=str(vae)),
             out=out,
-            ckpt=str(folder),
-            flavor="official",
-            vae=str(vae),
             batch=10,
             precision=precision,
             check=False,
@@ -213,4 +211,15 @@ def test_ort_runtime_scores_like_the_reference(tmp_path, clf, capsys) -> None:
         diff = np.abs(np.asarray(got, dtype=np.int16) - ref)
         assert diff.mean() < (0.5 if precision == "fp32" else 3.0), precision
         assert r["accuracy"] == pytest.approx(score.score_images(ref, labels, clf)["accuracy"], abs=0.1)
+        # issue 16.2: without --backend, --engines scores the backend the folder was built for (ort here),
+        # not the PyTorch reference; the library function takes the backend
+        args = _parser().parse_args(["score", "--engines", str(out), "--per-class", "1", "--steps", "2",
+                                     "--cfg-scale", "4", "--json", str(tmp_path / "auto.json")])  # fmt: skip
+        assert args.func(args) == 0
+        (auto,) = json.loads((tmp_path / "auto.json").read_text())["results"]
+        assert (auto["backend"], auto["precision"]) == ("ort", precision)
+        settings = score.ScoreSettings(per_class=1, cfg_scales=(4.0,), steps=2)
+        (lib,) = score.score_engines(out, "ort", embedded_model("tiny-digits"), settings, classifier=clf)
+        assert (lib.backend, lib.precision, lib.num_images) == ("ort", precision, 10)
+        assert lib.accuracy == auto["accuracy"] and lib.fd == pytest.approx(auto["fd"])
     capsys.readouterr()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -80,7 +81,7 @@ def test_meta_agrees_with_the_registry_and_the_weights(shipped) -> None:
     assert meta["dit_losses"] and meta["vae_losses"] and "train_tiny_digits.py" in meta["training_command"]
 
 
-def test_shipped_dit_loads_through_every_path(shipped) -> None:
+def test_shipped_dit_loads_through_every_path(shipped, tmp_path) -> None:
     model, cfg, _ = shipped
     assert (cfg.num_heads, cfg.patch_size) == (MODEL.num_heads, 1) and cfg.num_tokens == 16
     assert (cfg.input_size, cfg.in_channels, cfg.num_classes, cfg.learn_sigma) == (4, 4, 10, True)
@@ -91,8 +92,13 @@ def test_shipped_dit_loads_through_every_path(shipped) -> None:
     assert cfg2 == cfg
     for k, v in model.state_dict().items():
         assert torch.equal(v, again.state_dict()[k]), k
+    # the heads of the custom width come from the meta.json beside the file (issue 16); the same
+    # file alone still needs them
+    assert load_dit(ckpt)[1] == cfg
+    alone = tmp_path / "dit.safetensors"
+    shutil.copyfile(ckpt, alone)
     with pytest.raises(UserError, match="num_heads"):
-        load_dit(ckpt)
+        load_dit(alone)
     with pytest.raises(UserError, match="image 32"):
         load_dit(ckpt, num_heads=4, image_size=256)
     with pytest.raises(UserError, match="10 classes"):

@@ -21,11 +21,14 @@ const int64_t kOfficialLabels[] = {207, 360, 387, 974, 88, 979, 417, 279};  // t
 const char* kUsage =
     "usage: dit_sample --engines DIR [--classes C ...] [--steps 250] [--sampler ddpm|ddim]\n"
     "                  [--cfg-scale 4] [--seed 0] [--noise philox] [--out sample.png]\n"
-    "                  [--save-latents X.npy] [--save-images X.npz] [--backend auto|cpu|tensorrt]\n"
+    "                  [--save-latents X.npy] [--save-images X.npz] [--backend auto|cpu|tensorrt|trt]\n"
     "                  [--threads N] [--device N] [--no-cuda-graph] [--no-verify] [--no-progress]\n"
     "Samples one image per class id from an exported folder (python -m dit_export export, plus\n"
-    "python -m dit_export.export.aoti DIR for the CPU backend or `build` for TensorRT) and writes\n"
-    "the PNG grid that `python -m dit_export sample --engines DIR` writes for the same request.\n";
+    "python -m dit_export aoti DIR for the CPU backend or `build --backend trt` for TensorRT) and writes\n"
+    "the PNG grid that `python -m dit_export sample --engines DIR` writes for the same request.\n"
+    "--threads N: CPU backend threads; default: OMP_NUM_THREADS when set, else one per free CPU\n"
+    "(the CPUs this process may use minus the 1-minute load average, at least 1): oversubscribed\n"
+    "threads on a busy machine run several times slower than one.\n";
 
 struct Args {
   std::string engines, out = "sample.png", save_latents, save_images, sampler = "ddpm", noise = "philox";
@@ -90,8 +93,9 @@ Args parse(int argc, char** argv) {
   if (a.sampler != "ddpm" && a.sampler != "ddim") usage_error("argument --sampler: choose ddpm or ddim");
   if (a.noise == "torch") usage_error("--noise torch reproduces the official PyTorch stream and exists in Python only");
   if (a.noise != "philox") usage_error("argument --noise: choose philox");
+  if (a.backend == "trt") a.backend = "tensorrt";  // the Python CLI's word
   if (a.backend != "auto" && a.backend != "cpu" && a.backend != "tensorrt")
-    usage_error("argument --backend: choose auto, cpu or tensorrt");
+    usage_error("argument --backend: choose auto, cpu or tensorrt (trt)");
   if (a.steps <= 0) usage_error("--steps must be >= 1, got " + std::to_string(a.steps));
   return a;
 }

@@ -9,12 +9,14 @@
 #include <cstring>
 #include <stdexcept>
 
+// PNG encoding: stb_image_write (Debian/Ubuntu: libstb-dev), compiled into this file only.
+#define STB_IMAGE_WRITE_STATIC
+#define STB_IMAGE_WRITE_IMPLEMENTATION
+#include <stb_image_write.h>
+
 namespace dit_io {
 namespace {
 
-void put32be(std::vector<uint8_t>& v, uint32_t x) {
-  for (int s = 24; s >= 0; s -= 8) v.push_back(uint8_t(x >> s));
-}
 void put16le(std::vector<uint8_t>& v, uint32_t x) {
   v.push_back(uint8_t(x));
   v.push_back(uint8_t(x >> 8));
@@ -24,12 +26,11 @@ void put32le(std::vector<uint8_t>& v, uint32_t x) {
   put16le(v, x >> 16);
 }
 
-void chunk(std::vector<uint8_t>& out, const char* type, const std::vector<uint8_t>& data) {
-  put32be(out, uint32_t(data.size()));
-  const size_t start = out.size();
-  out.insert(out.end(), type, type + 4);
-  out.insert(out.end(), data.begin(), data.end());
-  put32be(out, uint32_t(crc32(0L, out.data() + start, uInt(out.size() - start))));
+// stb_image_write's sink: append the encoded bytes to a std::vector.
+void append(void* context, void* data, int size) {
+  auto* out = static_cast<std::vector<uint8_t>*>(context);
+  const auto* p = static_cast<const uint8_t*>(data);
+  out->insert(out->end(), p, p + size);
 }
 
 }  // namespace
@@ -67,26 +68,11 @@ std::vector<uint8_t> to_uint8_grid(const float* x, size_t n, size_t h, size_t w,
 }
 
 std::vector<uint8_t> encode_png(const uint8_t* rgb, size_t width, size_t height) {
-  if (width == 0 || height == 0 || width > 0x7FFFFFFF || height > 0x7FFFFFFF)
+  if (width == 0 || height == 0 || width > 0x7FFFFFFF / 3 || height > 0x7FFFFFFF)
     throw std::runtime_error("PNG: bad image size");
-  std::vector<uint8_t> raw;
-  raw.reserve(height * (width * 3 + 1));
-  for (size_t y = 0; y < height; ++y) {
-    raw.push_back(0);  // filter: none
-    raw.insert(raw.end(), rgb + y * width * 3, rgb + (y + 1) * width * 3);
-  }
-  uLongf zlen = compressBound(uLong(raw.size()));
-  std::vector<uint8_t> z(zlen);
-  if (compress2(z.data(), &zlen, raw.data(), uLong(raw.size()), 6) != Z_OK) throw std::runtime_error("PNG: zlib failed");
-  z.resize(zlen);
-  std::vector<uint8_t> out = {0x89, 'P', 'N', 'G', '\r', '\n', 0x1A, '\n'};
-  std::vector<uint8_t> ihdr;
-  put32be(ihdr, uint32_t(width));
-  put32be(ihdr, uint32_t(height));
-  ihdr.insert(ihdr.end(), {8, 2, 0, 0, 0});  // 8-bit, RGB, deflate, adaptive filtering, no interlace
-  chunk(out, "IHDR", ihdr);
-  chunk(out, "IDAT", z);
-  chunk(out, "IEND", {});
+  std::vector<uint8_t> out;
+  if (!stbi_write_png_to_func(append, &out, int(width), int(height), 3, rgb, int(width * 3)))
+    throw std::runtime_error("PNG: stb_image_write failed (out of memory?)");
   return out;
 }
 

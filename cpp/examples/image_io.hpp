@@ -1,6 +1,7 @@
 // Files the example writes, matching `python -m dit_export sample`: the PNG grid of
 // torchvision's save_image (dit_export.images.to_uint8_grid), .npy latents, .npz uint8 images.
-// zlib only; every file is written beside the target and renamed into place (never half-written).
+// PNG by stb_image_write, zip CRCs by zlib; every file is written beside the target and renamed
+// into place (never half-written).
 #pragma once
 
 #include <cstddef>
@@ -15,7 +16,7 @@ namespace dit_io {
 std::vector<uint8_t> to_uint8_grid(const float* nchw, size_t n, size_t h, size_t w, size_t* grid_h,
                                    size_t* grid_w, size_t nrow = 4, size_t padding = 2);
 
-// RGB 8-bit PNG; throws std::runtime_error on I/O errors.
+// RGB 8-bit PNG (stb_image_write); throws std::runtime_error on I/O errors.
 void write_png(const std::string& path, const uint8_t* rgb, size_t width, size_t height);
 std::vector<uint8_t> encode_png(const uint8_t* rgb, size_t width, size_t height);
 

@@ -1,9 +1,11 @@
 /*
  * dit_runtime: class-conditional DiT sampling from a dit_export folder, as a C library.
  *
- * The folder is what `python -m dit_export export` (+ `build` for TensorRT plans, or
- * `python -m dit_export.export.aoti` for the CPU packages) wrote; manifest.json describes it and
- * is validated on open (schema, versions, shapes, sha256 of every file used). The sampling loop
+ * The folder is what `python -m dit_export export` (+ `build --backend trt` for TensorRT plans in
+ * plans/, or `python -m dit_export aoti` for the CPU packages in aoti/) wrote; manifest.json
+ * describes the export and each compiled artifact has a JSON record beside it (<file>.json); all
+ * are validated on open (schema, versions, shapes, paths inside the folder, sha256 of every file
+ * used). The sampling loop
  * only feeds the manifest's schedule rows and noise to the fused step graph and swaps two latent
  * buffers; all diffusion arithmetic is inside the graph, so this runtime and the Python one run
  * the same math. Noise is the counter-based Philox4x32-10 + Box-Muller stream of docs/noise.md
@@ -66,7 +68,8 @@ typedef enum dit_backend_kind {
 typedef struct dit_open_options {
   dit_backend_kind backend;
   int verify_hashes; /* 1 (default): re-hash every file the backend loads against the manifest */
-  int num_threads;   /* CPU backend: intra-op threads; 0 (default) = the library's default */
+  int num_threads;   /* CPU backend: intra-op threads; 0 (default): OMP_NUM_THREADS when set, else one
+                        per free CPU (usable CPUs minus the 1-minute load average, at least 1) */
   int device;        /* TensorRT backend: CUDA device index (default 0) */
   int cuda_graph;    /* TensorRT backend: replay the step as a CUDA graph (default 1) */
   int load_vae;      /* 1 (default): load the VAE decoder when the folder has one */
@@ -105,13 +108,16 @@ typedef int (*dit_noise_fn)(void* user, uint32_t draw, uint32_t image, float* ou
 /* Progress: called after each block of steps and after each decode; return non-zero to cancel. */
 typedef int (*dit_progress_fn)(void* user, int64_t done, int64_t total);
 
+/* A request: field for field the Python runtime's SampleRequest (dit_export/sampling/request.py:
+ * labels, seed, cfg_scale, steps, sampler, noise), where `noise` is noise_fn here: NULL is
+ * noise="philox"; the Python runtime's noise="torch" passes that stream through noise_fn. */
 typedef struct dit_sample_params {
   const int64_t* labels; /* num_images class ids */
   size_t num_images;     /* M >= 1, any size: cut into chunks of the engine batch (last padded) */
   uint64_t seed;         /* Philox key (ignored when noise_fn is set) */
   float cfg_scale;       /* >= 1; exactly 1 = no guidance (the conditional prediction) */
   int32_t steps;         /* a step count stored in the manifest for the sampler (e.g. ddpm 250) */
-  const char* sampler;   /* "ddpm" (default) or "ddim" */
+  const char* sampler;   /* "ddpm" (default), "ddim", "dpm++2m" or "unipc" (the last two: a dit_step with solver state) */
   /* Optional schedule of your own (both or neither): `steps` timesteps and steps x coef_size
    * coefficients in loop order (dit_export.sampling.schedule.make_schedule). NULL: the manifest's. */
   const int64_t* timesteps;

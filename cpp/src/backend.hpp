@@ -13,8 +13,9 @@
 namespace dit {
 
 // One bound graph input or output: a pointer into backend memory. `row` marks a view into a
-// table (a schedule row, a step's noise): its address changes every step, which a backend that
-// captures the step (TensorRT + CUDA graphs) must stage into a fixed buffer.
+// table (a schedule row, a step's noise): its address changes every step and is not aligned
+// beyond its element type, so the TensorRT backend stages it into a fixed, 256-byte aligned
+// buffer (which is also what a captured CUDA graph needs).
 struct Binding {
   std::string name;
   void* ptr = nullptr;

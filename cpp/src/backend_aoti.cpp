@@ -1,10 +1,12 @@
-// CPU backend: the AOTInductor packages (dit_step.pt2, vae_decoder.pt2) compiled by
-// dit_export.export.aoti from the same torch modules as the ONNX graphs, run with LibTorch's
+// CPU backend: the AOTInductor packages (aoti/dit_step.pt2, aoti/vae_decoder.pt2, each with its
+// record <package>.json) compiled by dit_export.engine.aoti from the same torch modules as the
+// ONNX graphs, run with LibTorch's
 // AOTIModelPackageLoader. Buffers are 64-byte aligned host memory, wrapped (not copied) as input
 // tensors; the package's output tensor is copied into the bound output buffer.
 #include <cstdlib>
 #include <cstring>
 #include <map>
+#include <optional>
 
 #include "backend.hpp"
 #include "sha256.hpp"
@@ -48,10 +50,9 @@ std::string torch_version() {
 
 class AotiBackend : public Backend {
  public:
-  AotiBackend(const Manifest& m, const BackendOptions& o, const std::vector<std::string>& graphs) {
-    if (o.num_threads > 0) at::set_num_threads(o.num_threads);
-    for (const std::string& g : graphs) {
-      const AotiEntry& e = m.aoti.at(g);
+  AotiBackend(const Manifest& m, const BackendOptions& o, const std::map<std::string, AotiEntry>& packages) {
+    at::set_num_threads(o.num_threads > 0 ? o.num_threads : default_threads());
+    for (const auto& [g, e] : packages) {
       const std::string path = m.file_path(e.file.file);
       try {
         loaders_.emplace(g, std::make_unique<torch::inductor::AOTIModelPackageLoader>(path, "model", false, 1, -1));
@@ -131,36 +132,35 @@ class AotiBackend : public Backend {
 }  // namespace
 
 std::unique_ptr<Backend> make_aoti_backend(const Manifest& m, const BackendOptions& o, std::string* why) {
-  const std::string redo = "python -m dit_export.export.aoti " + m.folder;
-  if (!m.has_aoti) {
-    *why = "no AOTInductor packages in " + m.folder + " (compile them with: " + redo + ")";
-    return nullptr;
-  }
+  const std::string redo = "python -m dit_export aoti " + m.folder;
   std::vector<std::string> graphs = {"dit_step"};
   if (m.has_vae && o.load_vae) graphs.push_back("vae_decoder");
-  for (const std::string& g : graphs)
-    if (!m.aoti.count(g)) {
-      *why = m.path + ": 'aoti.graphs' has no " + g + " package (compile it with: " + redo + ")";
+  std::map<std::string, AotiEntry> packages;
+  for (const std::string& g : graphs) {
+    std::optional<AotiEntry> e = read_aoti_record(m, g);
+    if (!e) {
+      *why = "no AOTInductor package " + aoti_package_file(g) + " (with its .json record) in " + m.folder +
+             " (compile it with: " + redo + ")";
       return nullptr;
     }
-  if (m.aoti_device != "cpu")
-    throw manifest_error(m.path + ": the AOTI packages were compiled for '" + m.aoti_device + "', this backend runs on the CPU");
-  const std::string want = std::to_string(TORCH_VERSION_MAJOR) + "." + std::to_string(TORCH_VERSION_MINOR) + ".";
-  if (m.aoti_torch.rfind(want, 0) != 0)
-    throw manifest_error(m.path + ": the AOTI packages were compiled with torch " + m.aoti_torch +
-                         ", this library links LibTorch " + torch_version() + "; recompile them (" + redo +
-                         ") with torch " + torch_version());
-  for (const std::string& g : graphs) {
-    const AotiEntry& e = m.aoti.at(g);
-    const GraphEntry& onnx = m.graph(g);
-    if (e.onnx_sha256 != onnx.file.sha256)
-      throw manifest_error(m.path + ": " + e.file.file + " was compiled for another " + onnx.file.file +
-                           " (stale); recompile with: " + redo);
-    if (e.inputs != onnx.inputs || e.outputs != onnx.outputs)
-      throw manifest_error(m.path + ": the I/O of " + e.file.file + " differs from " + onnx.file.file + "'s");
-    verify_file(m, e.file, "AOTI package", o.verify_hashes);
+    packages.emplace(g, std::move(*e));
   }
-  return std::make_unique<AotiBackend>(m, o, graphs);
+  const std::string want = std::to_string(TORCH_VERSION_MAJOR) + "." + std::to_string(TORCH_VERSION_MINOR) + ".";
+  for (const auto& [g, e] : packages) {
+    const std::string where = m.folder + "/" + e.file.file;
+    if (e.device != "cpu")
+      throw manifest_error(where + " was compiled for '" + e.device + "', this backend runs on the CPU; recompile with: " + redo);
+    if (e.torch.rfind(want, 0) != 0)
+      throw manifest_error(where + " was compiled with torch " + e.torch + ", this library links LibTorch " +
+                           torch_version() + "; recompile it (" + redo + ") with torch " + torch_version());
+    const GraphEntry& onnx = m.graph(g);
+    if (e.onnx_sha256 != onnx.file.sha256 || e.onnx_file != onnx.file.file)
+      throw manifest_error(where + " was compiled for another " + onnx.file.file + " (stale); recompile with: " + redo);
+    if (e.inputs != onnx.inputs || e.outputs != onnx.outputs)
+      throw manifest_error(where + ": its I/O differs from " + onnx.file.file + "'s; recompile with: " + redo);
+    verify_file(m, e.file, "AOTI package", o.verify_hashes, "its record");
+  }
+  return std::make_unique<AotiBackend>(m, o, packages);
 }
 
 #else

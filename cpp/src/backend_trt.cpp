@@ -1,21 +1,23 @@
 // TensorRT backend (compiled only when CMake finds TensorRT and the CUDA runtime).
 //
-// - Plans are found by the manifest's "engines" records for this TensorRT release and GPU, named
-//   like the Python build stage names them: <graph>.trt<major>.<minor>.sm<cc>.plan. A record
-//   for another TensorRT or GPU means "no plan here" (AUTO falls back to the CPU); a record for
-//   this one that disagrees with the ONNX graph, the precision or its own file is an error.
+// - Plans are files plans/<graph>.trt<major>.<minor>.sm<cc>.plan with a JSON record beside each
+//   (<plan>.json, schema dit_export.plan/1, written by dit_export.engine.plans): the one for this
+//   TensorRT release and GPU is used. No record for this one means "no plan here" (AUTO falls back
+//   to the CPU); a record that disagrees with the ONNX graph, the precision or its own file is an error.
 // - IRuntime::deserializeCudaEngine, the engine's I/O checked against the manifest (names,
 //   modes, shapes, dtypes), one IExecutionContext per graph, setInputShape once (static shapes),
 //   setTensorAddress when a binding changes, enqueueV3 on one non-blocking stream.
 // - CUDA graphs for dit_step: an address set runs once uncaptured, then is captured and
-//   replayed. Table rows (timestep, coefficients, noise) are copied device-to-device into fixed
-//   staging inputs first, so the two latent buffers give just two graphs (x -> x' and x' -> x).
+//   replayed. Table rows (timestep, coefficients, noise) are always copied device-to-device into
+//   fixed, 256-byte aligned staging inputs first (with or without graphs: a row view is not
+//   aligned), so the two latent buffers give just two graphs (x -> x' and x' -> x).
 //
 // Only the API present in both TensorRT 10.x and 11.x is used (shared/reference/tensorrt.md).
 #include <algorithm>
 #include <cstring>
 #include <fstream>
 #include <map>
+#include <optional>
 #include <sstream>
 #include <vector>
 
@@ -55,8 +57,8 @@ struct Target {
   std::string trt() const {
     return std::to_string(major) + "." + std::to_string(minor) + "." + std::to_string(patch);
   }
-  std::string plan_name(const std::string& graph) const {
-    return graph + ".trt" + std::to_string(major) + "." + std::to_string(minor) + "." + sm() + ".plan";
+  std::string plan_name(const std::string& graph) const {  // relative to the export folder
+    return "plans/" + graph + ".trt" + std::to_string(major) + "." + std::to_string(minor) + "." + sm() + ".plan";
   }
   std::string describe() const { return "TensorRT " + trt() + " on " + gpu + " (" + sm() + ")"; }
 };
@@ -162,7 +164,9 @@ class TrtBackend : public Backend {
     void* p = nullptr;
     cuda_check(cudaMalloc(&p, bytes ? bytes : 1), "cudaMalloc");
     memory_.push_back(p);
-    cuda_check(cudaMemset(p, 0, bytes), "cudaMemset");
+    // On the execution stream: a cudaMemset would run on the legacy default stream, which does
+    // not order against our non-blocking stream (the zeros could land after a later upload).
+    cuda_check(cudaMemsetAsync(p, 0, bytes, stream_), "cudaMemsetAsync");
     return p;
   }
 
@@ -189,7 +193,10 @@ class TrtBackend : public Backend {
           if (x.name == t.name) b = &x;
         if (!b) throw backend_error(graph + ": no buffer bound to '" + t.name + "'");
         void* ptr = b->ptr;
-        if (use_graph && b->row) {  // a table row: copy into the fixed input the graph was captured with
+        // A table row: copy it into a fixed staging input. Row views sit at offsets that are not
+        // 256-byte aligned (TensorRT wants aligned tensor addresses), and a captured graph needs
+        // fixed addresses; cudaMalloc'd staging buffers are both. Always, graph or not.
+        if (b->row) {
           void*& st = staging_[graph + "/" + t.name];
           if (!st) st = alloc(t.nbytes());
           cuda_check(cudaMemcpyAsync(st, b->ptr, t.nbytes(), cudaMemcpyDeviceToDevice, stream_), "cudaMemcpyAsync D2D");
@@ -300,27 +307,27 @@ std::unique_ptr<Backend> make_tensorrt_backend(const Manifest& m, const BackendO
   std::vector<std::string> graphs = {"dit_step"};
   if (m.has_vae && o.load_vae) graphs.push_back("vae_decoder");
   std::map<std::string, std::string> plans;
-  const std::string rebuild = "; rebuild with: python -m dit_export build --backend tensorrt --out " + m.folder;
+  const std::string rebuild = "; rebuild with: python -m dit_export build --backend trt --out " + m.folder;
   for (const std::string& g : graphs) {
     const std::string name = target.plan_name(g);
-    auto it = m.engines.find(name);
-    if (it == m.engines.end()) {
+    const std::optional<PlanRecord> rec = read_plan_record(m, name);
+    if (!rec) {
       std::string others;
-      for (const auto& [k, r] : m.engines)
-        if (r.graph == g) others += (others.empty() ? "" : ", ") + k;
-      *why = "no " + g + " engine for " + target.describe() + (others.empty() ? "" : " (the folder has " + others + ")");
+      for (const std::string& k : recorded_plans(m, g)) others += (others.empty() ? "" : ", ") + k;
+      *why = "no " + g + " engine for " + target.describe() + " (" + name + ")" +
+             (others.empty() ? "" : "; the folder has " + others);
       return nullptr;
     }
-    const PlanRecord& r = it->second;
+    const PlanRecord& r = *rec;
     const GraphEntry& onnx = m.graph(g);
     std::string stale;
     if (r.graph != g) stale = "is recorded for graph " + r.graph;
-    else if (r.onnx_sha256 != onnx.file.sha256) stale = "was built from another " + onnx.file.file;
+    else if (r.onnx_sha256 != onnx.file.sha256 || r.onnx_file != onnx.file.file) stale = "was built from another " + onnx.file.file;
     else if (r.tensorrt.rfind(target.trt(), 0) != 0) stale = "was built with TensorRT " + r.tensorrt + ", this is " + target.trt();
     else if (r.compute_capability != target.cc) stale = "was built for compute capability " + r.compute_capability;
     else if (!r.precision.empty() && r.precision != m.precision) stale = "was built from a " + r.precision + " graph";
     if (!stale.empty()) throw manifest_error(m.folder + ": " + name + " " + stale + rebuild);
-    verify_file(m, r.file, "TensorRT plan", o.verify_hashes);
+    verify_file(m, r.file, "TensorRT plan", o.verify_hashes, "its record");
     plans[g] = name;
   }
   return std::make_unique<TrtBackend>(m, o, target, plans);

@@ -1,6 +1,12 @@
 #include "common.hpp"
 
+#include <sched.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
 #include <sstream>
+#include <thread>
 
 namespace dit {
 
@@ -44,6 +50,32 @@ std::string shape_str(const std::vector<int64_t>& shape) {
   for (size_t i = 0; i < shape.size(); ++i) s << (i ? ", " : "") << shape[i];
   s << "]";
   return s.str();
+}
+
+int usable_cpus() {
+#ifdef CPU_COUNT
+  cpu_set_t set;
+  if (::sched_getaffinity(0, sizeof(set), &set) == 0 && CPU_COUNT(&set) > 0) return CPU_COUNT(&set);
+#endif
+  return int(std::max(1u, std::thread::hardware_concurrency()));
+}
+
+int free_cpus(int cpus, double load) {
+  if (cpus < 1) cpus = 1;
+  if (!(load >= 0)) load = 0;  // NaN or negative: unknown, assume idle
+  const int busy = int(std::lround(load));
+  return std::max(1, std::min(cpus, cpus - busy));
+}
+
+int default_threads() {
+  if (const char* omp = std::getenv("OMP_NUM_THREADS")) {
+    char* end = nullptr;
+    const long n = std::strtol(omp, &end, 10);
+    if (end != omp && *end == '\0' && n > 0 && n < 4096) return int(n);
+  }
+  double load = 0;
+  if (::getloadavg(&load, 1) != 1) load = 0;
+  return free_cpus(usable_cpus(), load);
 }
 
 std::string TensorSpec::describe() const { return name + " " + dtype_name(dtype) + " " + shape_str(shape); }

@@ -51,4 +51,12 @@ struct TensorSpec {
 
 std::string shape_str(const std::vector<int64_t>& shape);
 
+// CPU threads when the caller asks for the default (num_threads 0): OMP_NUM_THREADS when it is set
+// to a positive integer, else one per free CPU: the CPUs this process may run on (its affinity
+// mask) minus the 1-minute load average, rounded, at least 1. On a busy machine oversubscribed
+// OpenMP threads spin against each other (2 threads ran 6.6x slower than 1 on a loaded 2-core box).
+int default_threads();
+int usable_cpus();                     // sched_getaffinity count, else hardware_concurrency
+int free_cpus(int cpus, double load);  // max(1, min(cpus, cpus - round(load)))
+
 }  // namespace dit

@@ -1,5 +1,6 @@
 #include "manifest.hpp"
 
+#include <dirent.h>
 #include <sys/stat.h>
 
 #include <algorithm>
@@ -103,17 +104,17 @@ class Validator {
   std::string where_;
 };
 
-FileEntry parse_file_entry(const Validator& v, const json& e, const std::string& label) {
+// `subfolders`: a record's path relative to the folder (aoti/x.pt2); else a plain file name.
+FileEntry parse_file_entry(const Validator& v, const json& e, const std::string& label, bool subfolders = false) {
   FileEntry f;
   f.file = v.str(e, "file", label + ".");
-  if (f.file.empty() || f.file.find('/') != std::string::npos || f.file.find('\\') != std::string::npos ||
-      f.file[0] == '.')
-    v.fail("field '" + label + ".file' must be a plain file name, got '" + f.file + "'");
+  if (!is_inside_path(f.file, subfolders))
+    v.fail("field '" + label + ".file' must be " +
+           (subfolders ? "a relative path inside the folder" : "a plain file name") + ", got '" + f.file + "'");
   f.sha256 = v.str(e, "sha256", label + ".");
   if (f.sha256.size() != 64 ||
-      !std::all_of(f.sha256.begin(), f.sha256.end(), [](char c) { return std::isxdigit(static_cast<unsigned char>(c)); }))
-    v.fail("field '" + label + ".sha256' is not a sha256 hex digest");
-  std::transform(f.sha256.begin(), f.sha256.end(), f.sha256.begin(), ::tolower);
+      !std::all_of(f.sha256.begin(), f.sha256.end(), [](char c) { return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'); }))
+    v.fail("field '" + label + ".sha256' is not a sha256 hex digest (64 lowercase hex digits)");
   int64_t bytes = v.integer(e, "bytes", label + ".");
   if (bytes < 0) v.fail("field '" + label + ".bytes' must be non-negative");
   f.bytes = static_cast<uint64_t>(bytes);
@@ -131,6 +132,7 @@ std::vector<TensorSpec> parse_specs(const Validator& v, const json& g, const std
     if (!t.is_object()) v.fail("field '" + label + "." + side + "[" + std::to_string(i) + "]' should be dict, got " + json_type(t));
     TensorSpec s;
     s.name = v.str(t, "name", lab);
+    if (s.name.empty()) v.fail("field '" + lab + "name' is empty");
     const json& shape = *v.get(t, "shape", Kind::kArr, lab);
     for (const json& d : shape) {
       if (!d.is_number_integer() || d.get<int64_t>() < 0)
@@ -161,7 +163,10 @@ GraphEntry parse_graph(const Validator& v, const json& g, const std::string& lab
   }
   e.inputs = parse_specs(v, g, label, "inputs");
   e.outputs = parse_specs(v, g, label, "outputs");
-  if (const json* p = v.get(g, "precision", Kind::kStr, label + ".", true)) e.precision = p->get<std::string>();
+  if (const json* p = v.get(g, "precision", Kind::kStr, label + ".", true)) {
+    e.precision = p->get<std::string>();
+    if (e.precision != "fp32" && e.precision != "fp16") v.fail("field '" + label + ".precision' must be fp32 or fp16");
+  }
   if (check_files) {
     std::vector<FileEntry> files = {e.file};
     files.insert(files.end(), e.external_data.begin(), e.external_data.end());
@@ -234,16 +239,19 @@ Manifest Manifest::parse(const std::string& text, const std::string& folder, boo
     if (val.is_string()) m.versions[k] = val.get<std::string>();
 
   m.model_name = v.str(j, "model.name");
+  if (m.model_name.empty()) v.fail("field 'model.name' is empty");
   const json& cfg = *v.get(j, "model.config", Kind::kObj);
   for (const char* key : {"depth", "hidden_size", "num_heads", "patch_size", "input_size", "in_channels", "num_classes"})
-    v.integer(cfg, key, "model.config.");
+    if (v.integer(cfg, key, "model.config.") < 1) v.fail(std::string("field 'model.config.") + key + "' must be positive");
   v.get(cfg, "learn_sigma", Kind::kBool, "model.config.");
   m.num_classes = v.integer(cfg, "num_classes", "model.config.");
   m.flavor = v.str(j, "model.flavor");
   if (m.flavor != "official" && m.flavor != "diffusers") v.fail("field 'model.flavor' must be official or diffusers");
   m.cfg_channels = v.integer(j, "model.cfg_channels");
+  if (m.cfg_channels < 1) v.fail("field 'model.cfg_channels' must be positive");
   m.null_class = v.integer(j, "model.null_class");
   m.source = v.str(j, "model.source");
+  v.get(j, "model.spec", Kind::kObj);  // the ModelSpec as data (the Python side reloads weights from it)
   int64_t* sizes[] = {&m.image_size, &m.latent_size, &m.latent_channels, &m.batch, &m.opset};
   const char* size_keys[] = {"image_size", "latent_size", "latent_channels", "batch", "opset"};
   for (int i = 0; i < 5; ++i) {
@@ -258,10 +266,15 @@ Manifest Manifest::parse(const std::string& text, const std::string& folder, boo
   if (vae) {
     v.str(j, "vae.source");
     m.vae_scaling_factor = v.get(j, "vae.scaling_factor", Kind::kNum)->get<double>();
+    if (!(m.vae_scaling_factor > 0)) v.fail("field 'vae.scaling_factor' must be positive");
     m.vae_factor = v.integer(j, "vae.factor");
+    if (m.vae_factor < 1) v.fail("field 'vae.factor' must be positive");
   }
 
   const json& graphs = *v.get(j, "graphs", Kind::kObj);
+  for (auto& [name, g] : graphs.items())
+    if (name != "dit" && name != "dit_step" && name != "vae_decoder")
+      v.fail("unknown graph 'graphs." + name + "' (an export has dit, dit_step and vae_decoder)");
   for (const char* name : {"dit", "dit_step", "vae_decoder"}) {
     const std::string label = std::string("graphs.") + name;
     if (!graphs.contains(name)) v.fail("missing field '" + label + "'");
@@ -276,12 +289,37 @@ Manifest Manifest::parse(const std::string& text, const std::string& folder, boo
   if (!m.has_vae && m.graphs.count("vae_decoder")) v.fail("'graphs.vae_decoder' is set but 'vae' is null");
 
   const json& sched = *v.get(j, "schedule", Kind::kObj);
+  if (v.get(sched, "coef_names", Kind::kArr, "schedule.")->empty()) v.fail("field 'schedule.coef_names' is empty");
   for (const json& n : *v.get(sched, "coef_names", Kind::kArr, "schedule.")) {
     if (!n.is_string()) v.fail("field 'schedule.coef_names' should hold strings");
     m.coef_names.push_back(n.get<std::string>());
   }
   m.num_train_steps = v.integer(sched, "num_train_steps", "schedule.");
+  if (m.num_train_steps < 1) v.fail("field 'schedule.num_train_steps' must be positive");
   v.str(sched, "rule", "schedule.");
+  if (const json* samplers = v.get(sched, "samplers", Kind::kObj, "schedule.", true)) {
+    for (auto& [sampler, info] : samplers->items()) {
+      const std::string lab = "schedule.samplers." + sampler;
+      if (!info.is_object()) v.fail("field '" + lab + "' should be an object");
+      for (auto& [key, _] : info.items())
+        if (key != "kind" && key != "spacing" && key != "min_steps" && key != "state")
+          v.fail("unknown field '" + lab + "." + key + "'");
+      const std::string kind = v.str(info, "kind", lab + ".");
+      if (kind != "ancestral" && kind != "ode") v.fail("field '" + lab + ".kind' must be ancestral or ode");
+      v.str(info, "spacing", lab + ".");
+      if (v.integer(info, "min_steps", lab + ".") < 1) v.fail("field '" + lab + ".min_steps' must be >= 1");
+      std::vector<std::string>& names = m.sampler_state[sampler];
+      for (const json& pair : *v.get(info, "state", Kind::kArr, lab + ".")) {
+        if (!pair.is_object()) v.fail("field '" + lab + ".state' should hold objects");
+        for (auto& [key, _] : pair.items())
+          if (key != "input" && key != "output") v.fail("unknown field '" + lab + ".state[]." + key + "'");
+        const std::string in = v.str(pair, "input", lab + ".state[].");
+        if (v.str(pair, "output", lab + ".state[].") != in + "_next")
+          v.fail("field '" + lab + ".state[].output' must be the input's name + '_next'");
+        names.push_back(in);
+      }
+    }
+  }
   const json& tables = *v.get(sched, "tables", Kind::kObj, "schedule.");
   const size_t k = m.coef_names.size();
   for (auto& [sampler, by_steps] : tables.items()) {
@@ -291,10 +329,11 @@ Manifest Manifest::parse(const std::string& text, const std::string& folder, boo
       if (!t.is_object()) v.fail("field '" + label + "' should be an object");
       const json& ts = *v.get(t, "timesteps", Kind::kArr, label + ".");
       const json& coefs = *v.get(t, "coefs", Kind::kArr, label + ".");
-      const bool digits = !steps.empty() && steps.size() < 10 &&
+      const bool digits = !steps.empty() && steps.size() < 10 && steps[0] != '0' &&
                           std::all_of(steps.begin(), steps.end(), [](char c) { return c >= '0' && c <= '9'; });
-      const int64_t s = digits ? std::stoll(steps) : -1;
-      if (!digits || int64_t(ts.size()) != s || int64_t(coefs.size()) != s)
+      if (!digits) v.fail("field 'schedule.tables." + sampler + "' has key '" + steps + "', not a step count >= 1");
+      const int64_t s = std::stoll(steps);
+      if (int64_t(ts.size()) != s || int64_t(coefs.size()) != s)
         v.fail("field '" + label + "' should hold " + steps + " timesteps and coef rows");
       ScheduleTable table;
       for (const json& tv : ts) {
@@ -314,6 +353,7 @@ Manifest Manifest::parse(const std::string& text, const std::string& folder, boo
     }
   }
   m.noise_default = v.str(j, "noise.default");
+  if (m.noise_default != "philox" && m.noise_default != "torch") v.fail("field 'noise.default' must be philox or torch");
   v.get(j, "checks", Kind::kObj);
 
   // --- what this runtime relies on beyond the shared schema ---
@@ -322,11 +362,22 @@ Manifest Manifest::parse(const std::string& text, const std::string& folder, boo
   const int64_t kk = coef && coef->shape.size() == 1 ? coef->shape[0] : int64_t(k);
   const std::vector<int64_t> lat = {n, c, l, l};
   using D = DType;
-  check_io(v, "dit_step", m.graphs["dit_step"].inputs,
-           {{"x", lat, D::kFloat32}, {"t", {n}, D::kInt64}, {"y", {n}, D::kInt64}, {"noise", lat, D::kFloat32},
-            {"guidance", {1}, D::kFloat32}, {"coef", {kk}, D::kFloat32}},
-           "inputs");
-  check_io(v, "dit_step", m.graphs["dit_step"].outputs, {{"x_next", lat, D::kFloat32}}, "outputs");
+  std::vector<TensorSpec> step_in = {{"x", lat, D::kFloat32},     {"t", {n}, D::kInt64},
+                                     {"y", {n}, D::kInt64},         {"noise", lat, D::kFloat32},
+                                     {"guidance", {1}, D::kFloat32}, {"coef", {kk}, D::kFloat32}};
+  std::vector<TensorSpec> step_out = {{"x_next", lat, D::kFloat32}};
+  if (m.graphs["dit_step"].inputs.size() > step_in.size())  // the multistep solvers' history (issue 11)
+    for (const char* s : {"hist_x0", "hist_x0_prev", "hist_x"}) {
+      step_in.push_back({s, lat, D::kFloat32});
+      step_out.push_back({std::string(s) + "_next", lat, D::kFloat32});
+      m.state_names.push_back(s);
+    }
+  check_io(v, "dit_step", m.graphs["dit_step"].inputs, step_in, "inputs");
+  check_io(v, "dit_step", m.graphs["dit_step"].outputs, step_out, "outputs");
+  for (const auto& [sampler, names] : m.sampler_state)
+    for (const std::string& s : names)
+      if (std::find(m.state_names.begin(), m.state_names.end(), s) == m.state_names.end())
+        v.fail("field 'schedule.samplers." + sampler + ".state' names '" + s + "', not a state input of graphs.dit_step");
   if (size_t(kk) != k)
     v.fail("dit_step takes coef of " + std::to_string(kk) + " values but schedule.coef_names has " + std::to_string(k));
   if (m.has_vae) {
@@ -341,42 +392,6 @@ Manifest Manifest::parse(const std::string& text, const std::string& folder, boo
     v.fail("model.null_class " + std::to_string(m.null_class) + " should equal model.config.num_classes " +
            std::to_string(m.num_classes));
 
-  // --- optional sections written by later stages ---
-  if (const json* a = v.get(j, "aoti", Kind::kObj, "", true)) {
-    m.has_aoti = true;
-    const std::string schema = v.str(*a, "schema", "aoti.");
-    if (schema != kAotiSchema)
-      v.fail("aoti schema '" + schema + "' is not supported (this runtime reads " + kAotiSchema +
-             "); re-run python -m dit_export.export.aoti " + folder);
-    m.aoti_torch = v.str(*a, "torch", "aoti.");
-    m.aoti_device = v.str(*a, "device", "aoti.");
-    if (const json* isa = v.get(*a, "cpu_isa", Kind::kStr, "aoti.", true)) m.aoti_cpu_isa = isa->get<std::string>();
-    for (auto& [g, e] : v.get(*a, "graphs", Kind::kObj, "aoti.")->items()) {
-      const std::string label = "aoti.graphs." + g;
-      if (!e.is_object()) v.fail("field '" + label + "' should be an object");
-      AotiEntry ae;
-      ae.file = parse_file_entry(v, e, label);
-      ae.onnx_sha256 = v.str(e, "onnx_sha256", label + ".");
-      ae.inputs = parse_specs(v, e, label, "inputs");
-      ae.outputs = parse_specs(v, e, label, "outputs");
-      m.aoti[g] = std::move(ae);
-    }
-  }
-  if (const json* eng = v.get(j, "engines", Kind::kObj, "", true)) {
-    for (auto& [name, r] : eng->items()) {
-      if (!r.is_object()) continue;  // foreign records are the build stage's business
-      const std::string label = "engines." + name;
-      PlanRecord p;
-      p.graph = v.str(r, "graph", label + ".");
-      p.file = parse_file_entry(v, r, label);
-      p.tensorrt = v.str(r, "tensorrt", label + ".");
-      p.gpu = v.str(r, "gpu", label + ".");
-      p.compute_capability = v.str(r, "compute_capability", label + ".");
-      p.onnx_sha256 = v.str(r, "onnx_sha256", label + ".");
-      if (const json* pr = v.get(r, "precision", Kind::kStr, label + ".", true)) p.precision = pr->get<std::string>();
-      m.engines[name] = std::move(p);
-    }
-  }
   return m;
 }
 
@@ -414,16 +429,118 @@ const ScheduleTable& Manifest::schedule(const std::string& sampler, int64_t step
                        "); pass your own schedule (dit_export.sampling.schedule.make_schedule)");
 }
 
-void verify_file(const Manifest& m, const FileEntry& e, const std::string& what, bool hash) {
+void verify_file(const Manifest& m, const FileEntry& e, const std::string& what, bool hash, const char* recorded_in) {
   const std::string p = m.file_path(e.file);
   struct stat st;
   if (::stat(p.c_str(), &st) != 0 || !S_ISREG(st.st_mode))
     throw manifest_error(m.folder + ": " + what + " file " + e.file + " is missing");
   if (uint64_t(st.st_size) != e.bytes)
-    throw manifest_error(m.folder + ": " + e.file + " has " + std::to_string(st.st_size) + " bytes, the manifest says " +
-                         std::to_string(e.bytes) + " (stale or truncated)");
+    throw manifest_error(m.folder + ": " + e.file + " has " + std::to_string(st.st_size) + " bytes, " + recorded_in +
+                         " says " + std::to_string(e.bytes) + " (stale or truncated)");
   if (hash && sha256_file(p) != e.sha256)
-    throw manifest_error(m.folder + ": sha256 of " + e.file + " does not match the manifest (file changed)");
+    throw manifest_error(m.folder + ": sha256 of " + e.file + " does not match " + recorded_in + " (file changed)");
+}
+
+bool is_inside_path(const std::string& rel, bool allow_subfolders) {
+  if (rel.empty() || rel.size() > 4096 || rel.find('\\') != std::string::npos || rel.find('\0') != std::string::npos)
+    return false;
+  size_t start = 0, parts = 0;
+  for (;;) {
+    const size_t end = rel.find('/', start);
+    const std::string part = rel.substr(start, end == std::string::npos ? std::string::npos : end - start);
+    if (part.empty() || part[0] == '.') return false;  // "", ".", "..", hidden names, a leading '/'
+    ++parts;
+    if (end == std::string::npos) break;
+    start = end + 1;
+  }
+  return allow_subfolders || parts == 1;
+}
+
+namespace {
+
+// Reads folder/<rel>.json; nullopt when absent.
+std::optional<json> read_record_json(const Manifest& m, const std::string& rel, std::string* path) {
+  *path = m.file_path(rel + ".json");
+  if (!file_exists(*path)) return std::nullopt;
+  std::ifstream f(*path, std::ios::binary);
+  std::stringstream ss;
+  ss << f.rdbuf();
+  try {
+    json j = json::parse(ss.str());
+    if (!j.is_object()) throw manifest_error(*path + ": not a record (a JSON object was expected)");
+    return j;
+  } catch (const json::parse_error& e) {
+    std::string what = e.what();
+    throw manifest_error("cannot read " + *path + ": " + what.substr(0, what.find('\n')));
+  }
+}
+
+void check_record_head(const Validator& v, const json& r, const char* schema, const std::string& graph,
+                       const std::string& rel, FileEntry* file) {
+  const std::string s = v.str(r, "schema");
+  if (s != schema)
+    v.fail("record schema '" + s + "' is not supported (this runtime reads " + schema + "); compile it again");
+  const std::string g = v.str(r, "graph");
+  if (!graph.empty() && g != graph) v.fail("the record is for graph '" + g + "', not " + graph);
+  *file = parse_file_entry(v, r, "record", true);
+  if (file->file != rel) v.fail("field 'file' is '" + file->file + "', the record sits beside " + rel);
+}
+
+}  // namespace
+
+std::string aoti_package_file(const std::string& graph) { return "aoti/" + graph + ".pt2"; }
+
+std::optional<AotiEntry> read_aoti_record(const Manifest& m, const std::string& graph) {
+  const std::string rel = aoti_package_file(graph);
+  std::string path;
+  const std::optional<json> r = read_record_json(m, rel, &path);
+  if (!r) return std::nullopt;
+  const Validator v(path);
+  AotiEntry e;
+  check_record_head(v, *r, kAotiSchema, graph, rel, &e.file);
+  e.graph = graph;
+  e.onnx_file = v.str(*r, "onnx_file");
+  e.onnx_sha256 = v.str(*r, "onnx_sha256");
+  e.inputs = parse_specs(v, *r, "record", "inputs");
+  e.outputs = parse_specs(v, *r, "record", "outputs");
+  e.torch = v.str(*r, "torch");
+  e.device = v.str(*r, "device");
+  if (const json* isa = v.get(*r, "cpu_isa", Kind::kStr, "", true)) e.cpu_isa = isa->get<std::string>();
+  if (const json* pr = v.get(*r, "precision", Kind::kStr, "", true)) e.precision = pr->get<std::string>();
+  return e;
+}
+
+std::optional<PlanRecord> read_plan_record(const Manifest& m, const std::string& rel) {
+  std::string path;
+  const std::optional<json> r = read_record_json(m, rel, &path);
+  if (!r) return std::nullopt;
+  const Validator v(path);
+  PlanRecord p;
+  check_record_head(v, *r, kPlanSchema, "", rel, &p.file);
+  p.graph = v.str(*r, "graph");
+  p.onnx_file = v.str(*r, "onnx_file");
+  p.onnx_sha256 = v.str(*r, "onnx_sha256");
+  p.tensorrt = v.str(*r, "tensorrt");
+  p.gpu = v.str(*r, "gpu");
+  p.compute_capability = v.str(*r, "compute_capability");
+  if (const json* pr = v.get(*r, "precision", Kind::kStr, "", true)) p.precision = pr->get<std::string>();
+  return p;
+}
+
+std::vector<std::string> recorded_plans(const Manifest& m, const std::string& graph) {
+  std::vector<std::string> out;
+  DIR* d = ::opendir(m.file_path("plans").c_str());
+  if (!d) return out;
+  const std::string prefix = graph + ".", suffix = ".plan.json";
+  while (const dirent* e = ::readdir(d)) {
+    const std::string name = e->d_name;
+    if (name.size() > prefix.size() + suffix.size() && name.compare(0, prefix.size(), prefix) == 0 &&
+        name.compare(name.size() - suffix.size(), suffix.size(), suffix) == 0)
+      out.push_back("plans/" + name.substr(0, name.size() - 5));
+  }
+  ::closedir(d);
+  std::sort(out.begin(), out.end());
+  return out;
 }
 
 }  // namespace dit

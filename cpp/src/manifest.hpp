@@ -1,8 +1,10 @@
 // manifest.json of an exported folder: parsed with nlohmann-json and validated like the Python
-// reader (dit_export.export.manifest), plus the checks this runtime relies on (the step and VAE
-// graph I/O agree with the batch and latent shape, schedule rows fit the coef input, the AOTI
-// packages and TensorRT plans belong to these graphs). Every failure is one dit::Error line that
-// names the field.
+// reader (dit_export.export.manifest) against the fields the committed schema
+// (dit_export/export/manifest.schema.json) requires, plus the checks this runtime relies on (the
+// step and VAE graph I/O agree with the batch and latent shape, schedule rows fit the coef input).
+// The manifest is written once by `export` and never rewritten: compiled artifacts (AOTI packages,
+// TensorRT plans) are files in aoti/ and plans/ with a JSON record beside each (<artifact>.json,
+// written by dit_export.engine), read here too. Every failure is one dit::Error line naming the field.
 #pragma once
 
 #include <cstdint>
@@ -15,12 +17,13 @@
 
 namespace dit {
 
-constexpr const char* kManifestSchema = "dit_export.manifest/1";
-constexpr const char* kAotiSchema = "dit_export.aoti/1";
+constexpr const char* kManifestSchema = "dit_export.manifest/2";
+constexpr const char* kAotiSchema = "dit_export.aoti/2";
+constexpr const char* kPlanSchema = "dit_export.plan/1";
 constexpr const char* kManifestFile = "manifest.json";
 
 struct FileEntry {
-  std::string file;
+  std::string file;  // relative to the export folder (a plain name in manifest.json; aoti/x.pt2 in records)
   std::string sha256;
   uint64_t bytes = 0;
 };
@@ -38,21 +41,23 @@ struct ScheduleTable {
   std::vector<float> coefs;        // (S, K) row-major, loop order
 };
 
-// An AOTInductor package (manifest "aoti.graphs.<graph>").
+// An AOTInductor package: aoti/<graph>.pt2 and its record aoti/<graph>.pt2.json.
 struct AotiEntry {
+  std::string graph;
   FileEntry file;
-  std::string onnx_sha256;
+  std::string onnx_file, onnx_sha256;
   std::vector<TensorSpec> inputs, outputs;
+  std::string torch, device, cpu_isa, precision;
 };
 
-// A TensorRT plan record (manifest "engines.<file name>").
+// A TensorRT plan: plans/<graph>.trt<major>.<minor>.sm<cc>.plan and its record (<plan>.json).
 struct PlanRecord {
   std::string graph;
   FileEntry file;
+  std::string onnx_file, onnx_sha256;
   std::string tensorrt;            // full version string, e.g. "10.13.0.35"
   std::string gpu;
   std::string compute_capability;  // "9.0"
-  std::string onnx_sha256;
   std::string precision;
 };
 
@@ -72,11 +77,12 @@ struct Manifest {
   std::vector<std::string> coef_names;
   int64_t num_train_steps = 0;
   std::map<std::string, std::map<int64_t, ScheduleTable>> schedules;  // sampler -> steps -> table
+  // dit_step's solver-state inputs (issue 11: hist_x0, hist_x0_prev, hist_x; output = name + "_next"),
+  // empty for an export made before the multistep samplers.
+  std::vector<std::string> state_names;
+  // schedule.samplers[s].state inputs per sampler (optional in the manifest; empty when absent).
+  std::map<std::string, std::vector<std::string>> sampler_state;
   std::string noise_default;
-  bool has_aoti = false;
-  std::string aoti_torch, aoti_device, aoti_cpu_isa;
-  std::map<std::string, AotiEntry> aoti;
-  std::map<std::string, PlanRecord> engines;  // by plan file name
 
   // Reads folder/manifest.json and validates it (files named by graphs must exist).
   static Manifest load(const std::string& folder);
@@ -92,7 +98,21 @@ struct Manifest {
   std::string file_path(const std::string& name) const { return folder + "/" + name; }
 };
 
+// The record of an artifact (`rel`: its path relative to the folder, e.g. "aoti/dit_step.pt2"):
+// nullopt when the artifact has no record; throws (one line) when the record is unreadable, is
+// not of its schema, or its "file" is not `rel`. Files are not hashed here (verify_file does).
+std::optional<AotiEntry> read_aoti_record(const Manifest& m, const std::string& graph);
+std::optional<PlanRecord> read_plan_record(const Manifest& m, const std::string& rel);
+std::string aoti_package_file(const std::string& graph);  // "aoti/<graph>.pt2"
+// Relative paths of the plans recorded in plans/ for `graph` (any TensorRT or GPU), sorted.
+std::vector<std::string> recorded_plans(const Manifest& m, const std::string& graph);
+// A path a manifest or record may name: relative, '/'-separated, no empty, "." or ".." part, no
+// backslash or NUL, not hidden; so it resolves inside the folder (symlinks are the folder's own).
+bool is_inside_path(const std::string& rel, bool allow_subfolders);
+
 // Existence, size, then (when `hash`) sha256 of a file the manifest records; one-line error naming it on a mismatch.
-void verify_file(const Manifest& m, const FileEntry& e, const std::string& what, bool hash = true);
+// `recorded_in` names where the size and digest come from ("the manifest", "its record").
+void verify_file(const Manifest& m, const FileEntry& e, const std::string& what, bool hash = true,
+                 const char* recorded_in = "the manifest");
 
 }  // namespace dit

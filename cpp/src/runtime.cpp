@@ -1,6 +1,7 @@
 #include "runtime.hpp"
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstring>
 
@@ -93,6 +94,16 @@ void* Runtime::buffer(const std::string& key, size_t bytes) {
   return p;
 }
 
+// The solver-state inputs a sampler ping-pongs: the manifest's schedule.samplers when recorded, else
+// the names of issue 11 (dpm++2m keeps x0 of the previous step; UniPC also the one before and x).
+std::vector<std::string> Runtime::state_of(const std::string& sampler) const {
+  auto it = m_.sampler_state.find(sampler);
+  if (it != m_.sampler_state.end()) return it->second;
+  if (sampler == "dpm++2m") return {"hist_x0"};
+  if (sampler == "unipc") return {"hist_x0", "hist_x0_prev", "hist_x"};
+  return {};
+}
+
 void Runtime::check_request(const dit_sample_params& p, bool decode) const {
   if (!p.labels || p.num_images == 0) throw argument_error("no class labels given");
   if (p.num_images > (size_t(1) << 32)) throw argument_error("at most 2^32 images per request (noise image index)");
@@ -104,8 +115,14 @@ void Runtime::check_request(const dit_sample_params& p, bool decode) const {
     throw argument_error("cfg scale must be >= 1 (1 = no guidance), got " + std::to_string(p.cfg_scale));
   if (p.steps < 1) throw argument_error("steps must be >= 1, got " + std::to_string(p.steps));
   const std::string sampler = p.sampler ? p.sampler : "ddpm";
-  if (sampler != "ddpm" && sampler != "ddim")
-    throw argument_error("unknown sampler '" + sampler + "'; choose one of ddpm, ddim");
+  if (sampler != "ddpm" && sampler != "ddim" && sampler != "dpm++2m" && sampler != "unipc")
+    throw argument_error("unknown sampler '" + sampler + "'; choose one of ddpm, ddim, dpm++2m, unipc");
+  if ((sampler == "dpm++2m" || sampler == "unipc") && p.steps < 2)
+    throw argument_error("steps " + std::to_string(p.steps) + ": " + sampler + " needs at least 2 steps");
+  for (const std::string& s : state_of(sampler))
+    if (std::find(m_.state_names.begin(), m_.state_names.end(), s) == m_.state_names.end())
+      throw argument_error(m_.folder + " was exported before the multistep samplers (its dit_step has no solver state input '" +
+                           s + "'): re-export it to use " + sampler + "; ddpm and ddim still work");
   if ((p.timesteps == nullptr) != (p.coefs == nullptr))
     throw argument_error("give both timesteps and coefs for a schedule of your own, or neither");
   if (decode && !backend_->has_graph("vae_decoder"))
@@ -148,6 +165,11 @@ void Runtime::generate(const dit_sample_params& p, float* latents_out, float* im
   auto* c_table = static_cast<char*>(buffer("coef", steps * k * sizeof(float)));
   auto* noise_table = static_cast<char*>(buffer("noise", block * lat_bytes));
   void* image = decode ? buffer("image", n * img_numel * sizeof(float)) : nullptr;
+  // Solver history (every state input of the graph, issue 11): two buffers each, swapped with x.
+  std::vector<std::array<void*, 2>> state;
+  for (const std::string& s : m_.state_names)
+    state.push_back({buffer("state:" + s + "/0", lat_bytes), buffer("state:" + s + "/1", lat_bytes)});
+  const std::vector<float> zeros(n * numel, 0.0f);
 
   std::vector<int64_t> t_host(steps * n);
   for (size_t s = 0; s < steps; ++s) std::fill_n(t_host.begin() + s * n, n, timesteps[s]);
@@ -179,6 +201,7 @@ void Runtime::generate(const dit_sample_params& p, float* latents_out, float* im
     std::fill(host.begin(), host.begin() + n * numel, 0.0f);
     for (size_t i = 0; i < rows; ++i) noise(0, lo + i, host.data() + i * numel);
     be.upload(x[0], host.data(), lat_bytes);
+    for (auto& st : state) be.upload(st[0], zeros.data(), lat_bytes);  // the history starts at zero
     int cur = 0;
     for (size_t k0 = 0; k0 < steps; k0 += block) {
       const size_t k1 = std::min(steps, k0 + block);
@@ -187,13 +210,18 @@ void Runtime::generate(const dit_sample_params& p, float* latents_out, float* im
         for (size_t i = 0; i < rows; ++i) noise(uint32_t(s + 1), lo + i, host.data() + ((s - k0) * n + i) * numel);
       be.upload(noise_table, host.data(), (k1 - k0) * lat_bytes);
       for (size_t s = k0; s < k1; ++s) {
-        be.run("dit_step", {{"x", x[cur], false},
-                            {"t", t_table + s * n * sizeof(int64_t), true},
-                            {"y", y, false},
-                            {"noise", noise_table + (s - k0) * lat_bytes, true},
-                            {"guidance", guidance, false},
-                            {"coef", c_table + s * k * sizeof(float), true},
-                            {"x_next", x[1 - cur], false}});
+        std::vector<Binding> io = {{"x", x[cur], false},
+                                   {"t", t_table + s * n * sizeof(int64_t), true},
+                                   {"y", y, false},
+                                   {"noise", noise_table + (s - k0) * lat_bytes, true},
+                                   {"guidance", guidance, false},
+                                   {"coef", c_table + s * k * sizeof(float), true},
+                                   {"x_next", x[1 - cur], false}};
+        for (size_t i = 0; i < state.size(); ++i) {
+          io.push_back({m_.state_names[i], state[i][cur], false});
+          io.push_back({m_.state_names[i] + "_next", state[i][1 - cur], false});
+        }
+        be.run("dit_step", io);
         cur = 1 - cur;
         if (p.progress_fn && p.progress_fn(p.progress_user, int64_t(c * steps + s + 1), total) != 0)
           throw Error(DIT_ERROR_CANCELLED, "cancelled by the progress callback");

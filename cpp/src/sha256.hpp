@@ -1,9 +1,11 @@
-// SHA-256 (FIPS 180-4), small and dependency-free: the manifest records a digest of every file.
+// SHA-256 through OpenSSL's EVP interface (libcrypto): the manifest records a digest of every
+// file, and a multi-GB plan or package is re-hashed on every open unless verify_hashes is off.
 #pragma once
 
 #include <array>
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 #include <string>
 
 namespace dit {
@@ -11,16 +13,16 @@ namespace dit {
 class Sha256 {
  public:
   Sha256();
+  ~Sha256();
+  Sha256(const Sha256&) = delete;
+  Sha256& operator=(const Sha256&) = delete;
   void update(const void* data, size_t size);
   std::array<uint8_t, 32> digest();  // finishes; the object must not be updated afterwards
   std::string hexdigest();
 
  private:
-  void block(const uint8_t* p);
-  uint32_t h_[8];
-  uint8_t buf_[64];
-  size_t used_ = 0;
-  uint64_t total_ = 0;
+  struct Ctx;
+  std::unique_ptr<Ctx> ctx_;
 };
 
 std::string sha256_hex(const void* data, size_t size);

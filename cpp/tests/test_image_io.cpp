@@ -1,29 +1,40 @@
-// The example's writers: the PNG decodes back (zlib inflate) to the pixels, .npy headers are
-// valid, the grid layout is torchvision's make_grid (padding 2, at most 4 per row).
-#include <zlib.h>
-
+// The example's writers: the PNG (stb_image_write) decodes back (stb_image) to the pixels, .npy
+// headers are valid, the grid layout is torchvision's make_grid (padding 2, at most 4 per row).
 #include <cstring>
+#include <stdexcept>
+#include <utility>
+#include <vector>
+
+#define STB_IMAGE_STATIC
+#define STB_IMAGE_IMPLEMENTATION
+#define STBI_ONLY_PNG
+#include <stb_image.h>
 
 #include "image_io.hpp"
 #include "testutil.hpp"
 
 int main() {
-  const size_t w = 5, h = 3;
-  std::vector<uint8_t> rgb(w * h * 3);
-  for (size_t i = 0; i < rgb.size(); ++i) rgb[i] = uint8_t(i * 37);
-  const std::vector<uint8_t> png = dit_io::encode_png(rgb.data(), w, h);
-  CHECK(std::memcmp(png.data(), "\x89PNG\r\n\x1a\n", 8) == 0);
-  // IHDR then IDAT: inflate IDAT and compare the rows after their filter byte.
-  const size_t idat_len = (size_t(png[33]) << 24) | (png[34] << 16) | (png[35] << 8) | png[36];
-  CHECK(std::memcmp(&png[37], "IDAT", 4) == 0);
-  std::vector<uint8_t> raw(h * (w * 3 + 1));
-  uLongf raw_len = raw.size();
-  CHECK(uncompress(raw.data(), &raw_len, &png[41], uLong(idat_len)) == Z_OK);
-  CHECK(raw_len == raw.size());
-  for (size_t y = 0; y < h; ++y) {
-    CHECK(raw[y * (w * 3 + 1)] == 0);
-    CHECK(std::memcmp(&raw[y * (w * 3 + 1) + 1], &rgb[y * w * 3], w * 3) == 0);
+  for (const auto& [w, h] : std::vector<std::pair<size_t, size_t>>{{5, 3}, {1, 1}, {260, 130}}) {
+    std::vector<uint8_t> rgb(w * h * 3);
+    for (size_t i = 0; i < rgb.size(); ++i) rgb[i] = uint8_t((i * 37) ^ (i >> 7));
+    const std::vector<uint8_t> png = dit_io::encode_png(rgb.data(), w, h);
+    CHECK(png.size() > 8 && std::memcmp(png.data(), "\x89PNG\r\n\x1a\n", 8) == 0);
+    int dw = 0, dh = 0, comp = 0;
+    stbi_uc* back = stbi_load_from_memory(png.data(), int(png.size()), &dw, &dh, &comp, 0);
+    CHECK_MSG(back != nullptr, stbi_failure_reason() ? stbi_failure_reason() : "?");
+    if (back) {
+      CHECK(size_t(dw) == w && size_t(dh) == h && comp == 3);  // 8-bit RGB, no alpha
+      CHECK(std::memcmp(back, rgb.data(), rgb.size()) == 0);
+      stbi_image_free(back);
+    }
   }
+  bool threw = false;
+  try {
+    dit_io::encode_png(nullptr, 0, 3);
+  } catch (const std::runtime_error&) {
+    threw = true;
+  }
+  CHECK(threw);
   // Grid of 6 images of 2x2: 4 columns, 2 rows, padding 2 -> (2*4+2) x (4*4+2) = 10 x 18.
   std::vector<float> x(6 * 3 * 2 * 2, 1.0f);
   size_t gh = 0, gw = 0;

@@ -1,18 +1,23 @@
 // manifest.json parsing and its bad inputs: missing fields, wrong types, bad shapes, hash
-// mismatches, stale AOTI records, a missing TensorRT build. The base manifest is the real one of
-// an exported folder when DIT_TEST_ENGINES names one (its files are linked, not copied), else a
-// small manifest written here with the same schema.
+// mismatches, paths outside the folder, the artifact records (aoti/, plans/), stale AOTI packages,
+// a missing TensorRT build. The C++ reader is held to the committed schema
+// (dit_export/export/manifest.schema.json, DIT_MANIFEST_SCHEMA): every field it requires is
+// required there and vice versa, and edited manifests are accepted or refused by both alike.
+// The base manifest is the real one of an exported folder when DIT_TEST_ENGINES names one (its
+// files are linked, not copied), else a small manifest written here with the same schema.
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <cstdio>
 #include <fstream>
 #include <functional>
+#include <set>
 #include <nlohmann/json.hpp>
 #include <sstream>
 
 #include "manifest.hpp"
 #include "runtime.hpp"
+#include "schema.hpp"
 #include "sha256.hpp"
 #include "testutil.hpp"
 
@@ -53,7 +58,7 @@ json synthetic(const std::string& dir) {
   json coefs = json::array();
   for (int r = 0; r < 2; ++r) coefs.push_back(std::vector<double>(10, 0.5));
   return {
-      {"schema", "dit_export.manifest/1"},
+      {"schema", "dit_export.manifest/2"},
       {"versions", {{"dit_export", "0.1.0"}, {"torch", "2.13.0"}, {"onnx", "1.23.2"}}},
       {"model",
        {{"name", "DiT-S/8"},
@@ -63,7 +68,8 @@ json synthetic(const std::string& dir) {
         {"flavor", "official"},
         {"cfg_channels", 3},
         {"null_class", 1000},
-        {"source", "random weights (seed 0)"}}},
+        {"source", "random weights (seed 0)"},
+        {"spec", {{"model", "DiT-S/8"}, {"random_weights", true}, {"weights_seed", 0}, {"vae", "random-tiny"}}}}},
       {"image_size", 64},
       {"latent_size", 8},
       {"latent_channels", 4},
@@ -100,7 +106,10 @@ json base_manifest(const std::string& dir, bool* real) {
   m.erase("aoti");  // the packages are not linked in: the AOTI cases below write their own files
   std::vector<std::string> files;
   for (auto& [name, g] : m["graphs"].items())
-    if (g.is_object()) files.push_back(g["file"]);
+    if (g.is_object()) {
+      files.push_back(g["file"]);
+      for (const json& x : g["external_data"]) files.push_back(x["file"]);
+    }
   for (const std::string& file : files) {
     const std::string src = engines + "/" + file;
     char resolved[4096];
@@ -129,6 +138,75 @@ void expect(const json& base, const std::function<void(json&)>& edit, const std:
   if (!err.empty()) CHECK_MSG(err.find('\n') == std::string::npos, "one line: " + err);
 }
 
+json g_schema;
+
+// Like expect(), and the committed schema refuses the edit too (a schema-level rule).
+void expect_both(const json& base, const std::function<void(json&)>& edit, const std::string& needle) {
+  expect(base, edit, needle);
+  json m = base;
+  edit(m);
+  CHECK_MSG(!schema::check(g_schema, m).empty(), "the schema accepts what the C++ reader refuses ('" + needle + "')");
+}
+
+// Every member of an object, recursively (array elements that are objects included), as JSON pointers.
+void member_paths(const json& v, const json::json_pointer& at, std::vector<json::json_pointer>* out) {
+  if (v.is_object()) {
+    for (auto& [k, x] : v.items()) {
+      out->push_back(at / k);
+      member_paths(x, at / k, out);
+    }
+  } else if (v.is_array()) {
+    for (size_t i = 0; i < v.size(); ++i)
+      if (v[i].is_object()) {
+        out->push_back(at / i);
+        member_paths(v[i], at / i, out);
+      }
+  }
+}
+
+json wrong_type(const json& v) {
+  if (v.is_string() || v.is_null()) return 7;
+  return "x";
+}
+
+// The C++ reader and the committed schema agree: on the base, on every field removed (the
+// reader requires exactly what the schema requires) and on every field given a wrong type.
+void schema_agreement(const json& base) {
+  const std::string base_err = schema::check(g_schema, base);
+  CHECK_MSG(base_err.empty(), "the schema refuses the base manifest: " + base_err);
+  CHECK(parse_error(base).empty());
+  std::vector<json::json_pointer> paths;
+  member_paths(base, json::json_pointer(), &paths);
+  std::set<std::string> required;  // by the C++ reader
+  size_t removed = 0, retyped = 0;
+  for (const auto& p : paths) {
+    if (!base.at(p.parent_pointer()).is_object()) continue;  // array elements are not removable fields
+    json m = base;
+    m.at(p.parent_pointer()).erase(p.back());
+    const std::string serr = schema::check(g_schema, m), cerr = parse_error(m);
+    ++removed;
+    if (!cerr.empty()) required.insert(p.to_string());
+    CHECK_MSG(serr.empty() == cerr.empty(), "without " + p.to_string() + ": the schema " +
+                                                (serr.empty() ? "accepts" : "refuses (" + serr + ")") + ", the C++ reader " +
+                                                (cerr.empty() ? "accepts" : "refuses (" + cerr + ")"));
+  }
+  for (const auto& p : paths) {
+    json m = base;
+    m.at(p) = wrong_type(m.at(p));
+    const std::string serr = schema::check(g_schema, m), cerr = parse_error(m);
+    ++retyped;
+    // Never stricter than the schema; as strict on every field it requires (and their elements).
+    if (serr.empty()) CHECK_MSG(cerr.empty(), p.to_string() + " retyped: the schema accepts, the C++ reader refuses (" + cerr + ")");
+    const json::json_pointer parent = p.parent_pointer();
+    const bool needed = required.count(p.to_string()) ||
+                        (base.at(parent).is_array() && required.count(parent.to_string()));
+    if (!serr.empty() && needed)
+      CHECK_MSG(!cerr.empty(), p.to_string() + " retyped: the schema refuses (" + serr + "), the C++ reader accepts");
+  }
+  std::printf("schema agreement: %zu fields removed, %zu retyped; the C++ reader requires %zu of them\n", removed, retyped,
+              required.size());
+}
+
 }  // namespace
 
 int main() {
@@ -139,20 +217,34 @@ int main() {
   const json base = base_manifest(g_dir, &real);
   std::printf("base manifest: %s\n", real ? "a real export (DIT_TEST_ENGINES)" : "synthetic");
   write_text(g_dir + "/manifest.json", base.dump(1));
+  {
+    std::ifstream sf(DIT_MANIFEST_SCHEMA);
+    if (!sf) {
+      std::fprintf(stderr, "cannot read the committed schema %s\n", DIT_MANIFEST_SCHEMA);
+      return 1;
+    }
+    g_schema = json::parse(sf);
+    CHECK(g_schema["title"] == dit::kManifestSchema);  // the schema version this reader reads
+  }
+  schema_agreement(base);
+  const size_t k = base["schedule"]["coef_names"].size();  // the coef input length (grows with the step graph)
 
   // The valid base loads, with its numbers.
   {
     const dit::Manifest m = dit::Manifest::load(g_dir);
     CHECK(m.batch >= 1);
-    CHECK(m.coef_size() == 10);
+    CHECK(k >= 1 && m.coef_size() == k);
     CHECK(m.has_graph("dit_step"));
-    CHECK(m.graph("dit_step").inputs.size() == 6);
-    CHECK(m.graph("dit_step").find("coef")->shape == std::vector<int64_t>{10});
+    // 6 step inputs, then the multistep solvers' state (issue 11) when the export has it
+    CHECK(m.graph("dit_step").inputs.size() == 6 + m.state_names.size());
+    CHECK(m.state_names.empty() || m.state_names == (std::vector<std::string>{"hist_x0", "hist_x0_prev", "hist_x"}));
+    CHECK(m.graph("dit_step").outputs.size() == 1 + m.state_names.size());
+    CHECK(m.graph("dit_step").find("coef")->shape == std::vector<int64_t>{int64_t(k)});
     CHECK(!m.schedules.empty());
     const auto& [sampler, by_steps] = *m.schedules.begin();
     const auto& [steps, table] = *by_steps.begin();
     CHECK(int64_t(table.timesteps.size()) == steps);
-    CHECK(table.coefs.size() == size_t(steps) * 10);
+    CHECK(table.coefs.size() == size_t(steps) * k);
     CHECK(&m.schedule(sampler, steps) == &table);
     CHECK_THROWS_WITH(m.schedule("ddpm", 7), "no stored ddpm table for 7 steps");
     CHECK_THROWS_WITH(m.schedule("ddpm", 7), "(stored: ");
@@ -171,37 +263,39 @@ int main() {
   CHECK_THROWS_WITH(dit::Manifest::parse("{\"a\": NaN}", g_dir), "cannot read");
 
   // Missing fields.
-  expect(base, [](json& m) { m.erase("schema"); }, "missing field 'schema'");
-  expect(base, [](json& m) { m["versions"].erase("torch"); }, "missing field 'versions.torch'");
-  expect(base, [](json& m) { m["model"]["config"].erase("depth"); }, "missing field 'model.config.depth'");
-  expect(base, [](json& m) { m.erase("vae"); }, "missing field 'vae' (null when exported with --vae none)");
-  expect(base, [](json& m) { m["graphs"].erase("dit_step"); }, "missing field 'graphs.dit_step'");
-  expect(base, [](json& m) { m["graphs"]["dit_step"].erase("sha256"); }, "missing field 'graphs.dit_step.sha256'");
-  expect(base, [](json& m) { m["graphs"]["dit_step"]["inputs"][0].erase("dtype"); },
-         "missing field 'graphs.dit_step.inputs[0].dtype'");
-  expect(base, [](json& m) { m["schedule"].erase("tables"); }, "missing field 'schedule.tables'");
-  expect(base, [](json& m) { m["noise"].erase("default"); }, "missing field 'noise.default'");
+  expect_both(base, [](json& m) { m.erase("schema"); }, "missing field 'schema'");
+  expect_both(base, [](json& m) { m["versions"].erase("torch"); }, "missing field 'versions.torch'");
+  expect_both(base, [](json& m) { m["model"]["config"].erase("depth"); }, "missing field 'model.config.depth'");
+  expect_both(base, [](json& m) { m.erase("vae"); }, "missing field 'vae' (null when exported with --vae none)");
+  expect_both(base, [](json& m) { m["graphs"].erase("dit_step"); }, "missing field 'graphs.dit_step'");
+  expect_both(base, [](json& m) { m["graphs"]["dit_step"].erase("sha256"); }, "missing field 'graphs.dit_step.sha256'");
+  expect_both(base, [](json& m) { m["graphs"]["dit_step"]["inputs"][0].erase("dtype"); },
+              "missing field 'graphs.dit_step.inputs[0].dtype'");
+  expect_both(base, [](json& m) { m["schedule"].erase("tables"); }, "missing field 'schedule.tables'");
+  expect_both(base, [](json& m) { m["noise"].erase("default"); }, "missing field 'noise.default'");
 
   // Wrong types and values.
-  expect(base, [](json& m) { m["schema"] = 1; }, "field 'schema' should be str, got int");
-  expect(base, [](json& m) { m["schema"] = "dit_export.manifest/2"; }, "is not supported");
-  expect(base, [](json& m) { m["schema"] = "something/1"; }, "not a dit_export manifest");
-  expect(base, [](json& m) { m["model"]["config"]["depth"] = "12"; }, "field 'model.config.depth' should be int, got str");
-  expect(base, [](json& m) { m["model"]["config"]["learn_sigma"] = 1; }, "'model.config.learn_sigma' should be bool, got int");
-  expect(base, [](json& m) { m["batch"] = 2.0; }, "field 'batch' should be int, got float");
-  expect(base, [](json& m) { m["batch"] = true; }, "field 'batch' should be int, got bool");
-  expect(base, [](json& m) { m["batch"] = 0; }, "field 'batch' must be positive");
-  expect(base, [](json& m) { m["precision"] = "int8"; }, "field 'precision' must be fp32 or fp16");
-  expect(base, [](json& m) { m["model"]["flavor"] = "mine"; }, "must be official or diffusers");
-  expect(base, [](json& m) { m["graphs"]["dit_step"]["file"] = "../dit_step.onnx"; }, "must be a plain file name");
-  expect(base, [](json& m) { m["graphs"]["dit_step"]["sha256"] = "abc"; }, "is not a sha256 hex digest");
-  expect(base, [](json& m) { m["graphs"]["dit_step"]["inputs"][0]["shape"][2] = -1; }, "non-negative integers (static graph)");
-  expect(base, [](json& m) { m["graphs"]["dit_step"]["inputs"][0]["dtype"] = "float64"; }, "is not one of float32");
-  expect(base, [](json& m) { m["graphs"]["dit_step"]["outputs"] = json::array(); }, "'graphs.dit_step.outputs' is empty");
-  expect(base, [](json& m) { m["graphs"]["dit"] = nullptr; }, "field 'graphs.dit' is null");
+  expect_both(base, [](json& m) { m["schema"] = 1; }, "field 'schema' should be str, got int");
+  expect(base, [](json& m) { m["schema"] = "dit_export.manifest/1"; }, "is not supported");  // re-export
+  expect(base, [](json& m) { m["schema"] = "dit_export.manifest/3"; }, "is not supported");
+  expect_both(base, [](json& m) { m["schema"] = "something/1"; }, "not a dit_export manifest");
+  expect_both(base, [](json& m) { m["model"]["config"]["depth"] = "12"; }, "field 'model.config.depth' should be int, got str");
+  expect_both(base, [](json& m) { m["model"]["config"]["learn_sigma"] = 1; }, "'model.config.learn_sigma' should be bool, got int");
+  expect_both(base, [](json& m) { m["batch"] = 2.0; }, "field 'batch' should be int, got float");
+  expect_both(base, [](json& m) { m["batch"] = true; }, "field 'batch' should be int, got bool");
+  expect_both(base, [](json& m) { m["batch"] = 0; }, "field 'batch' must be positive");
+  expect_both(base, [](json& m) { m["precision"] = "int8"; }, "field 'precision' must be fp32 or fp16");
+  expect_both(base, [](json& m) { m["model"]["flavor"] = "mine"; }, "must be official or diffusers");
+  expect_both(base, [](json& m) { m["graphs"]["dit_step"]["file"] = "../dit_step.onnx"; }, "must be a plain file name");
+  expect_both(base, [](json& m) { m["graphs"]["dit_step"]["sha256"] = "abc"; }, "is not a sha256 hex digest");
+  expect_both(base, [](json& m) { m["graphs"]["dit_step"]["inputs"][0]["shape"][2] = -1; }, "non-negative integers (static graph)");
+  expect_both(base, [](json& m) { m["graphs"]["dit_step"]["inputs"][0]["dtype"] = "float64"; }, "is not one of float32");
+  expect_both(base, [](json& m) { m["graphs"]["dit_step"]["outputs"] = json::array(); }, "'graphs.dit_step.outputs' is empty");
+  expect_both(base, [](json& m) { m["graphs"]["dit"] = nullptr; }, "field 'graphs.dit' is null");
   expect(base, [](json& m) { m["graphs"]["vae_decoder"] = nullptr; }, "'vae' is set but 'graphs.vae_decoder' is null");
   expect(base, [](json& m) { m["vae"] = nullptr; }, "'graphs.vae_decoder' is set but 'vae' is null");
   expect(base, [](json& m) { m["graphs"]["dit_step"]["file"] = "missing.onnx"; }, "file missing.onnx is missing from");
+  // Beyond the schema (semantic rules both readers check).
   expect(base, [](json& m) {
     auto& tables = m["schedule"]["tables"];
     auto& first = tables.begin().value();
@@ -210,7 +304,7 @@ int main() {
   expect(base, [](json& m) {
     auto& first = m["schedule"]["tables"].begin().value();
     first.begin().value()["coefs"][0].erase(0);
-  }, "rows should have 10 values");
+  }, "rows should have " + std::to_string(k) + " values");
   expect(base, [](json& m) {
     auto& first = m["schedule"]["tables"].begin().value();
     first.begin().value()["timesteps"][0] = 1000;
@@ -222,8 +316,28 @@ int main() {
   expect(base, [](json& m) { m["batch"] = m["batch"].get<int>() + 1; }, "this runtime expects x float32");
   expect(base, [](json& m) { m["image_size"] = m["image_size"].get<int>() * 2; }, "is not latent_size");
   expect(base, [](json& m) { m["model"]["null_class"] = 7; }, "model.null_class 7 should equal");
-  expect(base, [](json& m) { m["aoti"] = {{"schema", "dit_export.aoti/9"}, {"torch", "2.13.0"}, {"device", "cpu"}, {"graphs", json::object()}}; },
-         "aoti schema 'dit_export.aoti/9' is not supported");
+  // Schema-level rules the reader checks as well (files stay inside the folder, digests as written).
+  expect_both(base, [](json& m) { m["graphs"]["dit_step"]["file"] = "/etc/passwd"; }, "must be a plain file name");
+  expect_both(base, [](json& m) { m["graphs"]["dit_step"]["file"] = "sub/dit_step.onnx"; }, "must be a plain file name");
+  expect_both(base, [](json& m) { m["graphs"]["dit_step"]["file"] = ".hidden"; }, "must be a plain file name");
+  expect_both(base, [](json& m) { m["graphs"]["dit_step"]["external_data"] = {{{"file", "../w.data"}, {"sha256", std::string(64, 'a')}, {"bytes", 1}}}; },
+              "'graphs.dit_step.external_data[0].file' must be a plain file name");
+  expect_both(base, [](json& m) {
+    std::string h = m["graphs"]["dit_step"]["sha256"];
+    for (char& c : h) c = char(std::toupper(static_cast<unsigned char>(c)));
+    if (h == m["graphs"]["dit_step"]["sha256"]) h[0] = 'A';
+    m["graphs"]["dit_step"]["sha256"] = h;
+  }, "64 lowercase hex digits");
+  expect_both(base, [](json& m) { m["noise"]["default"] = "gauss"; }, "must be philox or torch");
+  expect_both(base, [](json& m) { m["graphs"]["extra"] = m["graphs"]["dit"]; }, "unknown graph 'graphs.extra'");
+  expect_both(base, [](json& m) { m["schedule"]["tables"]["ddpm"]["0"] = {{"timesteps", json::array()}, {"coefs", json::array()}}; },
+              "not a step count >= 1");
+  expect_both(base, [](json& m) { m["vae"]["scaling_factor"] = 0; }, "'vae.scaling_factor' must be positive");
+  expect_both(base, [](json& m) { m["model"]["config"]["depth"] = 0; }, "'model.config.depth' must be positive");
+  expect_both(base, [](json& m) { m["model"]["cfg_channels"] = 0; }, "'model.cfg_channels' must be positive");
+  expect_both(base, [](json& m) { m["model"]["name"] = ""; }, "'model.name' is empty");
+  expect_both(base, [](json& m) { m["model"].erase("spec"); }, "missing field 'model.spec'");
+  expect_both(base, [](json& m) { m["graphs"]["dit_step"]["precision"] = "int8"; }, "'graphs.dit_step.precision' must be fp32 or fp16");
 
   // Hash and size mismatches of a graph file (same size, one byte changed; then truncated).
   {
@@ -241,47 +355,159 @@ int main() {
     CHECK_THROWS_WITH(dit::verify_file(m, e, "graph"), "graph file corrupt.bin is missing");
   }
 
-  // Backends: the CPU one needs AOTI packages that belong to these graphs; TensorRT needs a build.
+  // The CPU backend's default thread count: one per free CPU, OMP_NUM_THREADS when set.
+  CHECK(dit::free_cpus(2, 1.9) == 1 && dit::free_cpus(2, 0.4) == 2 && dit::free_cpus(2, 7.0) == 1);
+  CHECK(dit::free_cpus(16, 3.5) == 12 && dit::free_cpus(4, -1.0) == 4 && dit::free_cpus(0, 0.0) == 1);
   {
-    json m = base;
-    m.erase("aoti");
+    const char* omp = std::getenv("OMP_NUM_THREADS");
+    const std::string saved = omp ? omp : "";
+    ::unsetenv("OMP_NUM_THREADS");
+    const int d = dit::default_threads();
+    std::printf("default threads here: %d of %d usable CPUs\n", d, dit::usable_cpus());
+    CHECK(d >= 1 && d <= dit::usable_cpus());
+    ::setenv("OMP_NUM_THREADS", "3", 1);
+    CHECK(dit::default_threads() == 3);
+    ::setenv("OMP_NUM_THREADS", "zero", 1);
+    CHECK(dit::default_threads() >= 1 && dit::default_threads() <= dit::usable_cpus());
+    if (omp) ::setenv("OMP_NUM_THREADS", saved.c_str(), 1);
+    else ::unsetenv("OMP_NUM_THREADS");
+  }
+
+  // Paths a manifest or record may name.
+  for (const char* ok : {"dit.onnx", "aoti/dit_step.pt2", "plans/dit_step.trt10.13.sm90.plan", "a b.onnx"})
+    CHECK_MSG(dit::is_inside_path(ok, true), ok);
+  CHECK(dit::is_inside_path("dit.onnx", false));
+  CHECK(!dit::is_inside_path("aoti/dit_step.pt2", false));
+  for (const char* bad : {"", "/etc/passwd", "../x", "aoti/../../x", "a//b", "./a", "a/", "a\\b", ".hidden", "aoti/.x"})
+    CHECK_MSG(!dit::is_inside_path(bad, true), bad);
+
+  // Artifact records: aoti/<graph>.pt2.json and plans/<plan>.json beside their files.
+  json m = base;
+  write_text(g_dir + "/manifest.json", m.dump());
+  mkdir((g_dir + "/aoti").c_str(), 0700);
+  mkdir((g_dir + "/plans").c_str(), 0700);
+  const dit::Manifest loaded = dit::Manifest::load(g_dir);
+  auto aoti_record = [&](const std::string& g) {
+    json e = file_entry(g_dir, "aoti/" + g + ".pt2");
+    e["schema"] = "dit_export.aoti/2";
+    e["graph"] = g;
+    e["onnx_file"] = m["graphs"][g]["file"];
+    e["onnx_sha256"] = m["graphs"][g]["sha256"];
+    e["inputs"] = m["graphs"][g]["inputs"];
+    e["outputs"] = m["graphs"][g]["outputs"];
+    e["torch"] = "2.13.0";
+    e["device"] = "cpu";
+    e["precision"] = "fp32";
+    e["cpu_isa"] = "avx2";
+    return e;
+  };
+  auto write_record = [&](const std::string& rel, const json& r) { write_text(g_dir + "/" + rel + ".json", r.dump()); };
+  for (const char* g : {"dit_step", "vae_decoder"}) write_text(g_dir + "/aoti/" + g + ".pt2", "not a package");
+  CHECK(!dit::read_aoti_record(loaded, "dit_step"));  // no record yet
+  write_record("aoti/dit_step.pt2", aoti_record("dit_step"));
+  {
+    const auto r = dit::read_aoti_record(loaded, "dit_step");
+    CHECK(r && r->file.file == "aoti/dit_step.pt2" && r->torch == "2.13.0" && r->device == "cpu" && r->cpu_isa == "avx2");
+    CHECK(r && r->inputs == loaded.graph("dit_step").inputs);
+    if (r) dit::verify_file(loaded, r->file, "AOTI package", true, "its record");
+  }
+  auto record_error = [&](const std::function<void(json&)>& edit, const std::string& needle) {
+    json r = aoti_record("dit_step");
+    edit(r);
+    write_record("aoti/dit_step.pt2", r);
+    CHECK_THROWS_WITH(dit::read_aoti_record(loaded, "dit_step"), needle);
+  };
+  record_error([](json& r) { r["schema"] = "dit_export.aoti/1"; }, "record schema 'dit_export.aoti/1' is not supported");
+  record_error([](json& r) { r["file"] = "aoti/vae_decoder.pt2"; }, "the record sits beside aoti/dit_step.pt2");
+  record_error([](json& r) { r["file"] = "../../etc/passwd"; }, "must be a relative path inside the folder");
+  record_error([](json& r) { r["file"] = "/etc/passwd"; }, "must be a relative path inside the folder");
+  record_error([](json& r) { r["graph"] = "vae_decoder"; }, "the record is for graph 'vae_decoder'");
+  record_error([](json& r) { r.erase("onnx_sha256"); }, "missing field 'onnx_sha256'");
+  record_error([](json& r) { r["inputs"][0]["shape"] = "x"; }, "should be list, got str");
+  write_text(g_dir + "/aoti/dit_step.pt2.json", "{\"schema\": ");
+  CHECK_THROWS_WITH(dit::read_aoti_record(loaded, "dit_step"), "cannot read");
+  write_text(g_dir + "/aoti/dit_step.pt2.json", "[]");
+  CHECK_THROWS_WITH(dit::read_aoti_record(loaded, "dit_step"), "not a record");
+  // Plans: the record of the one for this TensorRT and GPU; the others are listed in messages.
+  for (const char* name : {"dit_step.trt10.13.sm90.plan", "dit_step.trt11.1.sm90.plan", "vae_decoder.trt10.13.sm90.plan"}) {
+    const std::string rel = std::string("plans/") + name;
+    write_text(g_dir + "/" + rel, "plan bytes");
+    json r = file_entry(g_dir, rel);
+    r["schema"] = "dit_export.plan/1";
+    r["graph"] = std::string(name).substr(0, std::string(name).find('.'));
+    r["onnx_file"] = m["graphs"][r["graph"].get<std::string>()]["file"];
+    r["onnx_sha256"] = m["graphs"][r["graph"].get<std::string>()]["sha256"];
+    r["tensorrt"] = "10.13.0.35";
+    r["gpu"] = "NVIDIA H100 80GB HBM3";
+    r["compute_capability"] = "9.0";
+    r["precision"] = "fp32";
+    write_record(rel, r);
+  }
+  CHECK((dit::recorded_plans(loaded, "dit_step") ==
+         std::vector<std::string>{"plans/dit_step.trt10.13.sm90.plan", "plans/dit_step.trt11.1.sm90.plan"}));
+  {
+    const auto r = dit::read_plan_record(loaded, "plans/dit_step.trt10.13.sm90.plan");
+    CHECK(r && r->graph == "dit_step" && r->compute_capability == "9.0" && r->tensorrt == "10.13.0.35");
+    if (r) dit::verify_file(loaded, r->file, "TensorRT plan", true, "its record");
+    CHECK(!dit::read_plan_record(loaded, "plans/dit_step.trt10.13.sm80.plan"));
+    write_text(g_dir + "/plans/dit_step.trt10.13.sm90.plan", "plan bytez");
+    CHECK_THROWS_WITH(dit::verify_file(loaded, r->file, "TensorRT plan", true, "its record"),
+                      "sha256 of plans/dit_step.trt10.13.sm90.plan does not match its record");
+  }
+
+  // Backends: the CPU one needs AOTI packages (with records) that belong to these graphs; TensorRT needs a build.
+  {
     write_text(g_dir + "/manifest.json", m.dump());
+    ::unlink((g_dir + "/aoti/dit_step.pt2.json").c_str());
     dit_open_options o;
     dit_open_options_init(&o);
     o.backend = DIT_BACKEND_CPU;
 #ifdef DIT_TEST_HAVE_AOTI
-    CHECK_THROWS_WITH(dit::Runtime::open(g_dir, o), "no AOTInductor packages in");
-    CHECK_THROWS_WITH(dit::Runtime::open(g_dir, o), "python -m dit_export.export.aoti");
+    CHECK_THROWS_WITH(dit::Runtime::open(g_dir, o), "no AOTInductor package aoti/dit_step.pt2");
+    CHECK_THROWS_WITH(dit::Runtime::open(g_dir, o), "python -m dit_export aoti");
     // A stale package record (compiled for another dit_step.onnx).
-    write_text(g_dir + "/dit_step.pt2", "not a package");
-    write_text(g_dir + "/vae_decoder.pt2", "not a package");
-    json a = {{"schema", "dit_export.aoti/1"}, {"torch", "2.13.0"}, {"device", "cpu"}, {"graphs", json::object()}};
     for (const char* g : {"dit_step", "vae_decoder"}) {
-      json e = file_entry(g_dir, std::string(g) + ".pt2");
-      e["onnx_sha256"] = std::string(64, 'a');
-      e["inputs"] = m["graphs"][g]["inputs"];
-      e["outputs"] = m["graphs"][g]["outputs"];
-      a["graphs"][g] = e;
+      json r = aoti_record(g);
+      r["onnx_sha256"] = std::string(64, 'a');
+      write_record(std::string("aoti/") + g + ".pt2", r);
     }
-    m["aoti"] = a;
-    write_text(g_dir + "/manifest.json", m.dump());
     CHECK_THROWS_WITH(dit::Runtime::open(g_dir, o), "was compiled for another");
-    // Right graph hashes, but packages from another torch release.
-    for (const char* g : {"dit_step", "vae_decoder"}) m["aoti"]["graphs"][g]["onnx_sha256"] = m["graphs"][g]["sha256"];
-    m["aoti"]["torch"] = "1.0.0";
-    write_text(g_dir + "/manifest.json", m.dump());
+    // Right graph hashes, but packages from another torch release, or for another device.
+    for (const char* g : {"dit_step", "vae_decoder"}) {
+      json r = aoti_record(g);
+      r["torch"] = "1.0.0";
+      write_record(std::string("aoti/") + g + ".pt2", r);
+    }
     CHECK_THROWS_WITH(dit::Runtime::open(g_dir, o), "compiled with torch 1.0.0");
+    {
+      json r = aoti_record("dit_step");
+      r["device"] = "cuda";
+      write_record("aoti/dit_step.pt2", r);
+      CHECK_THROWS_WITH(dit::Runtime::open(g_dir, o), "was compiled for 'cuda'");
+    }
     // Right release, corrupted package file: the hash check catches it before LibTorch loads it.
-    m["aoti"]["torch"] = "2.13.0";
-    write_text(g_dir + "/manifest.json", m.dump());
-    write_text(g_dir + "/dit_step.pt2", "not a packagf");
-    CHECK_THROWS_WITH(dit::Runtime::open(g_dir, o), "sha256 of dit_step.pt2 does not match");
+    for (const char* g : {"dit_step", "vae_decoder"}) write_record(std::string("aoti/") + g + ".pt2", aoti_record(g));
+    write_text(g_dir + "/aoti/dit_step.pt2", "not a packagf");
+    CHECK_THROWS_WITH(dit::Runtime::open(g_dir, o), "sha256 of aoti/dit_step.pt2 does not match its record");
 #else
     CHECK_THROWS_WITH(dit::Runtime::open(g_dir, o), "built without LibTorch");
 #endif
     o.backend = DIT_BACKEND_TENSORRT;
 #ifndef DIT_TEST_HAVE_TENSORRT
     CHECK_THROWS_WITH(dit::Runtime::open(g_dir, o), "built without TensorRT");
+#else
+    // Built with TensorRT: this folder's plans are for another GPU (or there is no GPU): one line.
+    try {
+      dit::Runtime::open(g_dir, o);
+      CHECK_MSG(false, "a TensorRT open of a folder without plans for this GPU succeeded");
+    } catch (const dit::Error& e) {
+      const std::string what = e.what();
+      std::printf("TensorRT open without a plan: %s\n", what.c_str());
+      CHECK_MSG(what.find("no CUDA GPU") != std::string::npos || what.find("no dit_step engine for") != std::string::npos ||
+                    what.find("CUDA device") != std::string::npos,
+                what);
+      CHECK(what.find('\n') == std::string::npos);
+    }
 #endif
     // Through the C API: NULL handle, a status, a one-line message.
     dit_open_options c;

@@ -1,5 +1,5 @@
 // The TensorRT backend end to end: opens DIT_TEST_TRT_ENGINES (an exported folder with plans built
-// by `python -m dit_export build --backend tensorrt` for this GPU), samples, and compares with the
+// by `python -m dit_export build --backend trt` for this GPU), samples, and compares with the
 // reference images of DIT_TEST_REFERENCE when it names the same folder. Skipped (exit 77) with the
 // reason where TensorRT, a GPU or the folder is missing.
 #include <cmath>
@@ -19,7 +19,7 @@ int main() {
   const std::string engines = t::env("DIT_TEST_TRT_ENGINES");
   if (engines.empty())
     t::skip("DIT_TEST_TRT_ENGINES is not set (an exported folder with TensorRT plans for this GPU: "
-            "python -m dit_export build --backend tensorrt ...)");
+            "python -m dit_export build --backend trt ...)");
   dit_open_options o;
   dit_open_options_init(&o);
   o.backend = DIT_BACKEND_TENSORRT;

@@ -9,12 +9,18 @@ so only the achieved GFLOP/s is reported.
 
 from __future__ import annotations
 
-import importlib
-import os
+import importlib.util
 import platform
 import socket
 import sys
 import time
+from importlib import metadata
+
+import psutil
+
+from dit_export.engine.cuda import gpu_count, gpu_info
+from dit_export.errors import UserError
+from dit_export.lazy import optional_import
 
 # (substring of the GPU name, label, {math class: dense TFLOP/s}); first match wins, so the more
 # specific names come first.
@@ -42,68 +48,52 @@ def device_peak(gpu_name: str | None) -> dict | None:
     return None
 
 
-def cpu_name() -> str:
+def _cpuinfo(field: str) -> str:
+    """One field of /proc/cpuinfo ('' elsewhere): the CPU's model name and flags have no portable API."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.startswith("model name"):
+                if line.startswith(field):
                     return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    return ""
 
 
-def cpu_flags() -> set[str]:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
+def cpu_name() -> str:
+    return _cpuinfo("model name") or platform.processor() or platform.machine()
 
 
 def cpu_has_fp16_math() -> bool:
     """AVX512-FP16 or AMX-FP16: the only x86 units that compute in fp16 natively."""
-    return bool(cpu_flags() & {"avx512_fp16", "amx_fp16"})
+    return bool(set(_cpuinfo("flags").split()) & {"avx512_fp16", "amx_fp16"})
 
 
 def usable_cpus() -> int:
     try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
+        return len(psutil.Process().cpu_affinity() or []) or psutil.cpu_count() or 1
+    except AttributeError:  # no affinity API (macOS)
+        return psutil.cpu_count() or 1
 
 
 def gpu_facts() -> dict | None:
-    """Name, memory and compute capability of GPU 0 (torch first, then cuda-python), or None."""
-    try:
-        import torch
-
+    """Name, memory and compute capability of GPU 0 (cuda-python, else torch), or None without a GPU."""
+    if importlib.util.find_spec("cuda") is not None:
+        try:
+            if gpu_count():
+                g = gpu_info()
+                return {"name": g.name, "memory_bytes": None, "compute_capability": g.compute_capability}
+        except UserError as e:  # a driver/runtime mismatch: say so in the machine facts
+            return {"name": None, "error": str(e), "memory_bytes": None, "compute_capability": None}
+    if importlib.util.find_spec("torch") is not None:
+        torch = optional_import("torch")
         if torch.cuda.is_available():
             p = torch.cuda.get_device_properties(0)
             return {
                 "name": p.name,
                 "memory_bytes": int(p.total_memory),
                 "compute_capability": f"{p.major}.{p.minor}",
-                "cuda": torch.version.cuda,
             }
-    except ModuleNotFoundError:
-        pass
-    try:
-        from dit_export.engine.cuda import gpu_count, gpu_info
-
-        if gpu_count():
-            g = gpu_info()
-            return {
-                "name": g.name,
-                "memory_bytes": None,
-                "compute_capability": g.compute_capability,
-                "cuda": None,
-            }
-    except Exception:  # no cuda-python or no driver: a CPU machine
-        pass
     return None
 
 
@@ -111,7 +101,7 @@ def machine_info() -> dict:
     gpu = gpu_facts()
     cpus = usable_cpus()
     label = f"{cpu_name()}, {cpus} CPU{'s' if cpus != 1 else ''}"
-    if gpu:
+    if gpu and gpu["name"]:
         label = f"{gpu['name']} + {label}"
     return {
         "label": label,
@@ -121,56 +111,65 @@ def machine_info() -> dict:
         "cpu": cpu_name(),
         "cpus_usable": cpus,
         "cpu_fp16_math": cpu_has_fp16_math(),
-        "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+        "memory_bytes": int(psutil.virtual_memory().total),
+        "load_average": list(psutil.getloadavg()),
         "gpu": gpu,
     }
 
 
 class OtherLoad:
-    """CPU time other processes used while we ran, as a share of all CPUs (Linux /proc/stat).
+    """CPU time other processes used while we ran, as a share of all CPUs.
 
     The load average cannot tell our own threads from anyone else's; this can: the machine's busy
-    time minus this process's and its reaped children's CPU time, over the wall time.
+    time minus this process's and its children's CPU time, over the wall time.
     """
 
     def __init__(self) -> None:
         self.t0, self.busy0, self.ours0 = time.monotonic(), _busy_seconds(), _our_seconds()
 
     def percent(self) -> float | None:
-        busy = _busy_seconds()
-        if busy is None or self.busy0 is None:
-            return None
         wall = time.monotonic() - self.t0
         if wall <= 0:
             return None
-        other = (busy - self.busy0) - (_our_seconds() - self.ours0)
-        return max(0.0, 100.0 * other / (wall * usable_cpus()))
+        other = (_busy_seconds() - self.busy0) - (_our_seconds() - self.ours0)
+        return max(0.0, 100.0 * other / (wall * (psutil.cpu_count() or 1)))
 
 
-def _busy_seconds() -> float | None:
-    try:
-        with open("/proc/stat") as f:
-            fields = [int(v) for v in f.readline().split()[1:]]
-    except (OSError, ValueError):
-        return None
-    # user nice system idle iowait irq softirq steal ...: busy = all but idle and iowait
-    busy = sum(fields[:8]) - fields[3] - fields[4]
-    return busy / os.sysconf("SC_CLK_TCK")
+def _busy_seconds() -> float:
+    t = psutil.cpu_times()
+    return (
+        sum(t) - t.idle - getattr(t, "iowait", 0.0) - getattr(t, "guest", 0.0) - getattr(t, "guest_nice", 0.0)
+    )
 
 
 def _our_seconds() -> float:
-    t = os.times()
+    t = psutil.Process().cpu_times()
     return t.user + t.system + t.children_user + t.children_system
 
 
-def versions() -> dict:
-    """Versions of every library a backend may use (None when not installed)."""
-    from dit_export import __version__
+VERSIONED = (
+    "numpy",
+    "torch",
+    "onnx",
+    "onnxruntime",
+    "onnxruntime-gpu",
+    "tensorrt",
+    "diffusers",
+    "matplotlib",
+)
 
-    out: dict[str, str | None] = {"dit_export": __version__, "python": sys.version.split()[0]}
-    for mod in ("numpy", "torch", "onnx", "onnxruntime", "tensorrt", "diffusers", "matplotlib"):
-        try:
-            out[mod] = str(importlib.import_module(mod).__version__)
-        except Exception:  # missing, or broken install: report as absent
-            out[mod] = None
+
+def versions() -> dict:
+    """Installed versions of every library a backend may use (None when absent), read from the
+    package metadata: nothing is imported."""
+    out: dict[str, str | None] = {"dit_export": _version("dit_export"), "python": sys.version.split()[0]}
+    for dist in VERSIONED:
+        out[dist] = _version(dist)
     return out
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return None

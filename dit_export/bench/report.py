@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from dit_export.bench.backends import BASELINE
+from dit_export.fileio import atomic_path
 
 NA = "–"
 
@@ -77,11 +78,12 @@ def _loads(v: list[float] | None) -> str:
 
 def header_lines(res: dict) -> list[str]:
     m, v, c, mod = res["machine"], res["versions"], res["config"], res["model"]
-    gpu = m["gpu"]["name"] if m.get("gpu") else "no GPU"
+    spec = c["model"]  # the ModelSpec as data
+    gpu = (m.get("gpu") or {}).get("name") or "no GPU"
     weights = (
-        f"random weights (seed {c['weights_seed']})"
-        if c["random_weights"]
-        else (c["ckpt"] or "released weights")
+        f"random weights (seed {spec['weights_seed']})"
+        if spec["random_weights"]
+        else (spec["ckpt"] or "released weights")
     )
     trt = v.get("tensorrt") or "not installed"
     lines = [
@@ -92,7 +94,7 @@ def header_lines(res: dict) -> list[str]:
         f"{_pct(m.get('other_processes_cpu_pct'))} of the CPUs during the run)",
         f"- torch {v.get('torch')}, onnxruntime {v.get('onnxruntime')}, TensorRT {trt}, "
         f"dit_export {v.get('dit_export')}, Python {v.get('python')}",
-        f"- model {mod['name']} ({weights}), VAE {c['vae']}, DDPM {c['steps']} steps, guidance "
+        f"- model {mod['name']} ({weights}), VAE {spec['vae']}, DDPM {c['steps']} steps, guidance "
         f"{c['cfg_scale']:g} (every forward runs 2N rows), {fmt_num(mod['flops_per_image_forward'] / 1e9)} "
         f"GFLOP per image per forward",
         f"- warm-up {c['warmup']} (first call untimed), {c['repeat']} timed calls per stage; GPU: CUDA events, "
@@ -293,7 +295,6 @@ def write_plot(res: dict, path: str | Path) -> str | None:
         import matplotlib.pyplot as plt  # type: ignore[import-not-found]
     except ModuleNotFoundError:
         return "matplotlib is not installed (pip install 'dit_export[plot]')"
-    from dit_export.fileio import atomic_path
 
     rows = _measured(res)
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))

@@ -1,47 +1,59 @@
 """The benchmark itself: prepare exports, time every backend × batch × stage, derive the figures.
 
-Order of work: every export first (so no export competes with a timing), then the torch
-backends (the `torch-fp32` baseline first), then the runtime backends. Each (backend, batch)
-runs alone: loaded, timed, closed. A backend that cannot run here is "skipped" with the reason;
-one that fails on a batch is "failed" there with the reason (and larger batches are not tried).
+Order of work: every export first (so no export competes with a timing), then each backend in
+the order asked (the `torch-fp32` baseline first). Each (backend, batch) runs alone: opened
+through the runtime (`Sampler.load`), timed, closed. A backend that cannot run here is "skipped"
+with the reason; one that fails on a batch is "failed" there with the reason (and larger batches
+are not tried).
 
-Figures per (backend, batch): latency statistics of the denoiser forward (2N rows), one fused
-step and the VAE decode; the whole sample of `steps` steps + decode, measured when it fits the
-time budget and otherwise estimated as steps × step + VAE (labelled so); images/s; peak memory;
-achieved TFLOP/s from the model config (2 FLOPs per MAC, 2N rows per guided forward) and the
-share of the device's peak; every time ratio against `torch-fp32` at the same batch.
+What is timed, for every backend alike: `Backend.run` of the denoiser (`dit`, 2N rows), of one
+fused step (`dit_step`) and of the VAE decode on bound example feeds, and `Sampler.generate` for
+the whole sample (measured when it fits the time budget, else estimated as steps × step + VAE,
+labelled so). Derived: images/s, peak memory, achieved TFLOP/s from the model config (2 FLOPs per
+MAC, 2N rows per guided forward) and the share of the device's peak, and every time ratio against
+`torch-fp32` at the same batch.
 """
 
 from __future__ import annotations
 
+import concurrent.futures as cf
+import dataclasses
 import datetime as _dt
+import multiprocessing as mp
 import shutil
 import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
+
+import numpy as np
 
 from dit_export.bench import backends as bk
 from dit_export.bench.machine import OtherLoad, device_peak, machine_info, versions
-from dit_export.bench.timing import CpuClock, Stats
+from dit_export.bench.timing import CpuClock, Memory, Stats
+from dit_export.engine import trt_api
+from dit_export.engine.plans import Target, build_plans
 from dit_export.errors import UserError
+from dit_export.export.exporter import ExportOptions, export
+from dit_export.export.manifest import Manifest
+from dit_export.lazy import optional_import
+from dit_export.models.configs import DiTConfig, model_config
+from dit_export.models.spec import ModelSpec
+from dit_export.runtime.sampler import Sampler
+from dit_export.sampling.request import SampleRequest
 
 SCHEMA = "dit_export.bench/1"
 STAGES = ("denoiser", "step", "vae", "sample")
+Log = Callable[[str], None]
 
 
 @dataclass
 class BenchConfig:
-    model: str | None = None
-    ckpt: str | None = None
-    random_weights: bool = False
-    weights_seed: int = 0
-    flavor: str | None = None
-    num_classes: int | None = None
-    image_size: int | None = None
-    vae: str = "mse"
+    """Which model (`ModelSpec`) and the bench's own fields."""
+
+    model: ModelSpec
     backends: list[str] = field(default_factory=lambda: list(bk.DEFAULT_BACKENDS))
     batches: list[int] = field(default_factory=lambda: [1])
     steps: int = 50
@@ -49,8 +61,8 @@ class BenchConfig:
     repeat: int = 20
     stages: list[str] = field(default_factory=lambda: list(STAGES))
     quick: bool = False
-    engines: str | None = None
-    device: str = "auto"
+    engines: str | None = None  # work folder: exports kept and reused there (default: a temporary one)
+    device: str = "auto"  # the torch backends' device
     torch_attention: str = "sdpa"
     compile_mode: str = "default"
     max_sample_seconds: float = 120.0
@@ -58,38 +70,39 @@ class BenchConfig:
     export_jobs: int = 1
     threads: int = 0  # CPU threads for torch and ort (0: each library's default)
 
-    def validate(self) -> None:
-        if not self.batches or any(b < 1 for b in self.batches):
-            raise UserError(f"--batch takes sizes ≥ 1, got {self.batches}")
-        if self.steps < 1:
-            raise UserError(f"--steps must be ≥ 1, got {self.steps}")
-        if self.warmup < 1:
-            raise UserError(f"--warmup must be ≥ 1 (the first call is never timed), got {self.warmup}")
-        if self.repeat < 1:
-            raise UserError(f"--repeat must be ≥ 1, got {self.repeat}")
-        if self.threads < 0:
-            raise UserError(f"--threads must be ≥ 0 (0 = library default), got {self.threads}")
-        if self.export_jobs < 1:
-            raise UserError(f"--export-jobs must be ≥ 1, got {self.export_jobs}")
-        if self.sample_repeat < 1:
-            raise UserError(f"--sample-repeat must be ≥ 1, got {self.sample_repeat}")
+    def validate(self) -> BenchConfig:
+        """The normalised config (validated model spec, sorted batches); one-line UserError."""
+        checks = [
+            (
+                bool(self.batches) and all(b >= 1 for b in self.batches),
+                f"--batch takes sizes ≥ 1, got {self.batches}",
+            ),
+            (self.steps >= 1, f"--steps must be ≥ 1, got {self.steps}"),
+            (self.warmup >= 1, f"--warmup must be ≥ 1 (the first call is never timed), got {self.warmup}"),
+            (self.repeat >= 1, f"--repeat must be ≥ 1, got {self.repeat}"),
+            (self.threads >= 0, f"--threads must be ≥ 0 (0 = library default), got {self.threads}"),
+            (self.export_jobs >= 1, f"--export-jobs must be ≥ 1, got {self.export_jobs}"),
+            (self.sample_repeat >= 1, f"--sample-repeat must be ≥ 1, got {self.sample_repeat}"),
+            (
+                self.torch_attention in ("sdpa", "explicit"),
+                f"--torch-attention must be sdpa or explicit, got {self.torch_attention!r}",
+            ),
+            (
+                self.device in ("auto", "cpu", "cuda"),
+                f"--device must be auto, cpu or cuda, got {self.device!r}",
+            ),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise UserError(message)
         bad = [s for s in self.stages if s not in STAGES]
         if bad or not self.stages:
             raise UserError(f"--stages takes {', '.join(STAGES)}; got {' '.join(self.stages) or 'nothing'}")
-        if self.torch_attention not in ("sdpa", "explicit"):
-            raise UserError(f"--torch-attention must be sdpa or explicit, got {self.torch_attention!r}")
-        if self.device not in ("auto", "cpu", "cuda"):
-            raise UserError(f"--device must be auto, cpu or cuda, got {self.device!r}")
-        if self.ckpt and self.random_weights:
-            raise UserError("give either --ckpt or --random-weights, not both")
-        if self.random_weights and not self.model:
-            raise UserError("--random-weights needs --model (e.g. --model XL/2)")
-        if not self.ckpt and not self.random_weights and not self.model:
-            raise UserError("give --model, --ckpt or both (e.g. --model XL/2 --random-weights)")
         bk.parse_backends(self.backends)
+        return dataclasses.replace(self, model=self.model.validate(), batches=sorted(set(self.batches)))
 
-
-# ------------------------------------------------------------------------------ helpers
+    def to_dict(self) -> dict:
+        return {**dataclasses.asdict(self), "model": self.model.to_dict()}
 
 
 def _first_line(e: BaseException) -> str:
@@ -98,176 +111,140 @@ def _first_line(e: BaseException) -> str:
     return text if isinstance(e, UserError) else f"{type(e).__name__}: {text}"
 
 
-def peak_class(spec: bk.BackendSpec, device: str) -> tuple[str | None, str]:
-    """(fp16 | tf32 | fp32 | None, note): which column of the device peak applies."""
-    if device != "cuda":
-        return None, "CPU: no peak table"
-    if spec.family == "torch":
-        return {"fp32": "fp32", "tf32": "tf32", "fp16": "fp16", "compile": "fp16"}[spec.precision], ""
-    if spec.precision == "fp16":
-        return "fp16", ""
-    if spec.family == "ort":
-        return "tf32", "fp32 graph; ONNX Runtime's CUDA EP allows TF32 unless use_tf32=0"
-    return "tf32", "fp32 engine; TensorRT allows TF32 unless the TF32 builder flag is cleared"
-
-
-def resolve_device(requested: str) -> str:
-    import torch
-
+def resolve_device(requested: str) -> tuple[str, str | None]:
+    """(cpu | cuda, torch version or None) for the torch backends."""
+    try:
+        torch = optional_import("torch")
+    except UserError:
+        if requested == "cuda":
+            raise
+        return "cpu", None
     have = torch.cuda.is_available()
     if requested == "cuda" and not have:
         raise UserError(f"--device cuda: torch {torch.__version__} sees no CUDA device")
-    if requested == "auto":
-        return "cuda" if have else "cpu"
-    return requested
+    return ("cuda" if have else "cpu") if requested == "auto" else requested, torch.__version__
 
 
-def export_folder_name(cfg: BenchConfig, precision: str, batch: int) -> str:
-    from dit_export.engine.build import BuildConfig, default_out
-
-    bc = BuildConfig(
-        model=cfg.model, ckpt=cfg.ckpt, image_size=cfg.image_size, precision=precision, batch=batch
-    )
-    name = default_out(bc).name
-    return f"{name}-random{cfg.weights_seed}" if cfg.random_weights else name
+# ------------------------------------------------------------------------------ exports
 
 
-def _build_config(cfg: dict, out: Path, precision: str, batch: int, backend: str):
-    from dit_export.engine.build import BuildConfig
+def folder_name(model: ModelSpec, precision: str, batch: int) -> str:
+    name = model.folder_name(precision, batch)
+    return f"{name}-random{model.weights_seed}" if model.random_weights else name
 
-    return BuildConfig(
-        out=out,
-        model=cfg["model"],
-        ckpt=cfg["ckpt"],
-        random_weights=cfg["random_weights"],
-        weights_seed=cfg["weights_seed"],
-        flavor=cfg["flavor"],
-        num_classes=cfg["num_classes"],
-        image_size=cfg["image_size"],
-        vae=cfg["vae"],
-        batch=batch,
-        precision=precision,
-        backend=backend,
-        verify=False,
+
+def _ensure_export(model: ModelSpec, out: Path, precision: str, batch: int, checked: bool, log: Log) -> None:
+    """Reuse `out` when it holds this very export (same spec, batch, precision; hashes checked),
+    else export into it."""
+    if (out / "manifest.json").is_file():
+        try:
+            m = Manifest.read(out)
+            if (dict(m.model.spec), m.batch, m.precision) == (model.to_dict(), batch, precision):
+                m.verify_hashes()
+                log(f"  reusing {out.name}")
+                return
+        except UserError as e:
+            log(f"  re-exporting {out.name}: {e}")
+    export(
+        ExportOptions(model=model, out=out, batch=batch, precision=precision, check=checked, force=True),
+        log=log,
     )
 
 
 def prepare_folder(task: dict) -> dict:
-    """Export one folder (and build its TensorRT engines when asked); runs in a worker process.
+    """Export one folder (and build its TensorRT plans when asked); runs in a worker process.
 
     Returns {"families": {family: failure reason or None}, "seconds": s}. A throw-away folder
     (`task["quick"]`) is exported without the ONNX Runtime check, which costs as much as the
-    export itself on a small model; every other folder goes through `build`, so it is checked,
-    recorded and reused by later runs (and by `build` itself).
+    export itself on a small model; a kept folder is checked.
     """
     t0 = time.perf_counter()
-    cfg, out, precision, batch = task["cfg"], Path(task["out"]), task["precision"], task["batch"]
+    out, precision, batch = Path(task["out"]), task["precision"], task["batch"]
     families: dict[str, str | None] = dict.fromkeys(task["families"])
     log = print if task["verbose"] else (lambda s: None)
     try:
-        if task["quick"]:
-            from dit_export.export.exporter import ExportOptions, export
-
-            b = _build_config(cfg, out, precision, batch, "onnxruntime")
-            fields = (
-                "model",
-                "ckpt",
-                "random_weights",
-                "weights_seed",
-                "flavor",
-                "num_classes",
-                "image_size",
-                "vae",
-            )
-            export(
-                ExportOptions(
-                    out=out,
-                    batch=batch,
-                    precision=precision,
-                    check=False,
-                    **{k: getattr(b, k) for k in fields},
-                ),
-                log=log,
-            )
-        else:
-            from dit_export.engine.build import build
-
-            build(_build_config(cfg, out, precision, batch, "onnxruntime"), log=log)
+        model = ModelSpec.from_dict(task["model"])
+        _ensure_export(model, out, precision, batch, not task["quick"], log)
     except Exception as e:  # the export failed: every backend on this folder fails with it
         why = f"export failed: {_first_line(e)}"
         return {"families": dict.fromkeys(families, why), "seconds": time.perf_counter() - t0}
     if "trt" in families:
         try:
-            from dit_export.engine.build import build
-
-            build(_build_config(cfg, out, precision, batch, "tensorrt"), log=log)
+            build_plans(out, Target.current(), trt_api.BuildOptions(), log=log)
         except Exception as e:
             families["trt"] = f"engine build failed: {_first_line(e)}"
     return {"families": families, "seconds": time.perf_counter() - t0}
 
 
+@dataclass
+class Exports:
+    """Prepared folders by (precision, batch); failures by (family, precision, batch)."""
+
+    folders: dict[tuple[str, int], Path] = field(default_factory=dict)
+    failures: dict[tuple[str, str, int], str] = field(default_factory=dict)
+    seconds: dict[tuple[str, int], float | None] = field(default_factory=dict)
+
+    def folder(self, spec: bk.BackendSpec, batch: int) -> Path | str:
+        """The folder of a backend at a batch, or why there is none."""
+        key = (spec.export_precision, batch)
+        why = self.failures.get((spec.family, *key))
+        return why if why else self.folders.get(key, f"no export for batch {batch}")
+
+
 def prepare_exports(
-    cfg: BenchConfig,
-    root: Path,
-    wanted: list[tuple[str, str, int]],
-    log: Callable[[str], None],
-    throwaway: bool,
-) -> tuple[dict[tuple[str, int], Path], dict[tuple[str, int], str], dict[tuple[str, int], float]]:
-    """Export what the runtime backends need, in worker processes, reusing what is there.
+    cfg: BenchConfig, root: Path, specs: list[bk.BackendSpec], log: Log, throwaway: bool
+) -> Exports:
+    """Export what the backends need, in worker processes, reusing what is there.
 
-    `wanted`: (family, precision, batch). One folder per (precision, batch), shared by ort and
-    trt. Workers keep the exporter's memory and threads out of the timing process (its peak RSS
-    stays the backends' own); `cfg.export_jobs` of them run at once. Returns folders and failure
-    reasons keyed by ("family:precision", batch), and the seconds each folder took.
+    One folder per (precision, batch), shared by every backend on it (the torch modes rebuild
+    their modules from the fp32 one). Workers keep the exporter's memory and threads out of the
+    timing process (its peak RSS stays the backends' own); `cfg.export_jobs` of them run at once.
     """
-    import concurrent.futures as cf
-    import multiprocessing as mp
-
     tasks: dict[tuple[str, int], dict] = {}
-    for family, precision, batch in wanted:
-        t = tasks.setdefault(
-            (precision, batch),
-            {
-                "cfg": asdict(cfg),
-                "out": str(root / export_folder_name(cfg, precision, batch)),
-                "precision": precision,
-                "batch": batch,
-                "families": [],
-                "quick": throwaway and cfg.quick,
-                "verbose": not cfg.quick and cfg.export_jobs == 1,
-            },
-        )
-        t["families"].append(family)
-    folders: dict[tuple[str, int], Path] = {}
-    failures: dict[tuple[str, int], str] = {}
-    seconds: dict[tuple[str, int], float] = {}
+    for s in specs:
+        for b in cfg.batches:
+            t = tasks.setdefault(
+                (s.export_precision, b),
+                {
+                    "model": cfg.model.to_dict(),
+                    "out": str(root / folder_name(cfg.model, s.export_precision, b)),
+                    "precision": s.export_precision,
+                    "batch": b,
+                    "families": [],
+                    "quick": throwaway and cfg.quick,
+                    "verbose": not cfg.quick and cfg.export_jobs == 1,
+                },
+            )
+            if s.family not in t["families"]:
+                t["families"].append(s.family)
+    done = Exports()
     if not tasks:
-        return folders, failures, seconds
+        return done
     jobs = max(1, min(cfg.export_jobs, len(tasks)))
     log(f"preparing {len(tasks)} export folder(s) under {root}, {jobs} at a time")
     with cf.ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as pool:
         futures = {pool.submit(prepare_folder, t): key for key, t in tasks.items()}
         for fut in cf.as_completed(futures):
-            precision, batch = futures[fut]
-            t = tasks[(precision, batch)]
+            key, t = futures[fut], tasks[futures[fut]]
             try:
-                done = fut.result()
+                res = fut.result()
             except Exception as e:  # the worker died (out of memory, killed)
-                done = {
+                res = {
                     "families": dict.fromkeys(t["families"], f"export worker died: {_first_line(e)}"),
                     "seconds": None,
                 }
-            for family, why in done["families"].items():
-                key = (f"{family}:{precision}", batch)
-                seconds[key] = done["seconds"]
+            done.seconds[key] = res["seconds"]
+            done.folders[key] = Path(t["out"])
+            for family, why in res["families"].items():
                 if why:
-                    failures[key] = why
-                else:
-                    folders[key] = Path(t["out"])
-            state = "; ".join(f"{f}: {w}" for f, w in done["families"].items() if w) or "ok"
-            took = "" if done["seconds"] is None else f" in {done['seconds']:.0f} s"
+                    done.failures[(family, *key)] = why
+            state = "; ".join(f"{f}: {w}" for f, w in res["families"].items() if w) or "ok"
+            took = "" if res["seconds"] is None else f" in {res['seconds']:.0f} s"
             log(f"  {Path(t['out']).name}{took}: {state}")
-    return folders, failures, seconds
+    return done
+
+
+# ------------------------------------------------------------------------------ one (backend, batch)
 
 
 def _stats_dict(seconds: list[float], flops: float | None, peak_tflops: float | None) -> dict:
@@ -280,82 +257,147 @@ def _stats_dict(seconds: list[float], flops: float | None, peak_tflops: float | 
     return d
 
 
-# ------------------------------------------------------------------------------ one (backend, batch)
+def _timed(sampler: Sampler, graph: str, bindings: dict, cfg: BenchConfig, flops, peak, mem: Memory) -> dict:
+    """Latency statistics of `Backend.run(graph)`; the first call (compile, lazy init, graph capture)
+    is timed apart and never enters the statistics."""
+    be, clk = sampler.backend, bk.clock(sampler)
+
+    def fn() -> None:
+        be.run(graph, bindings)
+
+    first = CpuClock(lambda: bk.sync(sampler)).span(fn)
+    secs = clk.time(fn, cfg.warmup - 1, cfg.repeat)
+    mem.sample()
+    return {**_stats_dict(secs, flops, peak), "first_call_ms": first * 1e3, "clock": clk.kind}
 
 
-def measure(
-    runner: bk.Runner,
-    batch: int,
-    cfg: BenchConfig,
-    flops_forward: float,
-    peak_tflops: float | None,
-    log: Callable[[str], None],
-) -> dict:
-    """Time every requested stage of one backend at one batch; returns the row's figures."""
-    row: dict = {"status": "measured"}
-    runner.memory_begin()
-    t0 = time.perf_counter()
-    runner.open(batch)
-    row["load_s"] = time.perf_counter() - t0
-    runner.memory_sample()
-
-    def timed(stage: bk.Stage, flops: float | None, sync) -> dict:
-        first = CpuClock(sync).span(stage.fn)  # compile, lazy init, graph capture: never in the stats
-        secs = stage.clock.time(stage.fn, cfg.warmup - 1, cfg.repeat)
-        runner.memory_sample()
-        d = _stats_dict(secs, flops, peak_tflops)
-        d["first_call_ms"] = first * 1e3
-        d["clock"] = stage.clock.kind
-        return d
-
-    sync = runner.sync
+def _time_graphs(sampler: Sampler, cfg: BenchConfig, flops: float, peak: float | None, mem: Memory) -> dict:
+    binds = bk.stage_bindings(sampler)
+    row: dict = {}
     if "denoiser" in cfg.stages:
-        row["denoiser"] = timed(runner.denoiser(), flops_forward, sync)
+        row["denoiser"] = _timed(sampler, "dit", binds["dit"], cfg, flops, peak, mem)
     if "step" in cfg.stages or "sample" in cfg.stages:
-        row["step"] = timed(runner.step(), flops_forward, sync)
-        for name, st in runner.step_variants().items():
-            row[name] = timed(st, flops_forward, sync)
-    vae = runner.vae() if ("vae" in cfg.stages or "sample" in cfg.stages) else None
-    row["vae"] = timed(vae, None, sync) if vae is not None else None
+        row["step"] = _timed(sampler, "dit_step", binds["dit_step"], cfg, flops, peak, mem)
+        if sampler.backend.name == "trt":  # the same step replayed without its CUDA graph
+            be = sampler.backend
+            be.cuda_graph = False  # type: ignore[attr-defined]
+            try:
+                row["step_no_cuda_graph"] = _timed(
+                    sampler, "dit_step", binds["dit_step"], cfg, flops, peak, mem
+                )
+            finally:
+                be.cuda_graph = True  # type: ignore[attr-defined]
+            row["cuda_graph_step_speedup"] = row["step_no_cuda_graph"]["median_ms"] / row["step"]["median_ms"]
+    wants_vae = ("vae" in cfg.stages or "sample" in cfg.stages) and sampler.has_vae
+    row["vae"] = (
+        _timed(sampler, "vae_decoder", binds["vae_decoder"], cfg, None, None, mem) if wants_vae else None
+    )
+    return row
 
+
+def _time_sample(sampler: Sampler, cfg: BenchConfig, row: dict, mem: Memory) -> dict | None:
+    """The whole sample through `Sampler.generate` (ends with a device→host read: synchronous),
+    or its estimate steps × step + VAE when that exceeds the budget."""
     step_s = row["step"]["median_ms"] / 1e3 if "step" in row else None
     vae_s = row["vae"]["median_ms"] / 1e3 if row.get("vae") else 0.0
     estimate = None if step_s is None else cfg.steps * step_s + vae_s
     sample: dict = {"steps": cfg.steps, "decode": row.get("vae") is not None}
     if "sample" in cfg.stages and (estimate is None or estimate <= cfg.max_sample_seconds):
-        st = runner.sample(cfg.steps)
-        secs = st.clock.time(st.fn, 0, cfg.sample_repeat)
-        runner.memory_sample()
-        total = Stats.of(secs).median_ms / 1e3
-        sample.update(kind="measured", total_s=total, runs=len(secs), clock=st.clock.kind)
-    elif estimate is not None:
-        why = (
-            f"a whole sample would take about {estimate:.0f} s (> --max-sample-seconds {cfg.max_sample_seconds:g})"
-            if "sample" in cfg.stages
-            else "sample stage not requested"
+        labels = np.random.default_rng(0).integers(0, sampler.num_classes, sampler.batch)
+        req = SampleRequest(tuple(int(v) for v in labels), 0, bk.GUIDANCE, cfg.steps, "ddpm")
+        secs = CpuClock().time(lambda: sampler.generate(req, decode=sample["decode"]), 0, cfg.sample_repeat)
+        mem.sample()
+        sample.update(
+            kind="measured", total_s=Stats.of(secs).median_ms / 1e3, runs=len(secs), clock="perf_counter"
         )
+    elif estimate is not None:
+        limit = f"--max-sample-seconds {cfg.max_sample_seconds:g}"
+        budget = f"a whole sample would take about {estimate:.0f} s (> {limit})"
+        why = budget if "sample" in cfg.stages else "sample stage not requested"
         sample.update(kind="estimated", total_s=estimate, runs=0, why=why)
-    if "total_s" in sample:
-        total = sample["total_s"]
-        sample["denoiser_x_steps_s"] = None if step_s is None else cfg.steps * step_s
-        sample["vae_s"] = row["vae"]["median_ms"] / 1e3 if row.get("vae") else None
-        if sample["kind"] == "measured" and step_s is not None:
-            over = total - cfg.steps * step_s - vae_s
-            sample["loop_overhead_s"] = over
-            sample["loop_overhead_pct"] = 100.0 * over / total if total > 0 else None
-        else:
-            sample["loop_overhead_s"] = sample["loop_overhead_pct"] = None
-        sample["images_per_s"] = batch / total if total > 0 else None
-        row["sample"] = sample
     else:
-        row["sample"] = None
-    if "step_no_cuda_graph" in row and "step" in row:
-        row["cuda_graph_step_speedup"] = row["step_no_cuda_graph"]["median_ms"] / row["step"]["median_ms"]
-    row["memory"] = runner.memory_end()
-    return row
+        return None
+    total = sample["total_s"]
+    sample["denoiser_x_steps_s"] = None if step_s is None else cfg.steps * step_s
+    sample["vae_s"] = vae_s if row.get("vae") else None
+    over = total - cfg.steps * step_s - vae_s if sample["kind"] == "measured" and step_s is not None else None
+    sample["loop_overhead_s"] = over
+    sample["loop_overhead_pct"] = None if over is None or total <= 0 else 100.0 * over / total
+    sample["images_per_s"] = sampler.batch / total if total > 0 else None
+    return sample
+
+
+def _info(spec: bk.BackendSpec, sampler: Sampler, folder: Path, cfg: BenchConfig) -> dict:
+    be = sampler.backend
+    info = {"engine": be.describe(), "device": str(getattr(be, "device", "cpu")), "folder": str(folder)}
+    if spec.family == "torch":
+        info["precision"] = be.describe()
+        sdpa = cfg.torch_attention == "sdpa"
+        info["attention"] = "SDPA (F.scaled_dot_product_attention)" if sdpa else "explicit matmul + softmax"
+    else:
+        policy = " (fp32 islands per the precision policy)" if sampler.precision == "fp16" else ""
+        info["precision"] = f"{sampler.precision} export{policy}"
+        info["attention"] = "explicit matmul + softmax, as exported"
+    if spec.family == "ort" and info["device"] == "cpu":
+        info["threads"] = cfg.threads or "ORT default (one per physical core)"
+    return info
+
+
+def measure(spec: bk.BackendSpec, folder: Path, cfg: BenchConfig, ctx: dict, flops: float, peak) -> dict:
+    """Open one backend on one folder, time every requested stage, close it; returns the row's figures."""
+    device = bk.runtime_device(spec, ctx["device"])
+    mem = Memory(device, torch_gpu=spec.family == "torch" and device == "cuda")
+    t0 = time.perf_counter()
+    sampler = bk.open_sampler(spec, folder, threads=cfg.threads, torch=ctx["torch"])
+    try:
+        row: dict = {"status": "measured", "load_s": time.perf_counter() - t0}
+        mem.sample()
+        if spec.family == "torch" and spec.precision != "compile" and "modules" not in ctx["torch"]:
+            mods = sampler.backend.modules  # type: ignore[attr-defined]  # reused by later torch modes/batches
+            ctx["torch"]["modules"] = (mods["dit"], mods.get("vae_decoder"))
+        row.update(_time_graphs(sampler, cfg, flops, peak, mem))
+        row["sample"] = _time_sample(sampler, cfg, row, mem)
+        row["memory"] = mem.result()
+        row["info"] = _info(spec, sampler, folder, cfg)
+        return row
+    finally:
+        bk.close_sampler(sampler)
 
 
 # ------------------------------------------------------------------------------ the whole run
+
+
+def _bench_backend(
+    spec: bk.BackendSpec, cfg: BenchConfig, exports: Exports, ctx: dict, log: Log
+) -> list[dict]:
+    """Every batch of one backend; after a failed batch the larger ones are not tried."""
+    pc, pc_note = bk.peak_class(spec, bk.runtime_device(spec, ctx["device"]))
+    peak = ctx["peak"]["tflops"][pc] if ctx["peak"] and pc else None
+    rows, failed_at = [], None
+    for b in cfg.batches:
+        base = {"backend": spec.name, "batch": b}
+        folder = exports.folder(spec, b)
+        if failed_at is not None or not isinstance(folder, Path):
+            rows.append(
+                {**base, "status": "failed", "reason": f"not run: {failed_at}" if failed_at else folder}
+            )
+            continue
+        log(f"timing {spec.name} batch {b} ...")
+        try:
+            row = measure(spec, folder, cfg, ctx, ctx["flops_per_image"] * 2 * b, peak)
+        except KeyboardInterrupt:
+            raise
+        except Exception as e:  # OOM, compile failure, provider error: this row failed
+            failed_at = f"batch {b} failed ({_first_line(e)})"
+            rows.append({**base, "status": "failed", "reason": _first_line(e)})
+            log(f"  failed: {_first_line(e)}")
+            continue
+        row.update(base, peak_class=pc, peak_class_note=pc_note or None, peak_tflops=peak)
+        if spec.family != "torch":
+            row["prepare_s"] = exports.seconds.get((spec.export_precision, b))
+        rows.append(row)
+        log("  " + _one_line(row))
+    return rows
 
 
 def _add_ratios(rows: list[dict]) -> None:
@@ -365,12 +407,12 @@ def _add_ratios(rows: list[dict]) -> None:
         if r["status"] != "measured":
             r["ratio_to_torch_fp32"] = None
             continue
-        b = base.get(r["batch"])
+        b = base.get(r["batch"]) or {}
         out: dict = {}
         for stage in ("denoiser", "step", "vae"):
-            mine, theirs = r.get(stage), (b or {}).get(stage)
+            mine, theirs = r.get(stage), b.get(stage)
             out[stage] = theirs["median_ms"] / mine["median_ms"] if mine and theirs else None
-        ms, bs = r.get("sample"), (b or {}).get("sample")
+        ms, bs = r.get("sample"), b.get("sample")
         if ms and bs:
             out["images_per_s"] = ms["images_per_s"] / bs["images_per_s"]
             out["sample_basis"] = ms["kind"] if ms["kind"] == bs["kind"] else "mixed"
@@ -379,21 +421,25 @@ def _add_ratios(rows: list[dict]) -> None:
         r["ratio_to_torch_fp32"] = out
 
 
-def _model_facts(models: bk.TorchModels | None, cfg: BenchConfig) -> dict:
-    if models is not None:
-        mcfg = models.cfg
-        params = sum(p.numel() for p in models.model.parameters())
-    else:
-        from dit_export.models.configs import model_config
-
-        mcfg = model_config(cfg.model or "XL/2", cfg.image_size or 256)
-        params = None
+def model_facts(cfg: BenchConfig, exports: Exports) -> dict:
+    """FLOPs and size of the model, from an export's recorded config (else from its name)."""
+    folder = next(iter(exports.folders.values()), None)
+    try:
+        mcfg = (
+            DiTConfig.from_dict(dict(Manifest.read(folder, check_graphs=False).model.config))
+            if folder
+            else None
+        )
+    except UserError:
+        mcfg = None
+    if mcfg is None:
+        mcfg = model_config(cfg.model.model or "XL/2", cfg.model.image_size or 256)
     macs = mcfg.macs_per_forward()
     return {
         "name": mcfg.name or "custom",
         "config": mcfg.to_dict(),
         "image_size": mcfg.input_size * 8,
-        "parameters": params,
+        "parameters": mcfg.num_params(),
         "macs_per_image_forward": macs,
         "flops_per_image_forward": 2 * macs,
         "guided": True,
@@ -403,139 +449,73 @@ def _model_facts(models: bk.TorchModels | None, cfg: BenchConfig) -> dict:
     }
 
 
-def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict:
-    """Run the benchmark described by `cfg`; returns the whole result (the JSON document)."""
-    cfg.validate()
-    cfg.batches = sorted(set(cfg.batches))
-    specs = bk.parse_backends(cfg.backends)
-    notes: list[str] = []
+def _plan(cfg: BenchConfig, env: bk.Env, log: Log) -> tuple[list[bk.BackendSpec], list[dict], list[str]]:
+    """Which backends run (the baseline first) and which are skipped, with the reason."""
+    specs, notes = bk.parse_backends(cfg.backends), []
     if bk.SPECS[bk.BASELINE] not in specs:
         specs.insert(0, bk.SPECS[bk.BASELINE])
         notes.append(f"{bk.BASELINE} added: every ratio is taken against it, measured in the same run")
-    import torch
-
-    device = resolve_device(cfg.device)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    env = bk.Env(device=device, quick=cfg.quick, torch_version=torch.__version__)
-    machine = machine_info()
-    other_load = OtherLoad()
-    gpu = machine["gpu"]
-    peak = device_peak(gpu["name"]) if gpu and device == "cuda" else None
-    started = _dt.datetime.now(_dt.timezone.utc)
-    t_start = time.perf_counter()
-
-    backends: list[dict] = []
+    entries = []
     for s in specs:
         why = bk.skip_reason(s, env)
-        backends.append(
+        entries.append(
             {"name": s.name, "summary": s.summary, "status": "skipped" if why else "measured", "reason": why}
         )
         log(f"{s.name:<14} {'skipped: ' + why if why else 'will run'}")
-    active = [s for s, b in zip(specs, backends) if b["status"] == "measured"]
+    return specs, entries, notes
 
-    tmp_root = None
-    if cfg.engines:
-        root = Path(cfg.engines)
-    else:
-        tmp_root = Path(tempfile.mkdtemp(prefix="dit_bench_"))
-        root = tmp_root
+
+def _load_note(device: str, other: float | None) -> list[str]:
+    if device != "cpu" or other is None or other <= 10.0:
+        return []
+    return [
+        f"other processes used {other:.0f}% of the CPUs during this run: CPU timings competed with them, and "
+        "multi-threaded kernels (torch's OpenMP especially) slow down badly when a core is taken; "
+        "rerun on an idle machine before trusting them"
+    ]
+
+
+def run_bench(cfg: BenchConfig, log: Log = print) -> dict:
+    """Run the benchmark described by `cfg`; returns the whole result (the JSON document)."""
+    cfg = cfg.validate()
+    device, torch_version = resolve_device(cfg.device)
+    if cfg.threads and torch_version:
+        optional_import("torch").set_num_threads(cfg.threads)
+    specs, entries, notes = _plan(cfg, bk.Env(device, cfg.quick, torch_version or "(not installed)"), log)
+    machine, other_load = machine_info(), OtherLoad()
+    peak = device_peak(machine["gpu"]["name"]) if machine["gpu"] and device == "cuda" else None
+    started, t_start = _dt.datetime.now(_dt.timezone.utc), time.perf_counter()
+    active = [s for s, e in zip(specs, entries) if e["status"] == "measured"]
+    tmp_root = None if cfg.engines else Path(tempfile.mkdtemp(prefix="dit_bench_"))
     rows: list[dict] = []
     try:
-        wanted: list[tuple[str, str, int]] = []
+        exports = prepare_exports(
+            cfg, Path(cfg.engines or tmp_root), active, log, throwaway=tmp_root is not None
+        )
+        facts = model_facts(cfg, exports)
+        torch_opts = {
+            "device": device,
+            "sdpa": cfg.torch_attention == "sdpa",
+            "compile_mode": cfg.compile_mode,
+        }
+        ctx = {
+            "device": device,
+            "torch": torch_opts,
+            "peak": peak,
+            "flops_per_image": facts["flops_per_image_forward"],
+        }
         for s in active:
-            if s.family != "torch":
-                for b in cfg.batches:
-                    if (s.family, s.precision, b) not in wanted:
-                        wanted.append((s.family, s.precision, b))
-        folders, failures, prep_s = prepare_exports(cfg, root, wanted, log, throwaway=tmp_root is not None)
-
-        models = None
-        torch_specs = [s for s in active if s.family == "torch"]
-        runtime_specs = [s for s in active if s.family != "torch"]
-        model_facts = None
-        if torch_specs:
-            log(f"loading the PyTorch reference on {device}")
-            models = bk.TorchModels(lambda: _load_dit(cfg), lambda: _load_vae(cfg), device)
-            model_facts = _model_facts(models, cfg)
-        flops_per_image = None
-        for s in torch_specs + runtime_specs:
-            if s.family == "torch":
-                assert models is not None
-                runner: bk.Runner = bk.TorchRunner(s, models, cfg.torch_attention == "sdpa", cfg.compile_mode)
-            else:
-                if models is not None:  # the runtime backends run without the torch model in memory
-                    runner = None  # type: ignore[assignment]  # drop the last torch runner's compiled modules
-                    models.close()
-                    models = None
-                fam_key = f"{s.family}:{s.precision}"
-                runner = bk.RuntimeRunner(
-                    s, {b: f for (k, b), f in folders.items() if k == fam_key}, threads=cfg.threads
-                )
-            if model_facts is None:
-                model_facts = _model_facts(None, cfg)
-            flops_per_image = model_facts["flops_per_image_forward"]
-            pc, pc_note = peak_class(s, device if s.family == "torch" else bk.runtime_device(s))
-            peak_tflops = peak["tflops"][pc] if peak and pc else None
-            failed_at: str | None = None
-            for b in cfg.batches:
-                base = {"backend": s.name, "batch": b}
-                fam_key = f"{s.family}:{s.precision}"
-                if failed_at is not None:
-                    rows.append({**base, "status": "failed", "reason": f"not run: {failed_at}"})
-                    continue
-                if s.family != "torch" and (fam_key, b) in failures:
-                    rows.append({**base, "status": "failed", "reason": failures[(fam_key, b)]})
-                    continue
-                log(f"timing {s.name} batch {b} ...")
-                try:
-                    row = measure(runner, b, cfg, flops_per_image * 2 * b, peak_tflops, log)
-                except KeyboardInterrupt:
-                    raise
-                except Exception as e:  # OOM, compile failure, provider error: this row failed
-                    reason = _first_line(e)
-                    rows.append({**base, "status": "failed", "reason": reason})
-                    failed_at = f"batch {b} failed ({reason})"
-                    log(f"  failed: {reason}")
-                    continue
-                finally:
-                    try:
-                        runner.close()
-                    except Exception:  # closing after a failure must not hide the failure
-                        pass
-                row.update(base)
-                row["info"] = dict(runner.info)
-                row["peak_class"] = pc
-                row["peak_class_note"] = pc_note or None
-                row["peak_tflops"] = peak_tflops
-                if s.family != "torch":
-                    row["prepare_s"] = prep_s.get((fam_key, b))
-                rows.append(row)
-                log("  " + _one_line(row))
-        if models is not None:
-            models.close()
+            rows += _bench_backend(s, cfg, exports, ctx, log)
     finally:
         if tmp_root is not None:
             shutil.rmtree(tmp_root, ignore_errors=True)
-
-    # every measured backend with no measured row at all is reported as failed, not measured
-    for entry in backends:
+    for entry in entries:  # a backend with no measured row at all is reported as failed
         mine = [r for r in rows if r["backend"] == entry["name"]]
         if entry["status"] == "measured" and mine and all(r["status"] != "measured" for r in mine):
-            entry["status"] = "failed"
-            entry["reason"] = mine[0]["reason"]
+            entry.update(status="failed", reason=mine[0]["reason"])
     _add_ratios(rows)
-    import os
-
-    machine["load_average_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
     other = other_load.percent()
-    machine["other_processes_cpu_pct"] = other
-    if device == "cpu" and other is not None and other > 10.0:
-        notes.append(
-            f"other processes used {other:.0f}% of the CPUs during this run: CPU timings competed with "
-            "them, and multi-threaded kernels (torch's OpenMP especially) slow down badly when a core is "
-            "taken; rerun on an idle machine before trusting them"
-        )
+    machine.update(load_average_end=machine_info()["load_average"], other_processes_cpu_pct=other)
     order = {s.name: i for i, s in enumerate(specs)}
     rows.sort(key=lambda r: (order[r["backend"]], r["batch"]))
     return {
@@ -545,50 +525,18 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] = print) -> dict:
         "command": "python -m dit_export " + " ".join(sys.argv[1:]) if sys.argv else None,
         "machine": machine,
         "versions": versions(),
-        "config": {**asdict(cfg), "device": device, "sampler": "ddpm", "cfg_scale": bk.GUIDANCE},
-        "model": model_facts or _model_facts(None, cfg),
+        "config": {**cfg.to_dict(), "device": device, "sampler": "ddpm", "cfg_scale": bk.GUIDANCE},
+        "model": facts,
         "device_peak": peak,
-        "notes": notes,
-        "backends": backends,
+        "notes": notes + _load_note(device, other),
+        "backends": entries,
         "results": rows,
     }
 
 
 def _one_line(row: dict) -> str:
-    parts = []
-    for k in ("denoiser", "step", "vae"):
-        if row.get(k):
-            parts.append(f"{k} {row[k]['median_ms']:.2f} ms")
+    parts = [f"{k} {row[k]['median_ms']:.2f} ms" for k in ("denoiser", "step", "vae") if row.get(k)]
     s = row.get("sample")
     if s:
         parts.append(f"sample {s['total_s']:.2f} s ({s['kind']}), {s['images_per_s']:.3g} img/s")
     return ", ".join(parts)
-
-
-def _load_dit(cfg: BenchConfig):
-    from dit_export.models.checkpoints import load_dit
-
-    return load_dit(
-        cfg.ckpt,
-        model=cfg.model,
-        image_size=cfg.image_size,
-        flavor=cfg.flavor,
-        random_weights=cfg.random_weights,
-        weights_seed=cfg.weights_seed,
-        num_classes=cfg.num_classes,
-    )
-
-
-def _load_vae(cfg: BenchConfig):
-    """The same VAE the export uses (random-* variants seeded with the weights seed)."""
-    if cfg.vae == "none":
-        return None
-    from dit_export.export.exporter import RANDOM_VAES
-    from dit_export.models.vae import VAEDecode, load_vae, random_vae
-
-    vae = (
-        random_vae(cfg.vae.removeprefix("random-"), cfg.weights_seed)
-        if cfg.vae in RANDOM_VAES
-        else load_vae(cfg.vae)
-    )
-    return VAEDecode(vae)

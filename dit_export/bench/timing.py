@@ -15,13 +15,17 @@ Events measure what the GPU saw between the two records, including any gap the h
 
 from __future__ import annotations
 
-import math
 import resource
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import psutil
+
+from dit_export.engine.cuda import check, cudart
+from dit_export.lazy import optional_import
 
 
 @dataclass(frozen=True)
@@ -93,8 +97,7 @@ class TorchEventClock(Clock):
     kind = "cuda events (torch)"
 
     def time(self, fn: Callable[[], None], warmup: int, repeat: int) -> list[float]:
-        import torch
-
+        torch = optional_import("torch")
         for _ in range(warmup):
             fn()
         torch.cuda.synchronize()
@@ -119,8 +122,6 @@ class CudartEventClock(Clock):
         self.stream, self.synchronize = stream, synchronize
 
     def time(self, fn: Callable[[], None], warmup: int, repeat: int) -> list[float]:
-        from dit_export.engine.cuda import check, cudart
-
         rt = cudart()
         for _ in range(warmup):
             fn()
@@ -144,36 +145,17 @@ class CudartEventClock(Clock):
 # ------------------------------------------------------------------------------ memory
 
 
-def _status_kib(field: str) -> int | None:
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1])
-    except OSError:
-        return None
-    return None
-
-
-def rss_bytes() -> int | None:
-    """Resident set size now (Linux /proc; psutil elsewhere when installed)."""
-    kib = _status_kib("VmRSS")
-    if kib is not None:
-        return kib * 1024
-    try:
-        import psutil  # type: ignore[import-untyped]  # optional
-
-        return int(psutil.Process().memory_info().rss)
-    except ModuleNotFoundError:
-        return None
+def rss_bytes() -> int:
+    """Resident set size of this process now."""
+    return int(psutil.Process().memory_info().rss)
 
 
 class PeakRss:
     """Peak RSS of this process over a window.
 
     On Linux, writing 5 to /proc/self/clear_refs resets the high-water mark (VmHWM) to the
-    current RSS, so the peak is exact per window. Elsewhere only `ru_maxrss` (the peak over the
-    whole process life) is available; the result says which one it is.
+    current RSS, so the peak is exact per window (psutil has no high-water mark). Elsewhere only
+    `ru_maxrss` (the peak over the whole process life) is available; the result says which.
     """
 
     def __init__(self) -> None:
@@ -185,39 +167,72 @@ class PeakRss:
         except OSError:
             self.kind = "ru_maxrss (peak over the whole process)"
 
-    def peak(self) -> int | None:
+    def peak(self) -> int:
         if self.kind.startswith("VmHWM"):
-            kib = _status_kib("VmHWM")
-            if kib is not None:
-                return kib * 1024
-        scale = 1 if _is_macos() else 1024  # ru_maxrss: bytes on macOS, KiB on Linux
+            with open("/proc/self/status") as f:
+                for line in f:
+                    if line.startswith("VmHWM:"):
+                        return int(line.split()[1]) * 1024
+        scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes on macOS, KiB on Linux
         return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * scale
 
 
-def _is_macos() -> bool:
-    import sys
-
-    return sys.platform == "darwin"
-
-
 def cuda_used_bytes() -> int | None:
-    """Device memory in use on GPU 0 (all processes), via torch or cuda-python; None without CUDA."""
+    """Device memory in use on GPU 0 (all processes), via cuda-python; None without CUDA."""
     try:
-        import torch
-
-        if torch.cuda.is_available():
-            free, total = torch.cuda.mem_get_info()
-            return int(total - free)
-    except ModuleNotFoundError:
-        pass
-    try:
-        from dit_export.engine.cuda import check, cudart
-
         free, total = check(cudart().cudaMemGetInfo(), "cudaMemGetInfo")
         return int(total - free)
     except Exception:  # no cuda-python, no GPU: nothing to report
         return None
 
 
-def finite(x: float | None) -> float | None:
-    return x if x is not None and math.isfinite(x) else None
+class Memory:
+    """Peak memory of one backend over its timings: RSS on a CPU; on a GPU the device memory in
+    use (sampled after each stage), and for torch its allocator's exact peak."""
+
+    def __init__(self, device: str, torch_gpu: bool = False) -> None:
+        self.device, self.torch = device, optional_import("torch") if torch_gpu else None
+        self.rss = PeakRss() if device == "cpu" else None
+        self.base = self.peak_dev = cuda_used_bytes() if device == "cuda" else None
+        if self.torch is not None:
+            self.torch.cuda.synchronize()
+            self.torch.cuda.reset_peak_memory_stats()
+            self.alloc_base = int(self.torch.cuda.memory_allocated())
+
+    def sample(self) -> None:
+        if self.device == "cuda":
+            now = cuda_used_bytes()
+            if now is not None:
+                self.peak_dev = max(self.peak_dev or 0, now)
+
+    def result(self) -> dict:
+        if self.rss is not None:
+            peak, base = self.rss.peak(), self.rss.baseline
+            return {
+                "kind": "peak RSS",
+                "method": self.rss.kind,
+                "peak_bytes": peak,
+                "baseline_bytes": base,
+                "delta_bytes": max(0, peak - base),
+            }
+        self.sample()
+        whole = {
+            "kind": "device memory in use",
+            "method": "cudaMemGetInfo (whole GPU), sampled after each stage",
+            "peak_bytes": self.peak_dev,
+            "baseline_bytes": self.base,
+            "delta_bytes": None
+            if self.peak_dev is None or self.base is None
+            else max(0, self.peak_dev - self.base),
+        }
+        if self.torch is None:
+            return whole
+        peak = int(self.torch.cuda.max_memory_allocated())
+        return {
+            "kind": "device memory",
+            "method": "torch.cuda.max_memory_allocated (this process: weights + activations)",
+            "peak_bytes": peak,
+            "baseline_bytes": self.alloc_base,
+            "delta_bytes": max(0, peak - self.alloc_base),
+            "gpu_in_use_peak_bytes": whole["peak_bytes"],
+        }

@@ -61,11 +61,57 @@ class GpuInfo:
         return "sm" + self.compute_capability.replace(".", "")
 
 
+# cudaGetDeviceCount errors that mean "no GPU here" (count 0) rather than a broken installation.
+NO_DEVICE_ERRORS = ("cudaErrorNoDevice",)
+# Errors that mean the driver and cuda-python's CUDA runtime do not fit together.
+DRIVER_MISMATCH_ERRORS = (
+    "cudaErrorInsufficientDriver",
+    "cudaErrorCallRequiresNewerDriver",
+    "cudaErrorSystemDriverMismatch",
+    "cudaErrorCompatNotSupportedOnDevice",
+)
+
+
+def _cuda_version(fn) -> str | None:
+    """'12.4' from cudaDriverGetVersion / cudaRuntimeGetVersion (None when unknown or 0)."""
+    try:
+        err, v = fn()
+    except Exception:  # best effort: this only decorates an error message
+        return None
+    if err != cudart().cudaError_t.cudaSuccess or not v:
+        return None
+    return f"{int(v) // 1000}.{int(v) % 1000 // 10}"
+
+
+def driver_mismatch_message(err_name: str) -> str:
+    """One line: which CUDA the driver supports, which cuda-python needs, what to install."""
+    rt = cudart()
+    driver = _cuda_version(rt.cudaDriverGetVersion)
+    runtime = _cuda_version(rt.cudaRuntimeGetVersion)
+    have = f"the NVIDIA driver supports CUDA {driver}" if driver else "the NVIDIA driver is too old"
+    need = f"cuda-python's runtime is CUDA {runtime}" if runtime else "cuda-python needs a newer driver"
+    major = driver.split(".")[0] if driver else "12"
+    return (
+        f"CUDA driver/runtime mismatch ({err_name}): {have}, {need}; install the builds for your driver, "
+        f"e.g. pip install 'cuda-python>={major},<{int(major) + 1}' and tensorrt-cu{major}, or update the driver"
+    )
+
+
 def gpu_count() -> int:
-    """Visible CUDA devices (0 when the driver or a GPU is missing)."""
+    """Visible CUDA devices: 0 when no GPU is visible; a one-line error when the driver does not fit.
+
+    cuda-python 13 (what `cuda-python>=12` resolves to today) needs a CUDA 13 driver: on a CUDA 12
+    driver every call fails with cudaErrorInsufficientDriver, which is a broken installation to
+    name, not "no GPU".
+    """
     rt = cudart()
     err, n = rt.cudaGetDeviceCount()
-    return int(n) if err == rt.cudaError_t.cudaSuccess else 0
+    if err == rt.cudaError_t.cudaSuccess:
+        return int(n)
+    name = getattr(err, "name", str(err))
+    if name in DRIVER_MISMATCH_ERRORS:
+        raise UserError(driver_mismatch_message(name))
+    return 0
 
 
 def gpu_info(index: int | None = None) -> GpuInfo:

@@ -1,9 +1,9 @@
-"""One build per output folder at a time: an advisory lock file beside the folder.
+"""One build per output folder at a time: `filelock` on a file beside the folder.
 
 The lock lives next to the folder (`.<name>.lock`), not in it, because the export stage swaps
-the whole folder into place. `flock` locks are dropped by the kernel when the process dies
-(Ctrl-C, kill -9), so a crashed build never leaves a stale lock behind. The file itself stays
-(removing it would race with a build that just opened it); it is empty but for the holder's pid.
+the whole folder into place. The lock is an OS file lock (flock / LockFileEx), dropped by the
+kernel when the process dies (Ctrl-C, kill -9), so a crashed build never leaves a stale lock.
+The holder writes its pid into the file so that a refused build can say who holds it.
 """
 
 from __future__ import annotations
@@ -12,40 +12,35 @@ import os
 from pathlib import Path
 from types import TracebackType
 
+import filelock
+
 from dit_export.errors import UserError
 from dit_export.fileio import ensure_writable_dir
 
 
+def lock_path(folder: Path) -> Path:
+    folder = Path(folder)
+    return folder.with_name(f".{folder.name}.lock")
+
+
 class BuildLock:
+    """`with BuildLock(folder):` → a one-line UserError at once when another process holds it."""
+
     def __init__(self, folder: Path) -> None:
-        folder = Path(folder)
-        self.path = folder.with_name(f".{folder.name}.lock")
-        self.folder = folder
-        self._fd: int | None = None
+        self.folder = Path(folder)
+        self.path = lock_path(self.folder)
+        self._lock = filelock.FileLock(str(self.path), timeout=0)
 
     def __enter__(self) -> BuildLock:
         ensure_writable_dir(self.path.parent)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            import fcntl
-        except ImportError:  # Windows: msvcrt locks a byte range the same way
-            import msvcrt
-
-            try:
-                msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)  # type: ignore[attr-defined]
-            except OSError:
-                os.close(fd)
-                raise UserError(self._busy_message()) from None
-        else:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
-                msg = self._busy_message()
-                os.close(fd)
-                raise UserError(msg) from None
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
-        self._fd = fd
+            self._lock.acquire()
+        except filelock.Timeout:
+            raise UserError(self._busy_message()) from None
+        try:
+            self.path.write_text(f"{os.getpid()}\n")
+        except OSError:  # the pid is only for the message of a second build
+            pass
         return self
 
     def _busy_message(self) -> str:
@@ -59,9 +54,4 @@ class BuildLock:
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        if self._fd is not None:
-            try:
-                os.ftruncate(self._fd, 0)
-            finally:
-                os.close(self._fd)  # closing drops the lock
-                self._fd = None
+        self._lock.release()

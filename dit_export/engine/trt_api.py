@@ -2,7 +2,9 @@
 
 Kept in one small file so that it can be checked without TensorRT: `scripts/check_trt_names.py`
 verifies that each attribute used here exists in the TensorRT 11.x Python bindings (names read
-from the real `tensorrt-cu13-bindings` wheel) and mypy checks it against `tensorrt-stubs` (10.x).
+from the real `tensorrt-cu13-bindings` wheel), that each runtime attribute exists on its class in
+the real TensorRT 11 lean runtime module (`tensorrt_lean_bindings`, imported; tests/test_trt_names.py),
+and mypy checks it against `tensorrt-stubs` (10.x).
 Only API that exists in both 10.x and 11.x is used, with two version-gated exceptions (see
 `NEEDS_10_1`): the shared scratch block needs `device_memory_size_v2` and `set_device_memory`,
 which appeared in 10.1; on 10.0 each context allocates its own scratch instead.
@@ -16,12 +18,15 @@ fp32 islands stay true fp32.
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Iterable, Sequence
+import shutil
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from dit_export.engine import cuda
 from dit_export.errors import UserError
 
 if TYPE_CHECKING:
@@ -65,14 +70,12 @@ def probe() -> tuple[bool, str]:
     if not ok:
         return False, why
     try:
-        from dit_export.engine.cuda import gpu_count, gpu_info
-
-        n = gpu_count()
+        n = cuda.gpu_count()
     except UserError as e:
         return False, str(e)
     if n == 0:
         return False, f"TensorRT {trt_mod.__version__} is installed but no CUDA GPU is visible"
-    g = gpu_info()
+    g = cuda.gpu_info()
     return True, f"TensorRT {trt_mod.__version__} and {g.name} ({g.sm}) found"
 
 
@@ -155,35 +158,51 @@ def build_plan(
     profile = Profile()
     for name, shape in shapes.items():
         profile.add(name, min=tuple(shape), opt=tuple(shape), max=tuple(shape))
-    load_cache = str(timing_cache) if timing_cache is not None and timing_cache.is_file() else None
-    save_cache = None
-    if timing_cache is not None:  # polygraphy writes the cache in place: give it a scratch copy
-        save_cache = timing_cache.with_name(f".{timing_cache.name}.{os.getpid()}.tmp")
-        if load_cache:
-            save_cache.write_bytes(timing_cache.read_bytes())
     try:
-        network = NetworkFromOnnxPath(str(onnx_path), strongly_typed=True)
-        config = CreateConfig(
-            profiles=[profile],
-            memory_pool_limits={trt.MemoryPoolType.WORKSPACE: int(options.workspace_bytes)},
-            builder_optimization_level=int(options.optimization_level),
-            load_timing_cache=load_cache,
-        )
-        plan = EngineBytesFromNetwork(
-            network, config=config, save_timing_cache=str(save_cache) if save_cache else None
-        )()
-        if save_cache is not None and save_cache.is_file():
-            os.replace(save_cache, timing_cache)  # type: ignore[arg-type]
+        with _scratch_timing_cache(timing_cache) as scratch:
+            network = NetworkFromOnnxPath(str(onnx_path), strongly_typed=True)
+            config = CreateConfig(
+                profiles=[profile],
+                memory_pool_limits={trt.MemoryPoolType.WORKSPACE: int(options.workspace_bytes)},
+                builder_optimization_level=int(options.optimization_level),
+                load_timing_cache=str(scratch) if scratch is not None and scratch.is_file() else None,
+            )
+            plan = EngineBytesFromNetwork(
+                network, config=config, save_timing_cache=str(scratch) if scratch is not None else None
+            )()
     except PolygraphyException as e:
         raise UserError(f"TensorRT could not build {onnx_path.name}: {_first_line(e)}") from None
-    finally:
-        if save_cache is not None:  # the scratch copy and the lock file polygraphy puts beside it
-            for leftover in (save_cache, save_cache.with_name(save_cache.name + ".lock")):
-                if leftover.exists():
-                    leftover.unlink()
     if not plan:
         raise UserError(f"TensorRT could not build {onnx_path.name} (no engine returned)")
     return bytes(plan)
+
+
+@contextlib.contextmanager
+def _scratch_timing_cache(cache: Path | None) -> Iterator[Path | None]:
+    """A private copy of the timing cache for polygraphy to load from and save into.
+
+    Polygraphy reads and writes the cache in place and puts a `<cache>.lock` file beside every
+    cache path it touches; giving it only a scratch copy keeps the real cache whole until the
+    build succeeds (then it is renamed over it) and keeps every lock file out of the folder.
+    """
+    if cache is None:
+        yield None
+        return
+    cache = Path(cache)
+    scratch = cache.with_name(f".{cache.name}.{os.getpid()}.tmp")
+    try:
+        if cache.is_file():
+            shutil.copyfile(cache, scratch)
+        yield scratch
+        if scratch.is_file():
+            os.replace(scratch, cache)
+    finally:
+        for leftover in (
+            scratch,
+            scratch.with_name(scratch.name + ".lock"),
+            cache.with_name(cache.name + ".lock"),
+        ):
+            leftover.unlink(missing_ok=True)
 
 
 def _first_line(e: BaseException) -> str:

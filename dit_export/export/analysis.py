@@ -13,8 +13,10 @@ from pathlib import Path
 
 import numpy as np
 
+from dit_export.errors import UserError
 from dit_export.export import trt_ops
 from dit_export.export.graphs import SCOPE_KEY
+from dit_export.export.manifest import DTYPE_NAMES
 from dit_export.export.precision import FP16, POLICY, PrecisionPolicy
 
 # Ops that only move or view data: not "compute" for the island report.
@@ -91,22 +93,6 @@ class GraphReport:
         }
 
 
-# onnx.TensorProto element types → names (the manifest's dtype vocabulary).
-_DTYPES = {
-    0: "undefined",
-    1: "float32",
-    2: "uint8",
-    3: "int8",
-    5: "int16",
-    6: "int32",
-    7: "int64",
-    9: "bool",
-    10: "float16",
-    11: "float64",
-    12: "uint32",
-    13: "uint64",
-    16: "bfloat16",
-}
 _ITEMSIZE = {
     "float32": 4,
     "uint8": 1,
@@ -124,7 +110,7 @@ _ITEMSIZE = {
 
 
 def _dtype_name(elem_type: int) -> str:
-    return _DTYPES.get(int(elem_type), f"onnx-type-{int(elem_type)}")
+    return DTYPE_NAMES.get(int(elem_type), f"onnx-type-{int(elem_type)}")
 
 
 def _tensor_info(vi) -> TensorInfo:
@@ -147,7 +133,14 @@ def load_structure(path: str | Path):
     """The ModelProto without external weights (external initializers keep their dims)."""
     import onnx
 
-    return onnx.load(str(path), load_external_data=False)
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: no such ONNX file")
+    try:
+        return onnx.load(str(path), load_external_data=False)
+    except Exception as e:  # protobuf's DecodeError and friends: not an ONNX file
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise UserError(f"{path} is not an ONNX model ({first})") from None
 
 
 def analyze(path: str | Path, precision: str | None = None, policy: PrecisionPolicy = POLICY) -> GraphReport:
@@ -273,6 +266,13 @@ def _static_checks(model, infos: dict[str, TensorInfo], inits: dict, report: Gra
             "no " + "/".join(sorted(trt_ops.FORBIDDEN_OPS)) if not dynamic else f"found {_fmt_list(dynamic)}",
         )
     )
+    return checks + _shape_checks(model, infos, inits, report)
+
+
+def _shape_checks(model, infos: dict[str, TensorInfo], inits: dict, report: GraphReport) -> list[Check]:
+    """Static shapes, constant shape inputs, graph I/O types and TensorRT's op restrictions."""
+    g = model.graph
+    checks: list[Check] = []
     produced = [o for n in g.node for o in n.output if o] + [i.name for i in g.input]
     unknown = [
         name

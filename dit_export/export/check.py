@@ -17,47 +17,19 @@ from pathlib import Path
 
 import numpy as np
 
+from dit_export import compare
+from dit_export.compare import Row
 from dit_export.errors import UserError
-from dit_export.verify.metrics import finite_or_none, psnr, rel_l2
+from dit_export.export.feeds import example_feeds, for_inputs
+from dit_export.images import to_uint8
+from dit_export.sampling.schedule import STATE_NAMES
 
 CHECK_TIMESTEPS = (999, 500, 0)
 CHECK_GUIDANCE = ((1.5, "ddim", 50), (4.0, "ddpm", 250))  # scale, sampler, steps of the coef row
-PSNR_CAP = 100.0  # identical images would be +inf dB, which strict JSON cannot hold
-
-# graph → precision → (metric, limit); rel-L2 is an upper limit, PSNR a lower one.
-TOLERANCES: dict[str, dict[str, tuple[str, float]]] = {
-    "dit": {"fp32": ("rel_l2", 1e-5), "fp16": ("rel_l2", 1e-2)},
-    "dit_step": {"fp32": ("rel_l2", 1e-5), "fp16": ("rel_l2", 1e-2)},
-    "vae_decoder": {"fp32": ("rel_l2", 1e-5), "fp16": ("psnr_uint8", 40.0)},
-}
-
-
-@dataclass
-class Row:
-    graph: str
-    case: str
-    metric: str  # "rel_l2" | "psnr_uint8"
-    value: float
-    limit: float | None  # None: reported, not enforced
-
-    @property
-    def ok(self) -> bool:
-        if self.limit is None:
-            return True
-        if self.metric.startswith("psnr"):
-            return bool(self.value >= self.limit)
-        return bool(self.value <= self.limit)  # NaN fails
-
-    def to_dict(self) -> dict:
-        cap = PSNR_CAP if self.metric.startswith("psnr") else None
-        return {
-            "graph": self.graph,
-            "case": self.case,
-            "metric": self.metric,
-            "value": finite_or_none(self.value, cap),
-            "limit": self.limit,
-            "ok": self.ok,
-        }
+# A multistep row (UniPC: corrector + predictor on the solver state) checked too when the graph
+# has the state inputs (every export since issue 11).
+CHECK_MULTISTEP = (4.0, "unipc", 10)
+GRAPH_OF_STAGE = {"dit": "dit", "guided_eps": "dit", "step": "dit_step", "vae": "vae_decoder"}
 
 
 @dataclass
@@ -68,11 +40,8 @@ class Case:
     label: str
     feeds: dict[str, np.ndarray]
     reference: np.ndarray
-    rows: Callable[[np.ndarray, np.ndarray, str], list[Row]] = field(repr=False)
-
-
-def _rng(seed: int, salt: int) -> np.random.Generator:
-    return np.random.default_rng([seed, salt])
+    # (output, reference, precision, label) -> rows
+    rows: Callable[[np.ndarray, np.ndarray, str, str], list[Row]] = field(repr=False)
 
 
 def guided_eps(out: np.ndarray, n: int, cfg_channels: int, in_channels: int, scale: float) -> np.ndarray:
@@ -81,11 +50,6 @@ def guided_eps(out: np.ndarray, n: int, cfg_channels: int, in_channels: int, sca
     k = cfg_channels
     g = uncond[:, :k] + scale * (cond[:, :k] - uncond[:, :k])
     return np.concatenate([g, cond[:, k:in_channels]], axis=1)
-
-
-def _limit(graph: str, precision: str, metric: str) -> float | None:
-    m, lim = TOLERANCES[graph][precision]
-    return lim if m == metric else None
 
 
 def model_cases(model, batch: int, seed: int = 0) -> dict[str, list[Case]]:
@@ -99,12 +63,10 @@ def model_cases(model, batch: int, seed: int = 0) -> dict[str, list[Case]]:
     """
     import torch
 
-    from dit_export.sampling.schedule import make_schedule
     from dit_export.sampling.step import SamplerStep
 
     cfg = model.config
-    n, c, size = batch, cfg.in_channels, cfg.input_size
-    step = SamplerStep(model, guided=True).eval()
+    step = SamplerStep(model, guided=True, with_state=True).eval()
     captured: list[tuple[tuple[np.ndarray, ...], np.ndarray]] = []
 
     def hook(module, args, out):
@@ -117,40 +79,29 @@ def model_cases(model, batch: int, seed: int = 0) -> dict[str, list[Case]]:
     dits: list[Case] = []
     try:
         for i, t in enumerate(CHECK_TIMESTEPS):
-            for j, (scale, sampler, nsteps) in enumerate(CHECK_GUIDANCE):
-                rng = _rng(seed, 200 + 10 * i + j)
-                sched = make_schedule(nsteps, sampler)
-                k = int(np.argmin(np.abs(sched.timesteps - t)))  # the row nearest t (t itself is fed as is)
-                feeds = {
-                    "x": rng.standard_normal((n, c, size, size), dtype=np.float32),
-                    "t": np.full(n, t, dtype=np.int64),
-                    "y": rng.integers(0, cfg.num_classes, size=n).astype(np.int64),
-                    "noise": rng.standard_normal((n, c, size, size), dtype=np.float32),
-                    "guidance": np.array([scale], dtype=np.float32),
-                    "coef": sched.coefs[k].copy(),
-                }
+            for j, (scale, sampler, nsteps) in enumerate((*CHECK_GUIDANCE, CHECK_MULTISTEP)):
+                feeds = example_feeds(
+                    "dit_step",
+                    batch=batch,
+                    channels=cfg.in_channels,
+                    size=cfg.input_size,
+                    num_classes=cfg.num_classes,
+                    seed=[seed, 200 + 10 * i + j],
+                    t=t,
+                    guidance=scale,
+                    sampler=sampler,
+                    steps=nsteps,
+                    state=True,
+                )
                 captured.clear()
                 with torch.inference_mode():
-                    ref = step(*(torch.from_numpy(v) for v in feeds.values())).numpy()
-                label = f"t={t} cfg={scale:g} {sampler}"
-
-                def step_rows(
-                    out: np.ndarray, ref: np.ndarray, precision: str, label: str = label
-                ) -> list[Row]:
-                    return [
-                        Row(
-                            "dit_step",
-                            label,
-                            "rel_l2",
-                            rel_l2(out, ref),
-                            _limit("dit_step", precision, "rel_l2"),
-                        )
-                    ]
-
-                steps.append(Case("dit_step", label, feeds, ref, step_rows))
+                    ref = step(*(torch.from_numpy(v) for v in feeds.values()))[0].numpy()
+                steps.append(Case("dit_step", f"t={t} cfg={scale:g} {sampler}", feeds, ref, _step_rows))
                 if j == len(CHECK_GUIDANCE) - 1:  # one dit case per timestep
                     (x2, t2, y2), out = captured[0]
-                    dits.append(Case("dit", f"t={t}", {"x": x2, "t": t2, "y": y2}, out, _dit_rows(cfg, n, t)))
+                    dits.append(
+                        Case("dit", f"t={t}", {"x": x2, "t": t2, "y": y2}, out, _dit_rows(cfg, batch))
+                    )
     finally:
         handle.remove()
         for b, f in zip(model.blocks, fused):
@@ -158,58 +109,46 @@ def model_cases(model, batch: int, seed: int = 0) -> dict[str, list[Case]]:
     return {"dit": dits, "dit_step": steps}
 
 
-def _dit_rows(cfg, n: int, t: int) -> Callable[[np.ndarray, np.ndarray, str], list[Row]]:
+def _step_rows(out: np.ndarray, ref: np.ndarray, precision: str, label: str) -> list[Row]:
+    return [compare.compare("step", "rel_l2", out, ref, precision, label)]
+
+
+def _dit_rows(cfg, n: int) -> Callable[[np.ndarray, np.ndarray, str, str], list[Row]]:
     """Raw output, then guided ε at each check scale (the guidance rule applied in float64)."""
 
-    def rows(out: np.ndarray, ref: np.ndarray, precision: str) -> list[Row]:
-        r = [Row("dit", f"t={t} out", "rel_l2", rel_l2(out, ref), _limit("dit", precision, "rel_l2"))]
+    def rows(out: np.ndarray, ref: np.ndarray, precision: str, label: str) -> list[Row]:
+        r = [compare.compare("dit", "rel_l2", out, ref, precision, f"{label} out")]
         for scale, _, _ in CHECK_GUIDANCE:
             got = guided_eps(out, n, cfg.cfg_channels, cfg.in_channels, scale)
             want = guided_eps(ref, n, cfg.cfg_channels, cfg.in_channels, scale)
-            r.append(
-                Row(
-                    "dit",
-                    f"t={t} cfg={scale:g} guided ε",
-                    "rel_l2",
-                    rel_l2(got, want),
-                    _limit("dit", precision, "rel_l2"),
-                )
-            )
+            r.append(compare.compare("guided_eps", "rel_l2", got, want, precision, f"{label} cfg={scale:g}"))
         return r
 
     return rows
+
+
+def _vae_rows(out: np.ndarray, ref: np.ndarray, precision: str, label: str) -> list[Row]:
+    return [
+        compare.compare("vae", "rel_l2", out, ref, precision, label),
+        compare.compare("vae", "psnr_db", to_uint8(out), to_uint8(ref), precision, f"uint8 {label}"),
+    ]
 
 
 def vae_cases(decode, batch: int, latent_channels: int, latent_size: int, seed: int = 0) -> list[Case]:
     """`vae_decoder.onnx` on latent-like N(0, 1) latents (DiT's latent space, before 1/0.18215)."""
     import torch
 
-    from dit_export.images import to_uint8
-
-    rng = _rng(seed, 300)
-    z = rng.standard_normal((batch, latent_channels, latent_size, latent_size), dtype=np.float32)
+    feeds = example_feeds(
+        "vae_decoder",
+        batch=batch,
+        channels=latent_channels,
+        size=latent_size,
+        num_classes=1,
+        seed=[seed, 300],
+    )
     with torch.no_grad():
-        ref = decode(torch.from_numpy(z)).float().numpy()
-
-    def rows(out: np.ndarray, ref: np.ndarray, precision: str) -> list[Row]:
-        return [
-            Row(
-                "vae_decoder",
-                "images",
-                "rel_l2",
-                rel_l2(out, ref),
-                _limit("vae_decoder", precision, "rel_l2"),
-            ),
-            Row(
-                "vae_decoder",
-                "uint8 images",
-                "psnr_uint8",
-                psnr(to_uint8(out), to_uint8(ref)),
-                _limit("vae_decoder", precision, "psnr_uint8"),
-            ),
-        ]
-
-    return [Case("vae_decoder", "images", {"latent": z}, ref, rows)]
+        ref = decode(torch.from_numpy(feeds["latent"])).float().numpy()
+    return [Case("vae_decoder", "images", feeds, ref, _vae_rows)]
 
 
 def ort_session(path: str | Path):
@@ -232,19 +171,28 @@ def run_cases(path: str | Path, cases: list[Case], precision: str) -> list[Row]:
         first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
         raise UserError(f"ONNX Runtime cannot load {Path(path).name}: {first}") from None
     rows: list[Row] = []
+    names = [i.name for i in sess.get_inputs()]
     for case in cases:
-        (out,) = sess.run(None, case.feeds)
-        rows += case.rows(np.asarray(out), case.reference, precision)
+        if not set(names) <= set(case.feeds) or (
+            case.label.endswith(CHECK_MULTISTEP[1]) and not set(STATE_NAMES) <= set(names)
+        ):
+            continue  # a multistep case for a graph without the solver state
+        out = sess.run(None, for_inputs(case.feeds, names))[0]  # dit_step: x_next first, then the state
+        rows += case.rows(np.asarray(out), case.reference, precision, case.label)
     del sess
     return rows
 
 
 def format_table(rows: list[Row]) -> str:
     """The check table as printed by `export` (worst rows are what fail)."""
-    lines = [f"{'graph':<12} {'case':<28} {'metric':<11} {'value':>11} {'limit':>9}  result"]
-    for r in rows:
-        val = f"{r.value:.3e}" if r.metric == "rel_l2" else f"{r.value:.2f} dB"
-        lim = "" if r.limit is None else (f"≤ {r.limit:.0e}" if r.metric == "rel_l2" else f"≥ {r.limit:g} dB")
-        res = "ok" if r.ok and r.limit is not None else ("info" if r.limit is None else "FAIL")
-        lines.append(f"{r.graph:<12} {r.case:<28} {r.metric:<11} {val:>11} {lim:>9}  {res}")
-    return "\n".join(lines)
+    return compare.format_table(rows)
+
+
+def failure_message(rows: list[Row]) -> str | None:
+    """The export's one-line error for failing rows, naming the graph file; None when all pass."""
+    bad = compare.failures(rows)
+    if not bad:
+        return None
+    r = bad[0]
+    more = f" (+{len(bad) - 1} more failing rows)" if len(bad) > 1 else ""
+    return f"{GRAPH_OF_STAGE[r.stage]}.onnx failed its check: {r.describe()}{more}; nothing written"

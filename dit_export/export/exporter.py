@@ -1,41 +1,74 @@
-"""The export pipeline: load → reference outputs → (fp16 policy) → trace → check → manifest.
+"""The export pipeline: check → load → reference outputs → (fp16 policy) → trace → check → manifest.
 
-Everything is built in a hidden sibling folder and renamed into place only when every graph
-passed its checks, so `--out` never holds a half-written or failing export.
+Everything is built in a hidden sibling folder (`.<name>.XXXX.partial`) and renamed into place
+only when every graph passed its checks, so `--out` never holds a half-written or failing
+export. One export per folder at a time (a lock beside it); a killed export's staging folder is
+removed by the next export of the same folder. `--force` replaces only what dit_export wrote.
 """
 
 from __future__ import annotations
 
+import errno
 import gc
+import json
+import os
+import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from dit_export.errors import UserError
-from dit_export.export import trt_ops
-from dit_export.export.precision import FP16, FP32, POLICY, PRECISIONS
+import filelock
+import torch
 
-RANDOM_VAES = ("random-sd", "random-small", "random-tiny")
+from dit_export import __version__, compare
+from dit_export.errors import UserError
+from dit_export.export import analysis, check, graphs, mixed, trt_ops
+from dit_export.export.manifest import (
+    FILENAME,
+    GRAPH_NAMES,
+    STORED_SCHEDULES,
+    FileRecord,
+    GraphSpec,
+    Manifest,
+    ModelInfo,
+    ScheduleTable,
+    ScheduleTables,
+    TensorSpec,
+    VaeInfo,
+)
+from dit_export.export.precision import FP16, FP32, POLICY, PRECISIONS
+from dit_export.fileio import atomic_dir, ensure_writable_dir
+from dit_export.lazy import optional_import
+from dit_export.models import hub
+from dit_export.models.embedded import is_embedded, resolve_embedded
+from dit_export.models.spec import RANDOM_VAES, ModelSpec
+from dit_export.models.vae import VAEDecode, vae_factor
+from dit_export.sampling.schedule import COEF_NAMES, NUM_COEFS, NUM_TRAIN_STEPS, make_schedule, sampler_info
+from dit_export.sampling.step import STEP_INPUTS, STEP_OUTPUTS, SamplerStep
+from dit_export.sampling.step import example_inputs as step_example_inputs
+
+__all__ = ["RANDOM_VAES", "ExportOptions", "ExportResult", "check_out_dir", "export"]
+
 NOISE_DOC = "docs/noise.md"
 SCHEDULE_RULE = (
     "IDDPM linear betas 1e-4..0.02 over 1000 steps, respaced ('N': even sections with Python round; "
     "'ddimN': smallest integer stride giving N steps), coefficients recomputed on the kept chain in "
     "float64 and cast to float32; rows in loop order (t high → 0); see dit_export/sampling/schedule.py"
 )
+SCHEMA_FAMILY = "dit_export.manifest/"
+SHARED_WEIGHTS = "dit.onnx.data"  # the DiT weights file dit.onnx and dit_step.onnx both reference
+# What a folder written by dit_export may hold besides the manifest's files (engine/ writes these),
+# so that `--force` can tell our folders from anyone else's.
+OURS = ("plans", "aoti", "build.json", ".lock")
+OUR_SUFFIXES = (".plan", ".pt2", ".cache", ".json", ".lock")
 
 
-@dataclass
+@dataclass(frozen=True)
 class ExportOptions:
+    model: ModelSpec
     out: Path
-    model: str | None = None
-    ckpt: str | None = None
-    random_weights: bool = False
-    weights_seed: int = 0
-    flavor: str | None = None
-    num_classes: int | None = None
-    image_size: int | None = None
-    vae: str = "mse"
     batch: int = 1
     precision: str = FP32
     opset: int = trt_ops.DEFAULT_OPSET
@@ -48,119 +81,41 @@ class ExportOptions:
 @dataclass
 class ExportResult:
     out: Path
-    manifest: dict
+    manifest: Manifest
     rows: list = field(default_factory=list)
     stages: list[tuple[str, float]] = field(default_factory=list)
 
 
-def validate_options(o: ExportOptions) -> None:
-    """Cheap checks before anything heavy is loaded (one-line errors)."""
-    if o.batch < 1:
-        raise UserError(f"--batch must be ≥ 1 (images per call), got {o.batch}")
-    if o.precision not in PRECISIONS:
-        raise UserError(f"--precision must be one of {', '.join(PRECISIONS)}, got {o.precision!r}")
-    if not trt_ops.OPSET_MIN <= o.opset <= trt_ops.OPSET_MAX:
-        raise UserError(
-            f"--opset {o.opset} is outside {trt_ops.OPSET_MIN}–{trt_ops.OPSET_MAX} (what every TensorRT 10.x reads)"
-        )
-    if o.ckpt and o.random_weights:
-        raise UserError("give either --ckpt or --random-weights, not both")
-    if o.random_weights and not o.model:
-        raise UserError("--random-weights needs --model (e.g. --model S/8)")
-    if not o.ckpt and not o.random_weights and not o.model:
-        raise UserError("give --model, --ckpt or both (e.g. --model S/8 --random-weights)")
-    if o.image_size is not None and o.image_size <= 0:
-        raise UserError(f"--image-size must be positive, got {o.image_size}")
-    from dit_export.models.embedded import is_embedded
+@dataclass
+class Models:
+    """The torch modules an export traces, and what the manifest says about them."""
 
-    if o.model and o.image_size is not None and not is_embedded(o.model):
-        from dit_export.models.configs import model_config
-
-        model_config(o.model, o.image_size)  # image size a multiple of 8·patch, known model name
-    check_out_dir(Path(o.out), o.force)
+    dit: torch.nn.Module
+    cfg: object  # DiTConfig
+    decode: torch.nn.Module | None
+    vae: VaeInfo | None
 
 
-def check_out_dir(out: Path, force: bool) -> None:
-    """Refuse to overwrite an export (or any non-empty folder) without --force."""
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out {out} exists and is not a folder")
-    if out.is_dir() and not force:
-        if (out / "manifest.json").exists():
-            raise UserError(f"{out} already holds an export; pass --force to replace it")
-        if any(out.iterdir()):
-            raise UserError(f"--out {out} exists and is not empty; pass --force to replace it")
-    from dit_export.fileio import ensure_writable_dir
+class Stages:
+    """Times each stage; says what is happening, with elapsed time (XL/2 stages take minutes)."""
 
-    ensure_writable_dir(out.parent if out.parent != Path("") else Path("."))
+    def __init__(self, log: Callable[[str], None], on_stage: Callable[[str, float], None] | None) -> None:
+        self.log, self.on_stage = log, on_stage
+        self.done: list[tuple[str, float]] = []
+        self.start = self.last = time.perf_counter()
 
+    def begin(self, what: str) -> None:
+        self.log(f"[{time.perf_counter() - self.start:6.1f} s] {what} ...")
 
-def _weights_source(o: ExportOptions, image_size: int) -> str:
-    """What the torch backend reloads: a path / released name / hub id, or the random-weights text."""
-    if o.random_weights:
-        return f"random weights (seed {o.weights_seed}, adaLN-Zero perturbed)"
-    if o.ckpt:
-        return o.ckpt
-    from dit_export.models import hub
-    from dit_export.models.configs import canonical_name
-    from dit_export.models.embedded import is_embedded, resolve_embedded
-
-    if is_embedded(o.model):
-        return str(resolve_embedded(str(o.model))[0])
-    return hub.official_file_for(canonical_name(str(o.model)), image_size) or str(o.model)
+    def end(self, name: str) -> None:
+        now = time.perf_counter()
+        self.done.append((name, now - self.last))
+        if self.on_stage is not None:
+            self.on_stage(name, now - self.last)
+        self.last = time.perf_counter()
 
 
-def _versions() -> dict:
-    import onnx
-    import onnxruntime
-    import torch
-
-    from dit_export import __version__
-
-    v = {
-        "dit_export": __version__,
-        "torch": torch.__version__,
-        "onnx": onnx.__version__,
-        "onnxruntime": onnxruntime.__version__,
-    }
-    try:
-        import onnxscript
-
-        v["onnxscript"] = onnxscript.__version__
-    except ModuleNotFoundError:
-        pass
-    return v
-
-
-def _load_vae(spec: str, seed: int):
-    from dit_export.models.vae import random_vae
-
-    if spec in RANDOM_VAES:
-        return random_vae(spec.removeprefix("random-"), seed), f"{spec} (seed {seed})"
-    from dit_export.models.vae import load_vae, resolve_vae_spec
-
-    return load_vae(spec), resolve_vae_spec(spec)
-
-
-def _schedule_tables() -> dict:
-    from dit_export.export.manifest import STORED_SCHEDULES
-    from dit_export.sampling.schedule import COEF_NAMES, NUM_TRAIN_STEPS, make_schedule
-
-    tables: dict = {}
-    for sampler, counts in STORED_SCHEDULES.items():
-        tables[sampler] = {}
-        for steps in counts:
-            s = make_schedule(steps, sampler)
-            tables[sampler][str(steps)] = {
-                "spec": s.spec,
-                "timesteps": [int(t) for t in s.timesteps],
-                "coefs": [[float(v) for v in row] for row in s.coefs],
-            }
-    return {
-        "coef_names": list(COEF_NAMES),
-        "num_train_steps": NUM_TRAIN_STEPS,
-        "rule": SCHEDULE_RULE,
-        "tables": tables,
-    }
+# --------------------------------------------------------------------------- the pipeline
 
 
 def export(
@@ -172,186 +127,346 @@ def export(
 
     `on_stage(name, seconds)` is called as each stage ends (the XL benchmark samples memory there).
     """
-    validate_options(o)
-    import torch
-
-    from dit_export.export import analysis, check, graphs, mixed
-    from dit_export.export.manifest import GRAPH_NAMES, SCHEMA, file_entry, write_manifest
-    from dit_export.fileio import atomic_dir
-    from dit_export.models.checkpoints import load_dit
-    from dit_export.sampling.schedule import NUM_COEFS
-    from dit_export.sampling.step import SamplerStep
-
-    stages: list[tuple[str, float]] = []
-    clock = [time.perf_counter()]
-
-    def stage(name: str) -> None:
-        now = time.perf_counter()
-        stages.append((name, now - clock[0]))
-        if on_stage is not None:
-            on_stage(name, now - clock[0])
-        clock[0] = time.perf_counter()
-
+    spec = validate_options(o)
     out = Path(o.out)
-    model, cfg = load_dit(
-        o.ckpt,
-        model=o.model,
-        image_size=o.image_size,
-        flavor=o.flavor,
-        random_weights=o.random_weights,
-        weights_seed=o.weights_seed,
-        num_classes=o.num_classes,
+    with export_lock(out), _disk_errors(out):
+        remove_stale_partials(out)
+        check_out_dir(out, o.force)
+        stages = Stages(log, on_stage)
+        models = load_models(spec, o, stages)
+        cases = reference_cases(models, o, stages)
+        if o.precision == FP16:
+            mixed.apply_dit_policy(models.dit)
+            if models.decode is not None:
+                models.decode = mixed.apply_vae_policy(models.decode)
+        with atomic_dir(out) as tmp:
+            saved, reports = export_graphs(models, o, tmp, stages, log)
+            cfg, vae = models.cfg, models.vae
+            del models
+            gc.collect()
+            rows = check_graphs(saved, cases, o.precision, stages, log)
+            stages.begin("writing manifest.json")
+            manifest = make_manifest(o, spec, cfg, vae, saved, reports, rows, tmp)
+            manifest.write(tmp)
+            stages.end("manifest")
+    return ExportResult(
+        out=out, manifest=Manifest.read(out, check_graphs=False), rows=rows, stages=stages.done
     )
+
+
+def validate_options(o: ExportOptions) -> ModelSpec:
+    """Cheap checks before anything heavy is loaded (one-line errors); the normalised model spec.
+
+    The DiT weights and the VAE are located (downloaded when allowed) here, before the DiT is
+    built: a missing VAE is found in a second, not after XL/2 was built.
+    """
+    if not isinstance(o.model, ModelSpec):
+        raise UserError(f"ExportOptions.model must be a ModelSpec, got {type(o.model).__name__}")
+    if isinstance(o.batch, bool) or not isinstance(o.batch, int) or o.batch < 1:
+        raise UserError(f"--batch must be ≥ 1 (images per call), got {o.batch}")
+    if o.precision not in PRECISIONS:
+        raise UserError(f"--precision must be one of {', '.join(PRECISIONS)}, got {o.precision!r}")
+    if not trt_ops.OPSET_MIN <= o.opset <= trt_ops.OPSET_MAX:
+        raise UserError(
+            f"--opset {o.opset} is outside {trt_ops.OPSET_MIN}–{trt_ops.OPSET_MAX} (what every TensorRT 10.x reads)"
+        )
+    out = Path(o.out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} exists and is not a folder")
+    ensure_writable_dir(out.parent if out.parent != Path("") else Path("."))
+    check_out_dir(out, o.force)
+    return o.model.check_available()
+
+
+def load_models(spec: ModelSpec, o: ExportOptions, stages: Stages) -> Models:
+    stages.begin(f"loading {spec.model or spec.ckpt}")
+    model, cfg = spec.load_dit()
     model.eval().requires_grad_(False)
     model.set_fused_attention(False)
-    vae = vae_source = None
-    decode: torch.nn.Module | None = None
-    vae_scaling = 0.0
-    if o.vae != "none":
-        from dit_export.models.embedded import is_embedded
-        from dit_export.models.vae import VAEDecode, vae_factor
-
-        spec = o.model if is_embedded(o.model) and o.vae == "mse" else o.vae  # a shipped model's own VAE
-        vae, vae_source = _load_vae(spec, o.weights_seed)
-        if vae_factor(vae) != 8:
-            raise UserError(f"VAE {vae_source} scales by {vae_factor(vae)}, but DiT latents are image/8")
-        decode = VAEDecode(vae).eval()
-        vae_scaling = float(decode.scaling_factor)
-        decode.set_fused_attention(True)  # SDPA: exported as one uniformly typed matmul/softmax region
     image_size = cfg.input_size * 8
-    if o.image_size is not None and o.image_size != image_size:
-        raise UserError(f"--image-size {o.image_size} does not match the checkpoint's {image_size}")
-    n, b, c, size = o.batch, 2 * o.batch, cfg.in_channels, cfg.input_size
-    stage("load")
+    if spec.image_size is not None and spec.image_size != image_size:
+        raise UserError(f"--image-size {spec.image_size} does not match the checkpoint's {image_size}")
+    decode, vae = None, None
+    if spec.has_vae:
+        autoencoder = spec.load_vae()
+        if vae_factor(autoencoder) != 8:
+            raise UserError(
+                f"VAE {spec.vae_source} scales by {vae_factor(autoencoder)}, but DiT latents are image/8"
+            )
+        decode = VAEDecode(autoencoder).eval()
+        decode.set_fused_attention(True)  # SDPA: exported as one uniformly typed matmul/softmax region
+        vae = VaeInfo(source=spec.vae_source, scaling_factor=float(decode.scaling_factor), factor=8)
+    stages.end("load")
+    return Models(dit=model, cfg=cfg, decode=decode, vae=vae)
 
-    cases: dict[str, list] = {}
-    if o.check:
-        cases.update(check.model_cases(model, n, o.check_seed))
-        if decode is not None:
-            cases["vae_decoder"] = check.vae_cases(decode, n, c, size, o.check_seed)
-        stage("torch reference")
 
-    if o.precision == FP16:
-        mixed.apply_dit_policy(model)
-        if decode is not None:
-            decode = mixed.apply_vae_policy(decode)
+def reference_cases(models: Models, o: ExportOptions, stages: Stages) -> dict[str, list]:
+    """The fp32 PyTorch outputs the graphs are checked against (before any fp16 policy)."""
+    if not o.check:
+        return {}
+    stages.begin("PyTorch fp32 reference outputs")
+    cfg = models.cfg
+    cases = dict(check.model_cases(models.dit, o.batch, o.check_seed))
+    if models.decode is not None:
+        cases["vae_decoder"] = check.vae_cases(
+            models.decode, o.batch, cfg.in_channels, cfg.input_size, o.check_seed
+        )
+    stages.end("torch reference")
+    return cases
 
+
+def trace_specs(models: Models, batch: int) -> dict[str, tuple]:
+    """graph name → (module, example inputs, input names, output names), static shapes."""
+    n, c, size = batch, models.cfg.in_channels, models.cfg.input_size
     f32, i64 = torch.float32, torch.int64
+    x, x2 = torch.zeros(n, c, size, size, dtype=f32), torch.zeros(2 * n, c, size, size, dtype=f32)
     specs = {
-        "dit": (
-            model,
-            (torch.zeros(b, c, size, size, dtype=f32), torch.zeros(b, dtype=i64), torch.zeros(b, dtype=i64)),
-            ("x", "t", "y"),
-            ("out",),
+        "dit": (models.dit, (x2, torch.zeros(2 * n, dtype=i64), torch.zeros(2 * n, dtype=i64)), ("x", "t", "y"), ("out",)),
+        "dit_step": (  # with the multistep solvers' state I/O (sampling.step.STEP_INPUTS / STEP_OUTPUTS)
+            SamplerStep(models.dit, guided=True, with_state=True),
+            step_example_inputs(n, c, size, NUM_COEFS),
+            STEP_INPUTS,
+            STEP_OUTPUTS,
         ),
-        "dit_step": (
-            SamplerStep(model, guided=True),
-            (
-                torch.zeros(n, c, size, size, dtype=f32),
-                torch.zeros(n, dtype=i64),
-                torch.zeros(n, dtype=i64),
-                torch.zeros(n, c, size, size, dtype=f32),
-                torch.ones(1, dtype=f32),
-                torch.zeros(NUM_COEFS, dtype=f32),
-            ),
-            ("x", "t", "y", "noise", "guidance", "coef"),
-            ("x_next",),
-        ),
-    }
-    if decode is not None:
-        specs["vae_decoder"] = (decode, (torch.zeros(n, c, size, size, dtype=f32),), ("latent",), ("image",))
+    }  # fmt: skip
+    if models.decode is not None:
+        specs["vae_decoder"] = (models.decode, (x.clone(),), ("latent",), ("image",))
+    return specs
 
-    with atomic_dir(out) as tmp:
-        reports: dict[str, analysis.GraphReport] = {}
-        saved: dict[str, graphs.SavedGraph] = {}
-        for name in GRAPH_NAMES:
-            if name not in specs:
-                continue
-            module, args, ins, outs = specs.pop(name)
-            log(f"exporting {name}.onnx ...")
-            ir_model = graphs.trace(module, args, ins, outs, o.opset)
-            graphs.cleanup(ir_model)
-            saved[name] = graphs.save(ir_model, tmp / f"{name}.onnx", o.external_data_threshold)
-            del ir_model, module, args
-            gc.collect()
-            reports[name] = analysis.analyze(saved[name].path, o.precision)
-            stage(f"export {name}")
-            failed = [ch for ch in reports[name].checks if not ch.ok]
-            if failed:
-                raise UserError(f"{name}.onnx fails the static check '{failed[0].name}': {failed[0].detail}")
-        del model, decode, vae
+
+def export_graphs(
+    models: Models, o: ExportOptions, tmp: Path, stages: Stages, log: Callable[[str], None]
+) -> tuple[dict[str, graphs.SavedGraph], dict[str, analysis.GraphReport]]:
+    """Trace, clean up, save and statically check each graph; the DiT pair shares one weights file."""
+    specs = trace_specs(models, o.batch)
+    shared_bytes = graphs.param_bytes_of(models.dit)
+    share = shared_bytes > graphs.shared_data_threshold(o.external_data_threshold)
+    weights = graphs.SharedWeights(SHARED_WEIGHTS) if share else None
+    saved: dict[str, graphs.SavedGraph] = {}
+    reports: dict[str, analysis.GraphReport] = {}
+    for name in GRAPH_NAMES:
+        if name not in specs:
+            continue
+        module, args, ins, outs = specs.pop(name)
+        stages.begin(f"exporting {name}.onnx")
+        ir_model = graphs.trace(module, args, ins, outs, o.opset)
+        graphs.cleanup(ir_model)
+        threshold = 0 if (share and name != "vae_decoder") else o.external_data_threshold
+        shared = weights if name != "vae_decoder" else None
+        saved[name] = graphs.save(ir_model, tmp / f"{name}.onnx", threshold, shared=shared)
+        del ir_model, module, args
         gc.collect()
+        reports[name] = analysis.analyze(saved[name].path, o.precision)
+        stages.end(f"export {name}")
+        failed = [ch for ch in reports[name].checks if not ch.ok]
+        if failed:
+            raise UserError(f"{name}.onnx fails the static check '{failed[0].name}': {failed[0].detail}")
+    return saved, reports
 
-        rows: list[check.Row] = []
-        if o.check:
-            for name, graph_cases in cases.items():
-                rows += check.run_cases(saved[name].path, graph_cases, o.precision)
-                stage(f"check {name}")
-            log(check.format_table(rows))
-            bad = [r for r in rows if not r.ok]
-            if bad:
-                r = bad[0]
-                what = f"{r.value:.3e}" if r.metric == "rel_l2" else f"{r.value:.2f} dB"
-                cmp = "above" if r.metric == "rel_l2" else "below"
-                raise UserError(
-                    f"{r.graph}.onnx failed its check ({r.case}): {r.metric} {what} is {cmp} the limit {r.limit:g}"
-                    f"{f' (+{len(bad) - 1} more failing rows)' if len(bad) > 1 else ''}; nothing written"
-                )
 
-        graph_entries: dict = {}
-        for name in GRAPH_NAMES:
-            if name not in saved:
-                graph_entries[name] = None
-                continue
-            rep = reports[name]
-            entry = file_entry(tmp, saved[name].path.name)
-            entry["external_data"] = [file_entry(tmp, f) for f in saved[name].external_data]
-            entry["inputs"] = [t.to_dict() for t in rep.inputs]
-            entry["outputs"] = [t.to_dict() for t in rep.outputs]
-            entry["precision"] = o.precision
-            entry["param_bytes"] = rep.param_bytes
-            entry["fp16_flop_share"] = rep.fp16_flop_share
-            entry["fp32_islands"] = rep.fp32_islands
-            entry["static_checks"] = [ch.to_dict() for ch in rep.checks]
-            graph_entries[name] = entry
+def check_graphs(
+    saved: dict[str, graphs.SavedGraph], cases: dict[str, list], precision: str, stages: Stages, log
+) -> list:
+    """Each graph in ONNX Runtime against the fp32 PyTorch reference; UserError on a failing row."""
+    rows: list = []
+    for name, graph_cases in cases.items():
+        stages.begin(f"checking {name}.onnx in ONNX Runtime")
+        rows += check.run_cases(saved[name].path, graph_cases, precision)
+        stages.end(f"check {name}")
+    if cases:
+        log(check.format_table(rows))
+    message = check.failure_message(rows)
+    if message:
+        raise UserError(message)
+    return rows
 
-        manifest = {
-            "schema": SCHEMA,
-            "versions": _versions(),
-            "model": {
-                "name": cfg.name or "custom",
-                "config": cfg.to_dict(),
-                "flavor": cfg.flavor,
-                "cfg_channels": cfg.cfg_channels,
-                "null_class": cfg.null_class,
-                "source": _weights_source(o, image_size),
-            },
-            "image_size": image_size,
-            "latent_size": size,
-            "latent_channels": c,
-            "vae": None
-            if vae_source is None
-            else {"source": vae_source, "scaling_factor": vae_scaling, "factor": 8},
-            "batch": n,
-            "precision": o.precision,
-            "precision_policy": POLICY.describe() if o.precision == FP16 else None,
-            "opset": o.opset,
-            "graphs": graph_entries,
-            "schedule": _schedule_tables(),
-            "noise": {"default": "philox", "doc": NOISE_DOC},
-            "checks": {
-                "run": bool(o.check),
-                "passed": all(r.ok for r in rows) if o.check else None,
-                "backend": "onnxruntime CPUExecutionProvider (basic graph optimisations)",
-                "reference": "PyTorch fp32 modules, same inputs",
-                "seed": o.check_seed,
-                "tolerances": {
-                    g: {p: {"metric": m, "limit": v} for p, (m, v) in t.items()}
-                    for g, t in check.TOLERANCES.items()
-                },
-                "rows": [r.to_dict() for r in rows],
-            },
-        }
-        write_manifest(tmp, manifest)
-        stage("manifest")
-    return ExportResult(out=out, manifest=manifest, rows=rows, stages=stages)
+
+# --------------------------------------------------------------------------- the manifest
+
+
+def make_manifest(o, spec: ModelSpec, cfg, vae, saved, reports, rows, tmp: Path) -> Manifest:
+    size = cfg.input_size
+    return Manifest(
+        versions=_versions(),
+        model=ModelInfo(
+            name=cfg.name or "custom",
+            config=cfg.to_dict(),
+            flavor=cfg.flavor,
+            cfg_channels=cfg.cfg_channels,
+            null_class=cfg.null_class,
+            source=weights_source(spec, size * 8),
+            spec=spec.to_dict(),
+        ),
+        image_size=size * 8,
+        latent_size=size,
+        latent_channels=cfg.in_channels,
+        batch=o.batch,
+        precision=o.precision,
+        opset=o.opset,
+        vae=vae,
+        graphs={name: _graph_spec(name, saved, reports, tmp, o.precision) for name in GRAPH_NAMES},
+        schedule=schedule_tables(),
+        noise_default="philox",
+        noise_doc=NOISE_DOC,
+        precision_policy=POLICY.describe() if o.precision == FP16 else None,
+        checks={
+            "run": bool(o.check),
+            "passed": all(bool(r) for r in rows) if o.check else None,
+            "backend": "onnxruntime CPUExecutionProvider (basic graph optimisations)",
+            "reference": "PyTorch fp32 modules, same inputs",
+            "seed": o.check_seed,
+            "tolerances": compare.limits_dict(),
+            "rows": [r.to_dict() for r in rows],
+        },
+    )
+
+
+def _graph_spec(name: str, saved, reports, tmp: Path, precision: str) -> GraphSpec | None:
+    if name not in saved:
+        return None
+    rep = reports[name]
+    return GraphSpec(
+        name=name,
+        file=FileRecord.of(tmp, saved[name].path.name),
+        external_data=tuple(FileRecord.of(tmp, f) for f in saved[name].external_data),
+        inputs=tuple(TensorSpec(t.name, tuple(t.shape), t.dtype) for t in rep.inputs),
+        outputs=tuple(TensorSpec(t.name, tuple(t.shape), t.dtype) for t in rep.outputs),
+        precision=precision,
+        info={
+            "param_bytes": rep.param_bytes,
+            "fp16_flop_share": rep.fp16_flop_share,
+            "fp32_islands": rep.fp32_islands,
+            "static_checks": [ch.to_dict() for ch in rep.checks],
+        },
+    )
+
+
+def weights_source(spec: ModelSpec, image_size: int) -> str:
+    """The weights in words (what `info`/`inspect` print); `spec` is the same thing as data."""
+    if spec.random_weights:
+        return f"random weights (seed {spec.weights_seed}, adaLN-Zero perturbed)"
+    if spec.ckpt:
+        return spec.ckpt
+    if is_embedded(spec.model):
+        return str(resolve_embedded(str(spec.model))[0])
+    return hub.official_file_for(spec.model, image_size) or str(spec.model)
+
+
+def schedule_tables() -> ScheduleTables:
+    tables: dict = {}
+    for sampler, counts in STORED_SCHEDULES.items():
+        tables[sampler] = {}
+        for steps in counts:
+            s = make_schedule(steps, sampler)
+            tables[sampler][steps] = ScheduleTable(sampler, steps, s.spec, s.timesteps, s.coefs)
+    return ScheduleTables(tuple(COEF_NAMES), NUM_TRAIN_STEPS, SCHEDULE_RULE, tables, sampler_info())
+
+
+def _versions() -> dict:
+    v = {"dit_export": __version__, "torch": torch.__version__}
+    for name in ("onnx", "onnxruntime", "onnxscript"):
+        try:
+            v[name] = optional_import(name).__version__
+        except UserError:
+            if name == "onnx":
+                raise
+    return v
+
+
+# --------------------------------------------------------------------------- the output folder
+
+
+def check_out_dir(out: Path, force: bool) -> None:
+    """Refuse to overwrite an export without --force, and anything that is not ours even with it."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} exists and is not a folder")
+    if not out.is_dir() or not any(out.iterdir()):
+        return
+    if not _is_export(out):
+        hint = "pass --force to replace it" if not force else "choose another --out or move it away"
+        raise UserError(
+            f"--out {out} exists and is not empty, and it is not a dit_export export (no {FILENAME}); "
+            f"{'refusing to replace it even with --force: ' if force else ''}{hint}"
+        )
+    if not force:
+        raise UserError(f"{out} already holds an export; pass --force to replace it")
+    recorded = _recorded_files(out)
+    foreign = sorted(p.name for p in out.iterdir() if not _is_ours(p.name, recorded))
+    if foreign:
+        raise UserError(
+            f"--out {out} holds files dit_export did not write ({', '.join(foreign[:3])}"
+            f"{', ...' if len(foreign) > 3 else ''}); move them away first, --force replaces only an export"
+        )
+
+
+def _is_export(out: Path) -> bool:
+    """A manifest.json of ours (any schema version) — not just any file of that name."""
+    try:
+        raw = json.loads((out / FILENAME).read_text())
+    except (OSError, UnicodeDecodeError, ValueError):
+        return False
+    return isinstance(raw, dict) and str(raw.get("schema", "")).startswith(SCHEMA_FAMILY)
+
+
+def _recorded_files(out: Path) -> set[str] | None:
+    """The files an export's manifest records; None for a manifest this version cannot read."""
+    try:
+        return {rec.file for rec in Manifest.read(out, check_graphs=False).files()}
+    except UserError:
+        return None
+
+
+def _is_ours(name: str, recorded: set[str] | None) -> bool:
+    if name == FILENAME or name in OURS or name.endswith(OUR_SUFFIXES):
+        return True
+    if recorded is None:  # an export from an older dit_export
+        return name.endswith((".onnx", ".data"))
+    return name in recorded
+
+
+def lock_path(out: Path) -> Path:
+    return Path(out).with_name(f".{Path(out).name}.export.lock")
+
+
+@contextmanager
+def export_lock(out: Path) -> Iterator[None]:
+    """One export of a folder at a time: a second one fails at once with one line.
+
+    An OS file lock beside the folder (dropped by the kernel when the process dies, so a killed
+    export never leaves a stale lock). A build holds its own lock (`.<name>.lock`) around this.
+    """
+    path = lock_path(out)
+    lock = filelock.FileLock(str(path), timeout=0)
+    try:
+        lock.acquire()
+    except filelock.Timeout:
+        raise UserError(f"another export of {out} is running; wait for it to finish") from None
+    try:
+        yield
+    finally:
+        path.unlink(missing_ok=True)  # while still held: a waiting peer sees the inode gone and retries
+        lock.release()
+
+
+def remove_stale_partials(out: Path) -> list[Path]:
+    """Staging folders of killed exports of `out` (called while holding the export lock: a live
+    export of the same folder would hold it, so every `.<name>.*.partial` here is stale)."""
+    removed = []
+    for junk in Path(out).parent.glob(f".{Path(out).name}.*.partial"):
+        if junk.is_dir() and not junk.is_symlink():
+            shutil.rmtree(junk, ignore_errors=True)
+            removed.append(junk)
+    return removed
+
+
+@contextmanager
+def _disk_errors(out: Path) -> Iterator[None]:
+    """A write failing (disk full, permissions) is one line; atomic_dir has removed the partial."""
+    try:
+        yield
+    except OSError as e:
+        if os.environ.get("DIT_EXPORT_DEBUG"):
+            raise
+        why = "no space left on the device" if e.errno == errno.ENOSPC else (e.strerror or str(e))
+        raise UserError(f"export to {out} failed: {why}; nothing written") from None

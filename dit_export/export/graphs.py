@@ -19,7 +19,9 @@ path in strict mode (works for > 2 GiB models) and writes the shapes of every te
 
 from __future__ import annotations
 
+import ast
 import contextlib
+import hashlib
 import logging
 import os
 import warnings
@@ -29,12 +31,18 @@ from pathlib import Path
 
 import torch
 
+from dit_export import __version__
 from dit_export.errors import UserError
+from dit_export.export.precision import normalise_scope
 
 # Models whose serialised protobuf would pass this are saved with external data (protobuf caps a
 # message at 2 GiB; we leave 64 MiB for the graph itself). Tests lower it with the env variable.
 PROTO_LIMIT = 2**31 - 2**26
 THRESHOLD_ENV = "DIT_EXPORT_EXTERNAL_DATA_THRESHOLD"
+# The two DiT graphs share one external weights file once the weights pass this size (an fp16
+# XL/2 is 1.36 GB: inline it would be written twice), or the threshold above when that is lower.
+SHARED_MIN = 256 * 2**20
+EXTERNAL_MIN_BYTES = 1024  # tensors above this go to the external file; smaller stay in the graph
 
 # Node metadata we keep: a compact "module.path:Class" (for fp32-island reports). The exporter's
 # stack traces hold absolute source paths, which would make file hashes machine-dependent.
@@ -55,6 +63,11 @@ def external_data_threshold(value: int | None = None) -> int:
             raise UserError(f"{THRESHOLD_ENV} must be ≥ 0, got {v}")
         return v
     return PROTO_LIMIT
+
+
+def shared_data_threshold(value: int | None = None) -> int:
+    """Bytes of DiT weights above which dit.onnx and dit_step.onnx share one external-data file."""
+    return min(external_data_threshold(value), SHARED_MIN)
 
 
 @dataclass
@@ -142,8 +155,6 @@ def cleanup(model) -> None:
 
 
 def _compact_metadata(model) -> None:
-    from dit_export.export.precision import normalise_scope
-
     for node in model.graph:
         props = node.metadata_props
         scopes = props.get("pkg.torch.onnx.name_scopes")
@@ -166,12 +177,16 @@ def _compact_metadata(model) -> None:
 
 
 def _literal_list(text: str) -> list[str]:
-    import ast
-
     value = ast.literal_eval(text)
     if not isinstance(value, list):
         raise ValueError(text)
     return [str(v) for v in value]
+
+
+def param_bytes_of(module: torch.nn.Module) -> int:
+    """Bytes of a torch module's parameters and buffers (what its graph will carry as weights)."""
+    tensors = list(module.parameters()) + list(module.buffers())
+    return sum(t.numel() * t.element_size() for t in tensors)
 
 
 def param_bytes(model) -> int:
@@ -180,11 +195,14 @@ def param_bytes(model) -> int:
     )
 
 
-def save(model, path: Path, threshold: int | None = None) -> SavedGraph:
-    """Write `model` to `path`; weights go to `<name>.data` beside it when above the threshold.
+def save(model, path: Path, threshold: int | None = None, shared: SharedWeights | None = None) -> SavedGraph:
+    """Write `model` to `path`; weights go to an external-data file beside it when above the threshold.
 
-    Then shape inference by path (strict: every op must infer) writes all tensor shapes into the
-    file, and the checker validates it, also by path (both read no weights).
+    With `shared`, the weights go to (or are found in) that one file, which several graphs
+    reference: the first graph writes it, later graphs point at the tensors already there by
+    content and only add what is new. Then shape inference by path (strict: every op must infer)
+    writes all tensor shapes into the file, and the checker validates it, also by path (both
+    read no weights).
     """
     import onnx
     import onnx_ir as ir
@@ -192,11 +210,14 @@ def save(model, path: Path, threshold: int | None = None) -> SavedGraph:
     path = Path(path)
     nbytes = param_bytes(model)
     external = nbytes > external_data_threshold(threshold)
-    data_name = f"{path.name}.data"
     model.producer_name, model.producer_version = "dit_export", _version()
-    if external:
-        ir.save(model, path, external_data=data_name, size_threshold_bytes=1024)
+    if shared is not None and external:
+        data = [shared.save(model, path)]
+    elif external:
+        data = [f"{path.name}.data"]
+        ir.save(model, path, external_data=data[0], size_threshold_bytes=EXTERNAL_MIN_BYTES)
     else:
+        data = []
         ir.save(model, path)
     try:
         onnx.shape_inference.infer_shapes_path(
@@ -205,10 +226,60 @@ def save(model, path: Path, threshold: int | None = None) -> SavedGraph:
         onnx.checker.check_model(str(path), full_check=False)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
         raise UserError(f"exported graph {path.name} is not valid ONNX: {str(e).splitlines()[0]}") from None
-    return SavedGraph(path=path, external_data=[data_name] if external else [], param_bytes=nbytes)
+    return SavedGraph(path=path, external_data=data, param_bytes=nbytes)
+
+
+class SharedWeights:
+    """One external-data file that several graphs of a folder reference (dit.onnx and dit_step.onnx
+    hold the same DiT weights: XL/2 writes 2.7 GB once, not twice).
+
+    Tensors are matched by content (dtype, shape, bytes), so a weight the exporter folded or
+    renamed differently in the second graph is still found; anything new is appended to the file
+    (offsets already written never move).
+    """
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._where: dict[tuple, tuple[int, int]] = {}  # content key → (offset, length)
+
+    def save(self, model, path: Path) -> str:
+        import onnx_ir as ir
+
+        folder = Path(path).parent
+        if not self._where:  # the first graph writes the file and remembers where each tensor went
+            ir.save(
+                model,
+                path,
+                external_data=self.name,
+                size_threshold_bytes=EXTERNAL_MIN_BYTES,
+                callback=self._record,
+            )
+            return self.name
+        with open(folder / self.name, "ab") as f:
+            for value in model.graph.initializers.values():
+                t = value.const_value
+                if t is None or t.nbytes <= EXTERNAL_MIN_BYTES:
+                    continue
+                key = _content_key(t)
+                if key not in self._where:  # new in this graph: append it
+                    offset = f.seek(0, 2)
+                    f.write(t.tobytes())
+                    self._where[key] = (offset, t.nbytes)
+                offset, length = self._where[key]
+                value.const_value = ir.ExternalTensor(
+                    self.name, offset, length, t.dtype, shape=t.shape, name=value.name, base_dir=folder
+                )
+        ir.save(model, path)  # external tensors keep their location: nothing is copied
+        return self.name
+
+    def _record(self, tensor, info) -> None:
+        self._where[_content_key(tensor)] = (info.offset, tensor.nbytes)
+
+
+def _content_key(t) -> tuple:
+    digest = hashlib.blake2b(t.tobytes(), digest_size=20).digest()
+    return (str(t.dtype), tuple(t.shape), digest)
 
 
 def _version() -> str:
-    from dit_export import __version__
-
     return __version__

@@ -14,6 +14,9 @@ from collections import defaultdict
 import numpy as np
 import torch
 
+from dit_export.sampling.schedule import make_schedule
+from dit_export.sampling.step import SamplerStep
+
 FP16_MAX = 65504.0
 QUANTITIES = (
     "residual_in",  # block input (the residual stream)
@@ -51,9 +54,6 @@ def measure_ranges(
     Runs the guided DDPM chain (respaced to `steps`, which keeps t = 999 and 0) from seeded
     N(0, 1) latents with random labels, per guidance scale.
     """
-    from dit_export.sampling.schedule import make_schedule
-    from dit_export.sampling.step import SamplerStep
-
     cfg = model.config
     sched = make_schedule(steps, "ddpm")
     pick = {int(np.argmin(np.abs(sched.timesteps - t))): t for t in targets}
@@ -65,6 +65,50 @@ def measure_ranges(
         if active[0]:
             record[i][name] = max(record[i][name], value)
 
+    handles = _register_hooks(model, upd)
+    step = SamplerStep(model, guided=True).eval()
+    cases: list[dict] = []
+    try:
+        for scale in scales:
+            gen = torch.Generator().manual_seed(seed)
+            x = torch.randn(batch, cfg.in_channels, cfg.input_size, cfg.input_size, generator=gen)
+            y = torch.randint(0, cfg.num_classes, (batch,), generator=gen)
+            g = torch.tensor([scale])
+            for k in range(sched.num_steps):
+                record.clear()
+                active[0] = k in pick
+                t = torch.full((batch,), int(sched.timesteps[k]), dtype=torch.int64)
+                noise = torch.randn(x.shape, generator=gen)
+                x = step(x, t, y, noise, g, torch.from_numpy(sched.coefs[k]))
+                if k in pick:
+                    blocks = [{q: float(record[i][q]) for q in QUANTITIES} for i in range(depth)]
+                    cases.append(
+                        {
+                            "t": int(sched.timesteps[k]),
+                            "target_t": pick[k],
+                            "cfg": scale,
+                            "blocks": blocks,
+                            "final_in": float(record[depth]["final_in"]),
+                            "final_out": float(record[depth]["final_out"]),
+                        }
+                    )
+    finally:
+        for h in handles:
+            h.remove()
+    overall = {q: max(b[q] for c in cases for b in c["blocks"]) for q in QUANTITIES}
+    overall["final_out"] = max(c["final_out"] for c in cases)
+    return {
+        "steps": sched.spec,
+        "targets": list(targets),
+        "scales": list(scales),
+        "cases": cases,
+        "max": overall,
+    }
+
+
+def _register_hooks(model, upd) -> list:
+    """Forward hooks that report each quantity of QUANTITIES (and the final layer) to `upd`."""
+    depth = len(model.blocks)
     handles = []
     for i, block in enumerate(model.blocks):
         heads, hd = block.attn.h, block.attn.hd
@@ -112,41 +156,4 @@ def measure_ranges(
         upd(depth, "final_out", _amax(out))
 
     handles.append(model.final_layer.register_forward_hook(final))
-    step = SamplerStep(model, guided=True).eval()
-    cases: list[dict] = []
-    try:
-        for scale in scales:
-            gen = torch.Generator().manual_seed(seed)
-            x = torch.randn(batch, cfg.in_channels, cfg.input_size, cfg.input_size, generator=gen)
-            y = torch.randint(0, cfg.num_classes, (batch,), generator=gen)
-            g = torch.tensor([scale])
-            for k in range(sched.num_steps):
-                record.clear()
-                active[0] = k in pick
-                t = torch.full((batch,), int(sched.timesteps[k]), dtype=torch.int64)
-                noise = torch.randn(x.shape, generator=gen)
-                x = step(x, t, y, noise, g, torch.from_numpy(sched.coefs[k]))
-                if k in pick:
-                    blocks = [{q: float(record[i][q]) for q in QUANTITIES} for i in range(depth)]
-                    cases.append(
-                        {
-                            "t": int(sched.timesteps[k]),
-                            "target_t": pick[k],
-                            "cfg": scale,
-                            "blocks": blocks,
-                            "final_in": float(record[depth]["final_in"]),
-                            "final_out": float(record[depth]["final_out"]),
-                        }
-                    )
-    finally:
-        for h in handles:
-            h.remove()
-    overall = {q: max(b[q] for c in cases for b in c["blocks"]) for q in QUANTITIES}
-    overall["final_out"] = max(c["final_out"] for c in cases)
-    return {
-        "steps": sched.spec,
-        "targets": list(targets),
-        "scales": list(scales),
-        "cases": cases,
-        "max": overall,
-    }
+    return handles

@@ -11,6 +11,7 @@ import re
 from dataclasses import asdict, dataclass, replace
 
 from dit_export.errors import UserError
+from dit_export.models.embedded import EMBEDDED, embedded_model, is_embedded
 
 # name -> (depth, hidden size, heads), from the paper's Table 1.
 SIZES: dict[str, tuple[int, int, int]] = {
@@ -22,6 +23,7 @@ SIZES: dict[str, tuple[int, int, int]] = {
 PATCHES = (2, 4, 8)
 
 FLAVORS = ("official", "diffusers")
+DEFAULT_IMAGE_SIZE = 256
 
 
 @dataclass(frozen=True)
@@ -100,11 +102,25 @@ class DiTConfig:
         final = t * d * p * p * self.out_channels + 2 * d * d
         return self.depth * per_block + embed + final
 
+    def num_params(self) -> int:
+        """Parameters of the network, pos_embed included (XL/2: 675,129,632), from the shapes alone."""
+        d, p, c = self.hidden_size, self.patch_size, self.in_channels
+        linear = lambda i, o: i * o + o  # noqa: E731
+        per_block = linear(d, 3 * d) + linear(d, d) + linear(d, self.mlp_hidden) + linear(self.mlp_hidden, d)
+        per_block += linear(d, 6 * d)
+        embed = c * p * p * d + d + self.num_tokens * d + linear(256, d) + linear(d, d)
+        embed += (self.num_classes + 1) * d
+        final = linear(d, 2 * d) + linear(d, p * p * self.out_channels)
+        return self.depth * per_block + embed + final
+
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> DiTConfig:
+        unknown = sorted(set(d) - set(cls.__dataclass_fields__))
+        if unknown:
+            raise UserError(f"unknown DiT config fields: {', '.join(unknown)}")
         return cls(**d)
 
     def with_(self, **changes) -> DiTConfig:
@@ -116,30 +132,33 @@ _NAME = re.compile(r"^(?:DiT-)?(XL|L|B|S)[/-](2|4|8)$", re.IGNORECASE)
 
 def canonical_name(name: str) -> str:
     """'XL/2', 'dit-xl/2', 'DiT-XL-2' → 'DiT-XL/2'; a shipped model's own name; else a user error."""
-    from dit_export.models.embedded import embedded_model, is_embedded
-
     if is_embedded(name):
         return embedded_model(name).name
     m = _NAME.match(name.strip())
     if not m:
         known = ", ".join(f"{s}/{p}" for s in SIZES for p in PATCHES)
-        raise UserError(f"unknown model {name!r}; known: {known} (optionally prefixed 'DiT-'), tiny-digits")
+        shipped = ", ".join(EMBEDDED)
+        raise UserError(f"unknown model {name!r}; known: {known} (optionally prefixed 'DiT-'), {shipped}")
     return f"DiT-{m.group(1).upper()}/{m.group(2)}"
 
 
 def model_config(
     name: str,
-    image_size: int = 256,
+    image_size: int | None = None,
     *,
     vae_factor: int = 8,
-    num_classes: int = 1000,
+    num_classes: int | None = None,
     learn_sigma: bool = True,
     flavor: str = "official",
 ) -> DiTConfig:
-    """The config of a published model name at an image size (latent = image / VAE factor)."""
+    """The config of a published (or shipped) model name at an image size (latent = image / VAE factor;
+    default 256 for a published model, its own for a shipped one)."""
+    if is_embedded(name):
+        return embedded_config(name, image_size, num_classes=num_classes, flavor=flavor)
     canon = canonical_name(name)
     size, patch = canon[4:].split("/")
     depth, hidden, heads = SIZES[size]
+    image_size = DEFAULT_IMAGE_SIZE if image_size is None else image_size
     if image_size <= 0 or image_size % vae_factor:
         raise UserError(f"image size {image_size} is not a multiple of the VAE factor {vae_factor}")
     latent = image_size // vae_factor
@@ -153,7 +172,7 @@ def model_config(
         num_heads=heads,
         patch_size=int(patch),
         input_size=latent,
-        num_classes=num_classes,
+        num_classes=1000 if num_classes is None else num_classes,
         learn_sigma=learn_sigma,
         flavor=flavor,
         name=canon,
@@ -166,3 +185,30 @@ def name_of(depth: int, hidden: int, patch: int) -> str:
         if (d, h) == (depth, hidden):
             return f"DiT-{size}/{patch}"
     return ""
+
+
+def embedded_config(
+    name: str, image_size: int | None = None, *, num_classes: int | None = None, flavor: str = "official"
+) -> DiTConfig:
+    """The config a shipped model was trained with (its meta.json), checked against what was asked."""
+    m = embedded_model(name)
+    if image_size is not None and image_size != m.image_size:
+        raise UserError(f"{m.name} is trained at image size {m.image_size}, not {image_size}")
+    if num_classes is not None and num_classes != m.num_classes:
+        raise UserError(f"{m.name} has {m.num_classes} classes, not {num_classes}")
+    dit = m.meta().get("dit")
+    if not isinstance(dit, dict):
+        raise UserError(f"{m.meta_path} has no 'dit' config (reinstall dit_export)")
+    return DiTConfig.from_dict(dit).with_(flavor=flavor)
+
+
+def heads_of(model: str) -> int:
+    """Attention heads of a published or shipped model name."""
+    if is_embedded(model):
+        return embedded_model(model).num_heads
+    return SIZES[canonical_name(model)[4:].split("/")[0]][2]
+
+
+def heads_of_width(hidden: int) -> int | None:
+    """Heads of the published config with this width (each published width is unique)."""
+    return next((heads for _, width, heads in SIZES.values() if width == hidden), None)

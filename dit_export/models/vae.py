@@ -3,14 +3,16 @@ the decode module that the export traces.
 
 DiT samples in the latent space of the SD kl-f8 autoencoder (``stabilityai/sd-vae-ft-ema`` for
 FID, ``-mse`` for the demo grid); only the decoder is needed at sampling time. diffusers is
-imported inside the functions so that importing this module stays cheap.
+imported at first use (``lazy.optional_import``) so that importing this module stays cheap.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-import re
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -19,16 +21,18 @@ import torch
 from torch import nn
 
 from dit_export.errors import UserError
+from dit_export.images import to_uint8
+from dit_export.lazy import optional_import
+from dit_export.models import hub
+from dit_export.models.formats import safe_torch_load
 
 if TYPE_CHECKING:
     from diffusers.models.autoencoders.autoencoder_kl import AutoencoderKL
 
-VAE_SHORTHANDS = {"ema": "stabilityai/sd-vae-ft-ema", "mse": "stabilityai/sd-vae-ft-mse"}
+VAE_SHORTHANDS = hub.VAE_HUB_IDS
 WEIGHT_FILES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
 SD_SCALING_FACTOR = 0.18215
-
-# owner/name[/subfolder...] as the Hub spells repository ids.
-_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*(/[A-Za-z0-9_.-]+)*$")
+_AUTOENCODER = "diffusers.models.autoencoders.autoencoder_kl"  # imported at first use: diffusers is slow
 
 
 # --------------------------------------------------------------------------- configs
@@ -73,8 +77,7 @@ def random_vae(kind: str = "sd", seed: int = 0) -> AutoencoderKL:
     GroupNorm scales/shifts are perturbed away from 1/0 so that a swapped or dropped affine
     (e.g. GroupNorm → InstanceNorm rewrites in export) changes the output and tests notice.
     """
-    from diffusers.models.autoencoders.autoencoder_kl import AutoencoderKL
-
+    AutoencoderKL = optional_import(_AUTOENCODER, "the VAE decoder").AutoencoderKL
     cfg = vae_config(kind)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -97,42 +100,18 @@ def vae_factor(vae: AutoencoderKL) -> int:
 
 def resolve_vae_spec(spec: str) -> str:
     """Expand the shorthands ``ema``/``mse`` to their Hub ids; anything else unchanged."""
-    return VAE_SHORTHANDS.get(spec.strip().lower(), spec) if spec else spec
+    return hub.VAE_HUB_IDS.get(spec.strip().lower(), spec) if spec else spec
 
 
 def load_vae(spec: str, cache_dir: str | os.PathLike | None = None) -> AutoencoderKL:
-    """Load an AutoencoderKL from a local diffusers folder, a Hub id, or ``ema``/``mse``.
+    """Load an AutoencoderKL from a local diffusers folder, a Hub id, ``ema``/``mse``, or a shipped
+    model's name (its own VAE).
 
     A local folder holds ``config.json`` and ``diffusion_pytorch_model.safetensors`` (or ``.bin``),
-    or is a pipeline folder with them under ``vae/``. A Hub id (``owner/name[/subfolder]``) is
-    first looked up as the plain folder ``<cache>/<name>`` (where a user without network can
-    place the files), then downloaded through huggingface_hub into ``<cache>/huggingface`` — the
-    same cache as the DiT downloads (``models.hub.cache_root``: the argument, $DIT_EXPORT_CACHE or
-    ~/.cache/dit_export). Every failure is a one-line ``UserError``.
+    or is a pipeline folder with them under ``vae/``. Where a Hub id is looked for and cached:
+    ``models.hub.locate_vae``. Every failure is a one-line ``UserError``.
     """
-    if not spec or not str(spec).strip():
-        raise UserError("no VAE given: pass a diffusers folder, a Hub id, or one of ema, mse")
-    from dit_export.models.embedded import is_embedded, resolve_embedded
-
-    if is_embedded(str(spec)):  # a shipped model's own VAE (e.g. tiny-digits)
-        return _load_folder(resolve_embedded(str(spec))[1])
-    spec = resolve_vae_spec(str(spec))
-    path = Path(spec).expanduser()
-    if path.exists():
-        return _load_folder(path)
-    if not _HUB_ID.match(spec):
-        raise UserError(f"VAE folder {spec} does not exist (and it is not a Hub id like owner/name)")
-    parts = spec.split("/")
-    repo_id, subfolder = "/".join(parts[:2]), "/".join(parts[2:])
-    name = "_".join(parts[1:])  # sd-vae-ft-ema; DiT-XL-2-256_vae for a subfolder
-    from dit_export.models.hub import cache_root
-
-    root = cache_root(cache_dir)
-    manual = root / name
-    if (manual / "config.json").is_file():
-        return _load_folder(manual)
-    folder = _download(repo_id, subfolder, root / "huggingface", manual)
-    return _load_folder(folder)
+    return _load_folder(hub.locate_vae(spec, cache_dir))
 
 
 def _load_folder(folder: Path) -> AutoencoderKL:
@@ -153,22 +132,19 @@ def _load_folder(folder: Path) -> AutoencoderKL:
     cls = cfg.get("_class_name", "AutoencoderKL")
     if cls != "AutoencoderKL":
         raise UserError(f"VAE config {cfg_path} describes a {cls}, not an AutoencoderKL")
-    if not any((folder / w).is_file() for w in WEIGHT_FILES):
+    weights = [folder / w for w in WEIGHT_FILES if (folder / w).is_file()]
+    if not weights:
         raise UserError(f"VAE folder {folder} has no weights ({' or '.join(WEIGHT_FILES)})")
-
-    from diffusers.models.autoencoders.autoencoder_kl import AutoencoderKL
-    from diffusers.utils import logging as dlogging
-
-    level = dlogging.get_verbosity()
-    dlogging.set_verbosity_error()  # we report missing weights ourselves, in one line
+    if weights[0].suffix == ".bin":  # a pickle: our refusal (it would run code) before diffusers opens it
+        safe_torch_load(weights[0])
+    AutoencoderKL = optional_import(_AUTOENCODER, "the VAE decoder").AutoencoderKL
     try:
-        vae, info = AutoencoderKL.from_pretrained(folder, local_files_only=True, output_loading_info=True)
+        with _quiet_diffusers():  # we report missing weights ourselves, in one line
+            vae, info = AutoencoderKL.from_pretrained(folder, local_files_only=True, output_loading_info=True)
     except KeyboardInterrupt:
         raise
     except Exception as e:  # user files: a bad config value, truncated or mismatched weights
         raise UserError(f"cannot load VAE from {folder}: {_one_line(e)}") from None
-    finally:
-        dlogging.set_verbosity(level)
     # A decoder-only folder is fine; a decoder weight left at random init is not.
     missing = sorted(
         k for k in info.get("missing_keys", []) if k.startswith(("decoder.", "post_quant_conv."))
@@ -179,65 +155,18 @@ def _load_folder(folder: Path) -> AutoencoderKL:
     return vae.eval().requires_grad_(False)
 
 
-def _download(repo_id: str, subfolder: str, cache_dir: str | os.PathLike | None, manual: Path) -> Path:
-    """config.json + weights (safetensors, else .bin) from the Hub; the snapshot folder."""
-    from huggingface_hub import constants, hf_hub_download
-    from huggingface_hub.errors import (
-        GatedRepoError,
-        HfHubHTTPError,
-        LocalEntryNotFoundError,
-        OfflineModeIsEnabled,
-        RemoteEntryNotFoundError,
-        RepositoryNotFoundError,
-        RevisionNotFoundError,
-    )
-
-    where = f"{repo_id}/{subfolder}" if subfolder else repo_id
-    files = f"config.json and {WEIGHT_FILES[0]}"
-    shown = str(manual) if manual.is_absolute() else f"./{manual}"
-    hint = (
-        f"download {files} from https://huggingface.co/{where} into the folder {shown} "
-        f"and pass that folder as the VAE"
-    )
-
-    def get(filename: str) -> str:
-        return hf_hub_download(
-            repo_id,
-            filename,
-            subfolder=subfolder or None,
-            cache_dir=None if cache_dir is None else str(cache_dir),
-        )
-
+@contextlib.contextmanager
+def _quiet_diffusers() -> Iterator[None]:
+    """diffusers' logger at error level and its Python warnings dropped, restored afterwards."""
+    dlogging = optional_import("diffusers.utils.logging", "the VAE decoder")
+    level = dlogging.get_verbosity()
+    dlogging.set_verbosity_error()
     try:
-        cfg = get("config.json")
-        try:
-            get(WEIGHT_FILES[0])
-        except RemoteEntryNotFoundError:
-            get(WEIGHT_FILES[1])
-    except (LocalEntryNotFoundError, OfflineModeIsEnabled):
-        why = "HF_HUB_OFFLINE is set" if constants.HF_HUB_OFFLINE else "no connection"
-        raise UserError(
-            f"cannot get VAE {where} from the Hugging Face Hub ({why} and it is not cached): {hint}"
-        ) from None
-    except GatedRepoError:
-        raise UserError(
-            f"VAE {where} is gated on the Hugging Face Hub (log in with `hf auth login`): {hint}"
-        ) from None
-    except RepositoryNotFoundError:
-        raise UserError(
-            f"VAE repository {repo_id} not found on the Hugging Face Hub (nor as a local folder)"
-        ) from None
-    except RevisionNotFoundError as e:
-        raise UserError(f"VAE {where}: {_one_line(e)}") from None
-    except RemoteEntryNotFoundError:
-        raise UserError(f"{where} on the Hugging Face Hub has no diffusers VAE ({files} missing)") from None
-    except HfHubHTTPError as e:
-        raise UserError(
-            f"cannot get VAE {where} from the Hugging Face Hub ({_one_line(e)}): {hint}"
-        ) from None
-    except OSError as e:
-        raise UserError(f"cannot store VAE {where} in the cache: {_one_line(e)}") from None
-    return Path(cfg).parent
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        dlogging.set_verbosity(level)
 
 
 def _one_line(e: BaseException) -> str:
@@ -282,8 +211,12 @@ class VAEDecode(nn.Module):
 
     def set_fused_attention(self, fused: bool) -> None:
         """Mid-block attention as fused SDPA (diffusers' default) or plain matmul + softmax."""
-        from diffusers.models.attention_processor import Attention, AttnProcessor, AttnProcessor2_0
-
+        procs = optional_import("diffusers.models.attention_processor", "the VAE decoder")
+        Attention, AttnProcessor, AttnProcessor2_0 = (
+            procs.Attention,
+            procs.AttnProcessor,
+            procs.AttnProcessor2_0,
+        )
         for m in self.decoder.modules():
             if isinstance(m, Attention):
                 proc: Any = AttnProcessor2_0() if fused else AttnProcessor()
@@ -293,7 +226,5 @@ class VAEDecode(nn.Module):
 @torch.no_grad()
 def decode_to_uint8(vae_decode: VAEDecode, z: torch.Tensor) -> np.ndarray:
     """Decode latents and convert as ``sample_ddp.py`` does: (N,H,W,3) uint8."""
-    from dit_export.images import to_uint8
-
     img = vae_decode(z.float())
     return to_uint8(img.float().cpu().numpy())

@@ -2,8 +2,9 @@
 
 Two ways in, both on the same exported folder and manifest:
 
-- `CppSampler`: the whole C++ loop (`dit_sample` / `dit_generate`): chunking, Philox noise,
-  schedule rows, step graph, VAE, uint8 conversion all happen in C++.
+- `CppSampler`: a `Sampler` whose loop is the C++ one (`dit_generate`): chunking, Philox noise,
+  schedule rows, step graph and VAE all happen in C++. Everything else (the request and its
+  validation, `generate`/`sample`/`sample_latents`, defaults, uint8 conversion) is `Sampler`'s.
 
       with CppSampler.load("engines/s8", backend="cpu") as s:
           images = s.sample([207, 360], seed=0, cfg_scale=4.0, steps=25)   # (2, H, W, 3) uint8
@@ -26,9 +27,18 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
 from dit_export.errors import UserError
+from dit_export.export.manifest import GraphSpec, Manifest
 from dit_export.runtime.backend import Backend, Buffer
+from dit_export.runtime.sampler import Sampler
+from dit_export.sampling.noise import make_noise
+from dit_export.sampling.request import SampleRequest
+from dit_export.sampling.schedule import SAMPLER_STATE
+
+# Whether cpp/src/runtime.cpp ping-pongs the solver-state tensors of dit_step (issue 11; S5).
+CPP_STATE_SUPPORT = True
 
 LIB_ENV = "DIT_RUNTIME_LIB"
 LIB_NAME = "libdit_runtime.so"
@@ -229,138 +239,79 @@ class _Handle:
         self.close()
 
 
-class CppSampler:
-    """Class-conditional sampling by the C++ runtime (the whole loop in C++), Sampler-like API."""
+class CppSampler(Sampler):
+    """`Sampler` with the whole loop in C++ (`dit_generate`); the backend is a `CppBackend`."""
 
-    def __init__(self, handle: _Handle, folder: Path, manifest: dict | None) -> None:
-        self._h, self.folder, self.manifest = handle, folder, manifest
-        self.batch, self.image_size = handle.batch, handle.image_size
-        self.latent_shape, self.num_classes = handle.latent_shape, handle.num_classes
+    backend: CppBackend
 
     @classmethod
-    def load(
+    def load(  # type: ignore[override]
         cls,
         engines_dir: str | Path,
-        backend: str = "auto",
+        backend: str = "cpu",
         *,
         threads: int = 0,
         verify_hashes: bool = True,
         device: int = 0,
         cuda_graph: bool = True,
     ) -> CppSampler:
-        """Open the folder in C++ (`auto`: TensorRT plans for this GPU if built with TensorRT, else CPU)."""
-        from dit_export.export.manifest import read_manifest
-
+        """Open the folder in C++. `backend`: the C++ library's backend, cpu (AOTInductor packages),
+        tensorrt (plans for this GPU), or auto (TensorRT when built with it and fresh, else cpu)."""
         folder = Path(engines_dir)
-        manifest = read_manifest(folder)  # the Python reader's errors first, the same one-liners
-        h = _Handle(folder, backend, threads, verify_hashes, device=device, cuda_graph=cuda_graph)
-        return cls(h, folder, manifest)
-
-    @property
-    def has_vae(self) -> bool:
-        return self._h.has_vae
+        manifest = Manifest.read(folder)  # the Python reader's errors first, the same one-liners
+        graphs = ["dit_step"] + (["vae_decoder"] if manifest.has_vae else [])
+        be = CppBackend(folder, manifest, graphs, cpp_backend=backend, threads=threads,
+                        verify_hashes=verify_hashes, device=device, cuda_graph=cuda_graph)  # fmt: skip
+        return cls(folder, manifest, be)
 
     def describe(self) -> str:
-        return f"{self._h.description} (C++ runtime)"
+        return f"{self.backend.handle.description} (C++ runtime)"
 
-    def sample(
-        self,
-        class_labels: Sequence[int],
-        seed: int = 0,
-        cfg_scale: float = 4.0,
-        steps: int = 250,
-        sampler: str = "ddpm",
-        noise: str = "philox",
-        return_latents: bool = False,
-        progress: bool = False,
-    ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
-        """uint8 images (M, H, W, 3), and the final latents (M, C, L, L) on request."""
-        if not self.has_vae:
-            raise UserError("this export has no VAE decoder (exported with --vae none): use sample_latents()")
-        latents, images = self._generate(class_labels, seed, cfg_scale, steps, sampler, noise, True, progress)
-        assert images is not None
-        lib, m = self._h.lib, len(images)
-        out = np.empty((m, self.image_size, self.image_size, 3), dtype=np.uint8)
-        _check(
-            lib,
-            lib.dit_images_to_uint8(images.ctypes.data, m, self.image_size, self.image_size, out.ctypes.data),
-        )
-        return (out, latents) if return_latents else out
-
-    def sample_latents(
-        self,
-        class_labels: Sequence[int],
-        seed: int = 0,
-        cfg_scale: float = 4.0,
-        steps: int = 250,
-        sampler: str = "ddpm",
-        noise: str = "philox",
-        progress: bool = False,
-    ) -> np.ndarray:
-        return self._generate(class_labels, seed, cfg_scale, steps, sampler, noise, False, progress)[0]
-
-    def generate(
-        self,
-        class_labels: Sequence[int],
-        seed: int = 0,
-        cfg_scale: float = 4.0,
-        steps: int = 250,
-        sampler: str = "ddpm",
-        noise: str = "philox",
-        *,
-        decode: bool = True,
-        progress: bool = False,
-    ):
-        """A `SampleResult` (final latents, float images in ≈[-1, 1] or None), as `Sampler.generate`."""
-        from dit_export.runtime.sampler import SampleResult
-
-        latents, images = self._generate(
-            class_labels, seed, cfg_scale, steps, sampler, noise, decode, progress
-        )
-        return SampleResult(latents, images)
-
-    def _generate(self, class_labels, seed, cfg_scale, steps, sampler, noise, decode, progress):
-        h = self._h
+    def _generate(self, req: SampleRequest, decode: bool, progress: bool):
+        h = self.backend.handle
         if h.ptr is None:
             raise UserError("this CppSampler is closed")
-        labels = np.ascontiguousarray(np.asarray(list(class_labels), dtype=np.int64).reshape(-1))
+        if CPP_STATE_SUPPORT is False and (SAMPLER_STATE[req.sampler] or self.state_pairs()):
+            raise UserError(
+                f"the C++ runtime does not yet bind dit_step's solver state (sampler {req.sampler}, "
+                f"export {self.folder.name}): use --backend ort|trt|torch for dpm++2m/unipc"
+            )
+        labels = np.ascontiguousarray(req.labels, dtype=np.int64)
         m = labels.size
-        if not 0 <= int(seed) < 2**64:
-            raise UserError(f"seed must be in [0, 2**64), got {seed}")
         p = _Params()
         h.lib.dit_sample_params_init(ctypes.byref(p))
         p.labels = labels.ctypes.data_as(ctypes.POINTER(ctypes.c_int64))
         p.num_images = m
-        p.seed = int(seed)
-        p.cfg_scale = float(cfg_scale)
-        p.steps = int(steps)
-        p.sampler = sampler.encode()
+        p.seed = req.seed
+        p.cfg_scale = req.cfg_scale
+        p.steps = req.steps
+        p.sampler = req.sampler.encode()
         keep: list = [labels]
-        table = self._schedule(sampler, int(steps))
-        if table is not None:
-            ts, coefs = table
+        if req.steps not in self.manifest.schedule.tables.get(
+            req.sampler, {}
+        ):  # else C++ reads the manifest's
+            ts, coefs = (np.ascontiguousarray(a) for a in self.schedule(req.steps, req.sampler))
             keep += [ts, coefs]
             p.timesteps = ts.ctypes.data_as(ctypes.POINTER(ctypes.c_int64))
             p.coefs = coefs.ctypes.data_as(ctypes.POINTER(ctypes.c_float))
-        if noise == "torch":
-            fn = self._torch_noise(int(seed), m, int(steps), cfg_scale > 1.0)
+        if req.noise == "torch" or req.first_index:
+            fn = (
+                self._torch_noise(req.seed, m, req.steps, req.guided)
+                if req.noise == "torch"
+                else self._offset_philox(req.seed, req.first_index)
+            )
             keep.append(fn)
             p.noise_fn = fn
-        elif noise != "philox":
-            raise UserError(f"unknown noise kind {noise!r}; choose one of philox, torch")
-        if progress:
-            from tqdm import tqdm
+        bar = tqdm(total=None, desc=f"cpp {req.sampler} {req.steps} steps", unit="step", disable=not progress)
 
-            bar = tqdm(total=None, desc=f"cpp {sampler} {steps} steps", unit="step")
+        def report(_user, done, total):
+            bar.total = total
+            bar.update(done - bar.n)
+            return 0
 
-            def report(_user, done, total):
-                bar.total = total
-                bar.update(done - bar.n)
-                return 0
-
-            cb = _PROGRESS_FN(report)
-            keep.append(cb)
-            p.progress_fn = cb
+        cb = _PROGRESS_FN(report)
+        keep.append(cb)
+        p.progress_fn = cb
         latents = np.empty((m, *self.latent_shape), dtype=np.float32)
         images = np.empty((m, 3, self.image_size, self.image_size), dtype=np.float32) if decode else None
         try:
@@ -371,32 +322,22 @@ class CppSampler:
                 images.ctypes.data if images is not None else None,
             )
         finally:
-            if progress:
-                bar.close()
+            bar.close()
         _check(h.lib, rc)
         del keep
         return latents, images
 
-    def _schedule(self, sampler: str, steps: int) -> tuple[np.ndarray, np.ndarray] | None:
-        """None when the manifest stores the table (C++ reads it); else make_schedule's rows."""
-        if self.manifest is None or steps < 1:
-            return None
-        if self.manifest["schedule"]["tables"].get(sampler, {}).get(str(steps)) is not None:
-            return None
-        from dit_export.sampling.schedule import SAMPLERS, make_schedule
+    def _offset_philox(self, seed: int, first_index: int):
+        """Philox noise keyed by global image indices first_index + j (a shard of a larger set)."""
+        lib = self.backend.handle.lib
 
-        if sampler not in SAMPLERS:
-            return None  # the C++ side names the valid samplers
-        s = make_schedule(steps, sampler)
-        return (
-            np.ascontiguousarray(s.timesteps, dtype=np.int64),
-            np.ascontiguousarray(s.coefs, dtype=np.float32),
-        )
+        def fill(_user, draw, image, out, n):
+            return lib.dit_philox_normal(seed, draw, first_index + image, out, n)
+
+        return _NOISE_FN(fill)
 
     def _torch_noise(self, seed: int, m: int, steps: int, guided: bool):
         """The official torch stream for the whole request, served through the noise callback."""
-        from dit_export.sampling.noise import make_noise
-
         src = make_noise("torch", seed, m, self.latent_shape, guided)
         draws = [src.initial()] + [src.step(k) for k in range(steps)]
         numel = math.prod(self.latent_shape)
@@ -408,15 +349,6 @@ class CppSampler:
             return 0
 
         return _NOISE_FN(fill)
-
-    def close(self) -> None:
-        self._h.close()
-
-    def __enter__(self) -> CppSampler:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
 
 # --------------------------------------------------------------------------- Backend interface
@@ -445,52 +377,50 @@ class CppBackend(Backend):
     def __init__(
         self,
         folder: Path,
-        manifest: dict,
+        manifest,
         graphs: Sequence[str],
         cpp_backend: str = "cpu",
         threads: int = 0,
         verify_hashes: bool = True,
+        device: int = 0,
+        cuda_graph: bool = True,
     ) -> None:
         super().__init__(folder, manifest, graphs)
         bad = [g for g in self.graphs if g not in ("dit_step", "vae_decoder")]
         if bad:
             raise UserError(f"the C++ runtime runs dit_step and vae_decoder only, not {bad[0]}")
-        self._h = _Handle(folder, cpp_backend, threads, verify_hashes, load_vae="vae_decoder" in self.graphs)
+        self.handle = _Handle(folder, cpp_backend, threads, verify_hashes, load_vae="vae_decoder" in self.graphs,
+                              device=device, cuda_graph=cuda_graph)  # fmt: skip
 
-    def alloc(self, shape, dtype, *, table: bool = False) -> CppBuffer:
-        return CppBuffer(np.zeros(tuple(int(d) for d in shape), dtype=np.dtype(dtype)))
+    def alloc_impl(self, shape, dtype, table: bool) -> CppBuffer:
+        return CppBuffer(np.zeros(shape, dtype=dtype))
 
-    def write(self, buf: Buffer, array: np.ndarray) -> None:
+    def write_impl(self, buf: Buffer, a: np.ndarray) -> None:
         assert isinstance(buf, CppBuffer)
-        a = self.check_write(buf, array)
         buf.array[: a.shape[0]] = a
 
-    def read(self, buf: Buffer) -> np.ndarray:
+    def read_impl(self, buf: Buffer) -> np.ndarray:
         assert isinstance(buf, CppBuffer)
         return buf.array.copy()
 
-    def run(self, graph: str, bindings: Mapping[str, Buffer]) -> None:
-        io = self.check_bindings(graph, bindings)
+    def run_impl(self, graph: str, io: GraphSpec, bindings: Mapping[str, Buffer]) -> None:
         names = [t.name for t in io.inputs + io.outputs]
         arrays = []
         for t in io.inputs + io.outputs:
             b = bindings[t.name]
             assert isinstance(b, CppBuffer)
-            if not b.array.flags.c_contiguous or b.array.shape != t.shape or b.array.dtype != t.np_dtype:
-                raise ValueError(
-                    f"{graph}: buffer for {t.name} is {b.array.dtype} {b.array.shape}, want {t.dtype} {t.shape}"
-                )
+            if not b.array.flags.c_contiguous:
+                raise ValueError(f"{graph}: the buffer for {t.name} is not contiguous")
             arrays.append(b.array)
         c_names = (ctypes.c_char_p * len(names))(*[n.encode() for n in names])
         c_ptrs = (ctypes.c_void_p * len(arrays))(*[a.ctypes.data for a in arrays])
-        if self._h.ptr is None:
+        h = self.handle
+        if h.ptr is None:
             raise UserError("the C++ backend is closed")
-        _check(
-            self._h.lib, self._h.lib.dit_run_graph(self._h.ptr, graph.encode(), len(names), c_names, c_ptrs)
-        )
+        _check(h.lib, h.lib.dit_run_graph(h.ptr, graph.encode(), len(names), c_names, c_ptrs))
 
     def describe(self) -> str:
-        return f"C++ dit_runtime: {self._h.description.split(' on ', 1)[-1]}"
+        return f"C++ dit_runtime: {self.handle.description.split(' on ', 1)[-1]}"
 
     def close(self) -> None:
-        self._h.close()
+        self.handle.close()

@@ -4,6 +4,10 @@ Every run goes through an I/O binding on buffers allocated once: host numpy arra
 provider (bound by pointer, zero copy), device OrtValues for the latents on CUDA/TensorRT
 providers (the step's output stays on the GPU between steps). Tables (schedule rows, noise)
 stay on the host and are bound row by row; ORT copies each row in.
+
+Where the buffers live follows the providers the sessions really use (`get_providers()`), not
+the ones asked for: when the CUDA provider fails to load, ONNX Runtime silently runs on the CPU,
+and so do our buffers and `describe()`.
 """
 
 from __future__ import annotations
@@ -14,6 +18,8 @@ from pathlib import Path
 import numpy as np
 
 from dit_export.errors import UserError
+from dit_export.export.manifest import GraphSpec
+from dit_export.lazy import optional_import
 from dit_export.runtime.backend import Backend, Buffer
 
 GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
@@ -51,10 +57,18 @@ class OrtBuffer(Buffer):
 
 def default_providers() -> list[str]:
     """CUDA when onnxruntime-gpu provides it, else CPU (TensorRT EP only when asked for)."""
-    import onnxruntime as ort
-
-    have = ort.get_available_providers()
+    have = optional_import("onnxruntime").get_available_providers()
     return (["CUDAExecutionProvider"] if "CUDAExecutionProvider" in have else []) + ["CPUExecutionProvider"]
+
+
+def session_io(sess) -> dict[str, tuple[bool, tuple, str]]:
+    """{name: (is_input, shape, dtype)} of a loaded session (dynamic dims stay strings)."""
+    out = {}
+    for is_input, items in ((True, sess.get_inputs()), (False, sess.get_outputs())):
+        for a in items:
+            shape = tuple(d if isinstance(d, int) else str(d) for d in a.shape)
+            out[a.name] = (is_input, shape, ORT_TYPES.get(a.type, a.type))
+    return out
 
 
 class OrtBackend(Backend):
@@ -63,27 +77,22 @@ class OrtBackend(Backend):
     def __init__(
         self,
         folder: Path,
-        manifest: dict,
+        manifest,
         graphs: Sequence[str],
         providers: Sequence[str] | None = None,
         optimization: str = "all",
         threads: int = 0,
     ) -> None:
         super().__init__(folder, manifest, graphs)
-        import onnxruntime as ort
-
-        self._ort = ort
+        ort = self._ort = optional_import("onnxruntime")
         have = ort.get_available_providers()
-        chosen = list(providers) if providers else default_providers()
-        missing = [p for p in chosen if p not in have]
-        if missing:
-            raise UserError(
-                f"onnxruntime {ort.__version__} has no {missing[0]} (available: {', '.join(have)})"
-            )
+        asked = list(providers) if providers else default_providers()
+        chosen = [p for p in asked if p in have]
+        if not chosen:
+            raise UserError(f"onnxruntime {ort.__version__} has no {asked[0]} (available: {', '.join(have)})")
         if "CPUExecutionProvider" not in chosen:
             chosen.append("CPUExecutionProvider")
-        self.providers = chosen
-        self.device = "cuda" if chosen[0] in GPU_PROVIDERS else "cpu"
+        self.requested = asked
         so = ort.SessionOptions()
         so.log_severity_level = 3
         so.graph_optimization_level = {
@@ -97,7 +106,7 @@ class OrtBackend(Backend):
         self.sessions = {}
         self.bindings = {}
         for g, io in self.graphs.items():
-            path = self.folder / io.file
+            path = self.manifest.path(io.file)
             try:
                 sess = ort.InferenceSession(
                     str(path), sess_options=so, providers=chosen, provider_options=provider_options
@@ -105,12 +114,15 @@ class OrtBackend(Backend):
             except Exception as e:  # onnxruntime raises its own pybind exception types
                 first = (str(e).strip().splitlines() or [type(e).__name__])[0]
                 raise UserError(f"onnxruntime cannot load {path}: {first[:300]}") from None
-            self._check_io(g, sess)
+            self.check_loaded_io(g, session_io(sess), io.file.file)
             self.sessions[g] = sess
             self.bindings[g] = sess.io_binding()
-        self.active = (
-            self.sessions[next(iter(self.sessions))].get_providers()[0] if self.sessions else chosen[0]
-        )
+        # What the sessions really run on (a provider that failed to load is silently dropped).
+        in_use = [s.get_providers()[0] for s in self.sessions.values()] or [chosen[0]]
+        self.active = in_use[0]
+        self.providers = list(next(iter(self.sessions.values())).get_providers()) if self.sessions else chosen
+        self.device = "cuda" if all(p in GPU_PROVIDERS for p in in_use) else "cpu"
+        self.unused = [p for p in asked if p not in in_use and p != "CPUExecutionProvider"]
 
     def _provider_options(self, provider: str) -> dict:
         if (
@@ -120,28 +132,15 @@ class OrtBackend(Backend):
             return {"trt_engine_cache_enable": "True", "trt_engine_cache_path": str(cache)}
         return {}
 
-    def _check_io(self, graph: str, sess) -> None:
-        io = self.graphs[graph]
-        for want, got in ((io.inputs, sess.get_inputs()), (io.outputs, sess.get_outputs())):
-            have = {a.name: (tuple(a.shape), ORT_TYPES.get(a.type, a.type)) for a in got}
-            for t in want:
-                if have.get(t.name) != (t.shape, t.dtype):
-                    raise UserError(
-                        f"{io.file} does not match the manifest: {t.name} is "
-                        f"{have.get(t.name, 'missing')}, the manifest says {(t.shape, t.dtype)}"
-                    )
-
     # -- buffers -------------------------------------------------------------------------------
-    def alloc(self, shape, dtype, *, table: bool = False) -> OrtBuffer:
-        dtype = np.dtype(dtype)
+    def alloc_impl(self, shape, dtype, table: bool) -> OrtBuffer:
         if self.device == "cpu" or table:
             return OrtBuffer(shape, dtype, array=np.zeros(tuple(shape), dtype=dtype))
         value = self._ort.OrtValue.ortvalue_from_shape_and_type(list(shape), dtype, "cuda", 0)
         return OrtBuffer(shape, dtype, value=value)
 
-    def write(self, buf: Buffer, array: np.ndarray) -> None:
+    def write_impl(self, buf: Buffer, a: np.ndarray) -> None:
         assert isinstance(buf, OrtBuffer)
-        a = self.check_write(buf, array)
         if buf.array is not None:
             buf.array[: a.shape[0]] = a
         elif a.shape[0] == buf.shape[0]:
@@ -151,13 +150,12 @@ class OrtBackend(Backend):
             full[: a.shape[0]] = a
             buf.value.update_inplace(full)
 
-    def read(self, buf: Buffer) -> np.ndarray:
+    def read_impl(self, buf: Buffer) -> np.ndarray:
         assert isinstance(buf, OrtBuffer)
         return buf.array.copy() if buf.array is not None else np.asarray(buf.value.numpy())
 
     # -- running -------------------------------------------------------------------------------
-    def run(self, graph: str, bindings: Mapping[str, Buffer]) -> None:
-        io = self.check_bindings(graph, bindings)
+    def run_impl(self, graph: str, io: GraphSpec, bindings: Mapping[str, Buffer]) -> None:
         b = self.bindings[graph]
         for t in io.inputs:
             buf = bindings[t.name]
@@ -172,7 +170,8 @@ class OrtBackend(Backend):
             b.synchronize_outputs()
 
     def describe(self) -> str:
-        return f"onnxruntime {self._ort.__version__} {self.active} ({self.device})"
+        note = f"; {', '.join(self.unused)} requested, not in use" if self.unused else ""
+        return f"onnxruntime {self._ort.__version__} {self.active} ({self.device}{note})"
 
     def close(self) -> None:
         self.bindings.clear()

@@ -1,38 +1,52 @@
-"""PyTorch backend: the fp32 reference modules behind the backend interface.
+"""PyTorch backend: the reference modules behind the backend interface, in the bench's modes.
 
-The graphs are rebuilt from what the manifest records: the DiT checkpoint (or the model name and
-weights seed of a random-weight export) and the VAE. `dit` is the DiT itself, `dit_step` the
-`SamplerStep` (guided, exactly as exported) and `vae_decoder` the `VAEDecode` module, so `verify`
-compares every backend against the very modules the graphs were traced from. TF32 is turned off
-on CUDA: this is the fp32 reference.
+The graphs are rebuilt from what the manifest records (the model spec: checkpoint or model name
+and weights seed, and the VAE): `dit` is the DiT itself, `dit_step` the `SamplerStep` (guided,
+exactly as exported) and `vae_decoder` the `VAEDecode` module, so `verify` compares every
+backend against the very modules the graphs were traced from.
+
+Modes (`mode=`), the precision settings a user of the official code would pick:
+
+- `fp32` (default): the fp32 reference; TF32 off on CUDA.
+- `tf32`: fp32 storage, TF32 matmul and cuDNN (as the official sample.py sets); CUDA only.
+- `fp16`: `torch.autocast(float16)` over fp32 weights.
+- `compile`: `torch.compile` (inductor, `compile_mode`) of the DiT and the VAE; with fp16
+  autocast and TF32 on a GPU, fp32 on a CPU.
+
+Outputs are written back in the buffer's dtype (fp32), whatever the mode computed in. This module
+is torch code: the runtime imports it only when the torch backend is asked for.
 """
 
 from __future__ import annotations
 
-import re
-from collections.abc import Mapping, Sequence
+import contextlib
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from dit_export.errors import UserError
+from dit_export.export.manifest import GraphSpec, Manifest
+from dit_export.lazy import optional_import
+from dit_export.models.configs import DiTConfig
+from dit_export.models.spec import ModelSpec
+from dit_export.models.vae import VAEDecode
 from dit_export.runtime.backend import Backend, Buffer
+from dit_export.sampling.step import SamplerStep
 
-_RANDOM_DIT = re.compile(r"^random weights \(seed (\d+)")
-_RANDOM_VAE = re.compile(r"^random-(sd|small|tiny) \(seed (\d+)\)")
-_TORCH_DTYPES = {
-    "float32": torch.float32,
-    "float16": torch.float16,
-    "int64": torch.int64,
-    "int32": torch.int32,
-    "uint8": torch.uint8,
-    "bool": torch.bool,
+torch = optional_import("torch", "the torch backend")
+
+MODES = ("fp32", "tf32", "fp16", "compile")
+MODE_TEXT = {
+    "fp32": "fp32 reference",
+    "tf32": "fp32 with TF32 matmul/cuDNN",
+    "fp16": "torch.autocast float16",
+    "compile": "torch.compile",
 }
 
 
 class TorchBuffer(Buffer):
-    def __init__(self, tensor: torch.Tensor) -> None:
+    def __init__(self, tensor) -> None:
         self.tensor = tensor
         self.shape = tuple(tensor.shape)
         self.dtype = np.dtype(str(tensor.dtype).removeprefix("torch."))
@@ -41,132 +55,131 @@ class TorchBuffer(Buffer):
         return TorchBuffer(self.tensor[k])
 
 
-def dit_weights(manifest: dict) -> dict:
-    """{"kind": "random", "seed": s} or {"kind": "checkpoint", "path": p} from the manifest.
-
-    Reads the structured `model.weights` when the export wrote one, else parses `model.source`.
-    """
-    m = manifest["model"]
-    w = m.get("weights")
-    if isinstance(w, dict) and w.get("kind") in ("random", "checkpoint"):
-        return w
-    src = m["source"]
-    hit = _RANDOM_DIT.match(src)
-    if hit:
-        return {"kind": "random", "seed": int(hit.group(1))}
-    return {"kind": "checkpoint", "path": src}
+# ------------------------------------------------------------------------------ reference modules
 
 
-def vae_weights(manifest: dict) -> dict | None:
-    v = manifest.get("vae")
-    if v is None:
-        return None
-    w = v.get("weights")
-    if isinstance(w, dict) and w.get("kind") in ("random", "pretrained"):
-        return w
-    hit = _RANDOM_VAE.match(v["source"])
-    if hit:
-        return {"kind": "random", "variant": hit.group(1), "seed": int(hit.group(2))}
-    return {"kind": "pretrained", "source": v["source"]}
-
-
-def load_reference(manifest: dict, folder: Path, want_vae: bool = True):
-    """(DiT, VAEDecode | None) in fp32 eval mode, as recorded by the manifest."""
-    from dit_export.models.checkpoints import load_dit, random_dit
-    from dit_export.models.configs import DiTConfig
-
-    m = manifest["model"]
-    cfg_expected = DiTConfig.from_dict(m["config"])
-    w = dit_weights(manifest)
-    if w["kind"] == "random":
-        model, cfg = random_dit(
-            m["name"],
-            manifest["image_size"],
-            num_classes=cfg_expected.num_classes,
-            flavor=cfg_expected.flavor,
-            seed=int(w["seed"]),
-        )
-    else:
-        path = Path(w["path"])
-        if not path.is_absolute() and (folder / path).exists():
-            path = folder / path
-        model, cfg = load_dit(
-            str(path),
-            model=None if m["name"] == "custom" else m["name"],
-            image_size=manifest["image_size"],
-            flavor=cfg_expected.flavor,
-            num_classes=cfg_expected.num_classes,
-            num_heads=cfg_expected.num_heads,
-        )
-    if cfg.to_dict() != cfg_expected.to_dict():
+def load_reference(manifest: Manifest, folder: Path, want_vae: bool = True):
+    """(DiT, VAEDecode | None) in fp32 eval mode, from the model spec the manifest records."""
+    d = dict(manifest.model.spec)
+    ckpt = d.get("ckpt")
+    if ckpt and not Path(ckpt).is_absolute() and (folder / ckpt).exists():  # shipped inside the folder
+        d["ckpt"] = str(folder / ckpt)
+    spec = ModelSpec.from_dict(d)
+    model, cfg = spec.load_dit()
+    if cfg.to_dict() != DiTConfig.from_dict(dict(manifest.model.config)).to_dict():
         raise UserError(
-            f"the weights recorded in the manifest ({m['source']}) no longer give the exported model config"
+            f"the weights recorded in the manifest ({manifest.model.source}) no longer give the exported "
+            "model config"
         )
-    decode = None
-    vw = vae_weights(manifest) if want_vae else None
-    if vw is not None:
-        from dit_export.models.vae import VAEDecode, load_vae, random_vae
-
-        vae = random_vae(vw["variant"], int(vw["seed"])) if vw["kind"] == "random" else load_vae(vw["source"])
-        decode = VAEDecode(vae).eval()
+    vae = spec.load_vae() if want_vae else None
+    decode = VAEDecode(vae).eval() if vae is not None else None
     return model.eval().requires_grad_(False), decode
 
 
+# ------------------------------------------------------------------------------ the backend
+
+
 class TorchBackend(Backend):
+    """options: `device` (default cuda when available), `mode` (MODES), `compile_mode`, `sdpa`
+    (fused attention in the DiT, eager speed only), `modules` (preloaded (DiT, VAEDecode | None),
+    shared between backends, e.g. by bench)."""
+
     name = "torch"
 
     def __init__(
-        self, folder: Path, manifest: dict, graphs: Sequence[str], device: str | None = None
+        self,
+        folder: Path,
+        manifest: Manifest,
+        graphs: Sequence[str],
+        device: str | None = None,
+        mode: str = "fp32",
+        compile_mode: str = "default",
+        sdpa: bool = False,
+        modules: tuple | None = None,
     ) -> None:
         super().__init__(folder, manifest, graphs)
-        from dit_export.sampling.step import SamplerStep
-
+        if mode not in MODES:
+            raise UserError(f"unknown torch backend mode {mode!r}; choose one of {', '.join(MODES)}")
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        if self.device.type == "cuda":  # the reference computes in true fp32
-            torch.backends.cuda.matmul.allow_tf32 = False
-            torch.backends.cudnn.allow_tf32 = False
-        model, decode = load_reference(manifest, self.folder, want_vae="vae_decoder" in self.graphs)
+        self.gpu = self.device.type == "cuda"
+        if mode == "tf32" and not self.gpu:
+            raise UserError(
+                f"torch mode tf32 is a CUDA tensor-core math mode; torch {torch.__version__} runs on CPU here"
+            )
+        self.mode, self.compile_mode = mode, compile_mode
+        self.fp16 = mode == "fp16" or (mode == "compile" and self.gpu)
+        self.tf32 = mode == "tf32" or (mode == "compile" and self.gpu)
+        if self.gpu:  # fp32 is the true-fp32 reference
+            torch.backends.cuda.matmul.allow_tf32 = self.tf32
+            torch.backends.cudnn.allow_tf32 = self.tf32
+        if modules is None:
+            modules = load_reference(self.manifest, self.folder, want_vae="vae_decoder" in self.graphs)
+        model, decode = modules
         model = model.to(self.device)
-        self.modules: dict[str, torch.nn.Module] = {}
+        model.set_fused_attention(bool(sdpa))
+        if mode == "compile":
+            model = torch.compile(model, mode=compile_mode, dynamic=False)
+            decode = (
+                None
+                if decode is None
+                else torch.compile(decode.to(self.device), mode=compile_mode, dynamic=False)
+            )
+        self.modules: dict = {}
         if "dit" in self.graphs:
             self.modules["dit"] = model
         if "dit_step" in self.graphs:
-            self.modules["dit_step"] = SamplerStep(model, guided=True).eval()
+            # An export with the solver-state I/O (multistep samplers) gets the stateful step.
+            stateful = len(self.graphs["dit_step"].outputs) > 1
+            self.modules["dit_step"] = SamplerStep(model, guided=True, with_state=stateful).eval()
         if "vae_decoder" in self.graphs:
-            assert decode is not None
+            if decode is None:
+                raise UserError("the torch backend has no VAE decoder for this export")
             self.modules["vae_decoder"] = decode.to(self.device)
 
-    def alloc(self, shape, dtype, *, table: bool = False) -> TorchBuffer:
-        return TorchBuffer(
-            torch.zeros(tuple(shape), dtype=_TORCH_DTYPES[np.dtype(dtype).name], device=self.device)
-        )
+    @contextlib.contextmanager
+    def _math(self) -> Iterator[None]:
+        with torch.inference_mode():
+            if self.fp16:
+                with torch.autocast(device_type=self.device.type, dtype=torch.float16):
+                    yield
+            else:
+                yield
 
-    def write(self, buf: Buffer, array: np.ndarray) -> None:
+    def alloc_impl(self, shape, dtype, table: bool) -> TorchBuffer:
+        return TorchBuffer(torch.zeros(tuple(shape), dtype=getattr(torch, dtype.name), device=self.device))
+
+    def write_impl(self, buf: Buffer, a: np.ndarray) -> None:
         assert isinstance(buf, TorchBuffer)
-        a = self.check_write(buf, array)
         buf.tensor[: a.shape[0]].copy_(torch.from_numpy(a))
 
-    def read(self, buf: Buffer) -> np.ndarray:
+    def read_impl(self, buf: Buffer) -> np.ndarray:
         assert isinstance(buf, TorchBuffer)
         return buf.tensor.detach().cpu().numpy().copy()
 
-    @torch.inference_mode()
-    def run(self, graph: str, bindings: Mapping[str, Buffer]) -> None:
-        io = self.check_bindings(graph, bindings)
+    def run_impl(self, graph: str, io: GraphSpec, bindings: Mapping[str, Buffer]) -> None:
         args = []
         for t in io.inputs:
             b = bindings[t.name]
             assert isinstance(b, TorchBuffer)
             args.append(b.tensor)
-        out = self.modules[graph](*args)
-        (spec,) = io.outputs
-        dst = bindings[spec.name]
-        assert isinstance(dst, TorchBuffer)
-        dst.tensor.copy_(out)
+        with self._math():
+            out = self.modules[graph](*args)
+            for spec, value in zip(io.outputs, out if isinstance(out, tuple) else (out,), strict=True):
+                dst = bindings[spec.name]
+                assert isinstance(dst, TorchBuffer)
+                dst.tensor.copy_(value)
+
+    def sync(self) -> None:
+        """Wait for queued GPU work (for timing)."""
+        if self.gpu:
+            torch.cuda.synchronize(self.device)
 
     def describe(self) -> str:
-        where = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else "CPU"
-        return f"torch {torch.__version__} fp32 reference ({where})"
+        where = torch.cuda.get_device_name(self.device) if self.gpu else "CPU"
+        what = MODE_TEXT[self.mode] + (f" ({self.compile_mode})" if self.mode == "compile" else "")
+        if self.mode == "compile":
+            what += ", fp16 autocast + TF32" if self.gpu else ", fp32"
+        return f"torch {torch.__version__} {what} ({where})"
 
     def close(self) -> None:
         self.modules.clear()

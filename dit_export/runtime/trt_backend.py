@@ -1,35 +1,41 @@
 """TensorRT backend: fresh plans from the folder, device buffers allocated once, one stream.
 
-- Plans are looked up by the manifest's `"engines"` records for this TensorRT release and GPU
-  (`dit_export.engine.plans`), hash-checked, deserialized, and their I/O checked against the
-  manifest.
+- Plans are found through their artifact records (`plans/<graph>.trt<M>.<m>.sm<cc>.plan.json`,
+  `dit_export.engine.plans.find_plan`) for this TensorRT release and GPU, hash-checked,
+  deserialized, and their I/O checked against the manifest.
 - I/O is name-based: `set_tensor_address` for every input and output, `execute_async_v3` on a
   non-blocking stream. Addresses are re-set only when a binding changes (the latent ping-pong).
 - One scratch block sized max(engine.device_memory_size_v2) is shared by every context
   (TensorRT ≥ 10.1: `ExecutionContextAllocationStrategy.USER_MANAGED` + `set_device_memory`, in
   10.x and 11.x alike; 10.0 has neither, so there each context keeps its own scratch). The
   contexts never run concurrently: one stream orders them.
+- Rows of tables (timestep, coefficients, noise) are never bound in place: a row starts at
+  k × row-bytes, which is not 256-byte aligned (TensorRT requires it). Each run copies the
+  step's rows device-to-device into fixed staging inputs of their own cudaMalloc (256-byte
+  aligned), with CUDA graphs on or off.
 - Optional CUDA graphs for `dit_step`: the first run of an address set executes uncaptured, then
-  it is captured and replayed. The two latent buffers give two graphs (x→x' and x'→x). Rows of
-  tables (timestep, coefficients, noise) are copied device-to-device into fixed staging inputs
-  before each replay, so the captured addresses never change.
+  it is captured and replayed. The two latent buffers give two graphs (x→x' and x'→x); the
+  staging inputs keep every other address fixed.
+
+The TensorRT and CUDA calls go through `dit_export.engine.trt_api` and `dit_export.engine.cuda`,
+which import `tensorrt` and cuda-python at first use (tests/test_trt_sim.py replaces both there).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
+from dit_export.engine import cuda, trt_api
+from dit_export.engine.plans import Target, find_plan
 from dit_export.errors import UserError
+from dit_export.export.manifest import GraphSpec
 from dit_export.runtime.backend import Backend, Buffer
 
-if TYPE_CHECKING:
-    from dit_export.engine.cuda import Graph
-
 CUDA_GRAPH_GRAPHS = ("dit_step",)
+ALIGNMENT = 256  # bytes: TensorRT's I/O address alignment (cudaMalloc gives at least this)
 
 
 class TrtBuffer(Buffer):
@@ -55,22 +61,21 @@ class TrtBackend(Backend):
     def __init__(
         self,
         folder: Path,
-        manifest: dict,
+        manifest,
         graphs: Sequence[str],
         cuda_graph: bool = True,
         shared_scratch: bool = True,
     ) -> None:
         super().__init__(folder, manifest, graphs)
-        from dit_export.engine import cuda, trt_api
-        from dit_export.engine.plans import Target, find_plan
-
         self._cuda = cuda
         self.target = Target.current()
-        paths = {g: find_plan(self.folder, manifest, g, self.target) for g in self.graphs}
+        paths = {g: find_plan(self.folder, self.manifest, g, self.target) for g in self.graphs}
         loaded = trt_api.load_plans((paths[g].name, paths[g].read_bytes()) for g in self.graphs)
         self.engines = dict(zip(self.graphs, loaded))
         for g, eng in self.engines.items():
-            self._check_io(g, eng)
+            self.check_loaded_io(
+                g, {t.name: (t.is_input, t.shape, t.dtype) for t in eng.tensors()}, eng.label
+            )
         self.stream = cuda.Stream()
         self._memory: list = []
         self.scratch = None
@@ -86,36 +91,23 @@ class TrtBackend(Backend):
         self.cuda_graph = bool(cuda_graph)
         self._bound: dict[str, dict[str, int]] = {g: {} for g in self.graphs}
         self._staging: dict[tuple[str, str], TrtBuffer] = {}
-        self._captured: dict[tuple, Graph] = {}
+        self._captured: dict[tuple, cuda.Graph] = {}
         self._warm: set[str] = set()
         self._capture_failed: str | None = None
 
-    def _check_io(self, graph: str, eng) -> None:
-        io = self.graphs[graph]
-        have = {t.name: (t.is_input, t.shape, t.dtype) for t in eng.tensors()}
-        want = {t.name: (True, t.shape, t.dtype) for t in io.inputs}
-        want.update({t.name: (False, t.shape, t.dtype) for t in io.outputs})
-        if have != want:
-            diff = sorted(set(have.items()) ^ set(want.items()))
-            raise UserError(
-                f"{eng.label} does not match the manifest's {graph} I/O (first difference: {diff[0]})"
-            )
-
     # -- buffers -------------------------------------------------------------------------------
-    def alloc(self, shape, dtype, *, table: bool = False) -> TrtBuffer:
-        dtype = np.dtype(dtype)
+    def alloc_impl(self, shape, dtype, table: bool) -> TrtBuffer:
         nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
         mem = self._cuda.DeviceMemory(nbytes)
         self._memory.append(mem)
         return TrtBuffer(mem.ptr, shape, dtype, owner=mem)
 
-    def write(self, buf: Buffer, array: np.ndarray) -> None:
+    def write_impl(self, buf: Buffer, a: np.ndarray) -> None:
         assert isinstance(buf, TrtBuffer)
-        a = self.check_write(buf, array)
         # Pageable host memory: the copy is staged before this returns, so `a` may go away.
         self._cuda.copy_h2d(buf.ptr, int(a.ctypes.data), a.nbytes, self.stream)
 
-    def read(self, buf: Buffer) -> np.ndarray:
+    def read_impl(self, buf: Buffer) -> np.ndarray:
         assert isinstance(buf, TrtBuffer)
         out = np.empty(buf.shape, dtype=buf.dtype)
         self._cuda.copy_d2h(int(out.ctypes.data), buf.ptr, buf.nbytes, self.stream)
@@ -123,20 +115,24 @@ class TrtBackend(Backend):
         return out
 
     # -- running -------------------------------------------------------------------------------
-    def run(self, graph: str, bindings: Mapping[str, Buffer]) -> None:
-        io = self.check_bindings(graph, bindings)
+    def run_impl(self, graph: str, io: GraphSpec, bindings: Mapping[str, Buffer]) -> None:
         use_graph = self.cuda_graph and graph in CUDA_GRAPH_GRAPHS and self._capture_failed is None
         addrs = []
         for spec in io.inputs + io.outputs:
             b = bindings[spec.name]
             assert isinstance(b, TrtBuffer)
             ptr = b.ptr
-            if use_graph and b.view:  # table rows: copy into a fixed input the graph was captured with
+            if b.view:  # a table row: copy into a fixed, aligned input of its own
                 st = self._staging.get((graph, spec.name))
                 if st is None:
-                    st = self._staging[(graph, spec.name)] = self.alloc(spec.shape, spec.np_dtype)
+                    st = self.alloc_impl(spec.shape, spec.np_dtype, False)
+                    self._staging[(graph, spec.name)] = st
                 self._cuda.copy_d2d(st.ptr, b.ptr, b.nbytes, self.stream)
                 ptr = st.ptr
+            if ptr % ALIGNMENT:
+                raise UserError(
+                    f"{graph}: {spec.name} would be bound at {ptr:#x}, not {ALIGNMENT}-byte aligned"
+                )
             addrs.append((spec.name, ptr))
         eng = self.engines[graph]
         if not use_graph:

@@ -15,11 +15,13 @@ from typing import TYPE_CHECKING, Protocol
 import numpy as np
 
 from dit_export.errors import UserError
+from dit_export.lazy import optional_import
+from dit_export.sampling.request import NOISE_KINDS
 
 if TYPE_CHECKING:
     import torch
 
-NOISE_KINDS = ("philox", "torch")
+__all__ = ["NOISE_KINDS", "NoiseSource", "PhiloxNoise", "TorchNoise", "make_noise", "philox_normal"]
 
 PHILOX_M0, PHILOX_M1 = 0xD2511F53, 0xCD9E8D57  # Random123 Philox4x32 multipliers
 PHILOX_W0, PHILOX_W1 = 0x9E3779B9, 0xBB67AE85  # Weyl key bumps (golden ratio, sqrt(3) - 1)
@@ -122,16 +124,15 @@ class TorchNoise:
 
     def __init__(self, seed: int, n: int, shape: tuple[int, ...], guided: bool, device: str = "cpu") -> None:
         _check_u32("seed", seed, 1 << 64)
-        import torch
-
+        torch = optional_import("torch", "noise='torch' (the official stream)")
+        self.torch = torch
         self.n, self.shape, self.rows = n, tuple(shape), 2 * n if guided else n
         self.generator: torch.Generator = torch.Generator(device=device)
         self.generator.manual_seed(seed)
         self._next = -1  # -1: initial() due; k >= 0: step(k) due
 
     def _draw(self, rows: int) -> np.ndarray:
-        import torch
-
+        torch = self.torch
         x = torch.randn((rows, *self.shape), generator=self.generator, device=self.generator.device)
         return x[: self.n].to(device="cpu", dtype=torch.float32).numpy()
 

@@ -1,7 +1,11 @@
 """The PyTorch reference sampler: the official loop restated around `SamplerStep`.
 
+The multistep solvers' history (`schedule.STATE_NAMES`) is carried from one step's outputs to the
+next step's inputs exactly as every runtime does it, starting from zeros.
+
 Everything else in dit_export is measured against this. It runs the same step module that is
-exported to ONNX, fed the same noise (`noise.NoiseSource`) that every runtime uses.
+exported to ONNX, fed the same noise (`noise.NoiseSource`) that every runtime uses. A step whose
+output is not finite stops the loop with a one-line error naming it, as the runtime does.
 """
 
 from __future__ import annotations
@@ -15,19 +19,14 @@ from tqdm import tqdm
 from dit_export.errors import UserError
 from dit_export.models.dit import DiT
 from dit_export.sampling.noise import NoiseSource
-from dit_export.sampling.schedule import make_schedule
+from dit_export.sampling.request import SampleRequest
+from dit_export.sampling.schedule import STATE_NAMES, make_schedule
 from dit_export.sampling.step import SamplerStep
 
 
 def check_request(num_classes: int, labels: Sequence[int], cfg_scale: float) -> None:
-    """Reject labels outside [0, num_classes) and guidance below 1, in one line."""
-    if len(labels) == 0:
-        raise UserError("no class labels given")
-    bad = [c for c in labels if not 0 <= int(c) < num_classes]
-    if bad:
-        raise UserError(f"class id {bad[0]} is out of range: this model has classes 0..{num_classes - 1}")
-    if not cfg_scale >= 1.0:  # also rejects NaN
-        raise UserError(f"--cfg-scale must be ≥ 1 (1 = no guidance), got {cfg_scale}")
+    """Reject bad labels and guidance in one line (`SampleRequest.validate`'s checks)."""
+    SampleRequest(tuple(labels), cfg_scale=cfg_scale, steps=1).validate(num_classes)
 
 
 @torch.inference_mode()
@@ -49,15 +48,24 @@ def sample_latents(
     cfg = model.config
     check_request(cfg.num_classes, labels, cfg_scale)
     schedule = make_schedule(steps, sampler)
-    step = SamplerStep(model, guided=cfg_scale > 1.0).eval()
+    total = schedule.num_steps
+    step = SamplerStep(model, guided=cfg_scale > 1.0, with_state=True).eval()
     n = len(labels)
     y = torch.tensor([int(c) for c in labels], dtype=torch.int64)
     guidance = torch.tensor([cfg_scale], dtype=torch.float32)
     x = torch.from_numpy(np.ascontiguousarray(noise.initial()))
+    state = [torch.zeros_like(x) for _ in STATE_NAMES]  # solver history, zero at the first step
     coefs = torch.from_numpy(schedule.coefs)
-    it = tqdm(range(schedule.num_steps), desc=f"{sampler} {schedule.spec}", unit="step", disable=not progress)
+    it = tqdm(range(total), desc=f"{sampler} {schedule.spec}", unit="step", disable=not progress)
     for k in it:
-        t = torch.full((n,), int(schedule.timesteps[k]), dtype=torch.int64)
+        t_k = int(schedule.timesteps[k])
+        t = torch.full((n,), t_k, dtype=torch.int64)
         eps_noise = torch.from_numpy(np.ascontiguousarray(noise.step(k)))
-        x = step(x, t, y, eps_noise, guidance, coefs[k])
+        x, *state = step(x, t, y, eps_noise, guidance, coefs[k], *state)
+        if not bool(torch.isfinite(x).all()):
+            bad = sorted({int(i) for i in torch.nonzero(~torch.isfinite(x))[:, 0]})
+            raise UserError(
+                f"PyTorch reference: NaN/Inf in the step output first at step {k + 1}/{total} (t={t_k}; "
+                f"images {', '.join(map(str, bad[:8]))}): the model's weights or inputs are not finite"
+            )
     return x

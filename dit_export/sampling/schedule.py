@@ -3,6 +3,19 @@
 The official sampler is an IDDPM port: linear betas over 1000 steps, respaced by keeping a subset
 of timesteps and recomputing every coefficient on that chain in float64. Each kept step becomes
 one row of a float32 coefficient table that the step module consumes; the loop does no math.
+
+The multistep ODE solvers (DPM-Solver++(2M) and UniPC(bh2), both in data prediction, as
+diffusers' defaults: "linspace" timesteps, final sigma zero, lower-order first and final steps)
+are written as per-step linear combinations. With x̂0 = √(1/ᾱ)·x − √(1/ᾱ−1)·ε of this step and
+the history tensors h0 = x̂0 of the previous step, h1 = x̂0 of the one before and hx = the
+previous (corrected) sample, one row gives
+
+    xc     = corr_x·x + corr_hist_x·hx + corr_x0·x̂0 + corr_hist_x0·h0 + corr_hist_x0_prev·h1  (UniC)
+    x_next = pred_x·xc + pred_x0·x̂0 + pred_hist_x0·h0                                    (predictor)
+
+and the step outputs the new history (x̂0, h0, xc). DPM-Solver++ uses no corrector (xc = x).
+The coefficients are diffusers' formulas evaluated in float64 (λ = log α − log σ, α = √ᾱ,
+σ = √(1−ᾱ), h = λ_next − λ_this); `_dpmpp2m_rows` and `_unipc_rows` derive them.
 """
 
 from __future__ import annotations
@@ -12,9 +25,21 @@ from dataclasses import dataclass
 import numpy as np
 
 from dit_export.errors import UserError
+from dit_export.sampling.request import MIN_STEPS, NUM_TRAIN_STEPS, SAMPLERS
 
-NUM_TRAIN_STEPS = 1000
-SAMPLERS = ("ddpm", "ddim")
+__all__ = [
+    "COEF_NAMES",
+    "MIN_STEPS",
+    "NUM_COEFS",
+    "NUM_TRAIN_STEPS",
+    "SAMPLERS",
+    "SAMPLER_STATE",
+    "STATE_NAMES",
+    "Schedule",
+    "make_schedule",
+    "sampler_info",
+    "state_output",
+]
 
 # Columns of one coefficient row, in order (the step module and the manifest use this layout).
 COEF_NAMES = (
@@ -28,8 +53,44 @@ COEF_NAMES = (
     "alpha_bar_prev",  # DDIM: ᾱ_prev (fp32; the step takes √ in-graph, as the reference does)
     "ddim_sigma",  # DDIM: σ of the update (0 for eta 0, the only setting the reference samples with)
     "is_ddpm",  # 1 → DDPM update, 0 → DDIM (eta 0) update
+    # multistep solvers (dpm++2m, unipc); see the module docstring
+    "multistep",  # 1 → the linear-combination update below replaces DDPM/DDIM
+    "corr_x",
+    "corr_hist_x",
+    "corr_x0",
+    "corr_hist_x0",
+    "corr_hist_x0_prev",
+    "pred_x",
+    "pred_x0",
+    "pred_hist_x0",
 )
 NUM_COEFS = len(COEF_NAMES)
+# Columns of tables written before the multistep solvers (a folder exported then has coef (10,)).
+NUM_LEGACY_COEFS = COEF_NAMES.index("multistep")
+
+# The solver history: extra inputs of dit_step, each (N,C,L,L) fp32, whose next value is the
+# output `state_output(name)`; the loop ping-pongs each pair like the latent, zeroed per chunk.
+STATE_NAMES = ("hist_x0", "hist_x0_prev", "hist_x")
+SAMPLER_STATE = {"ddpm": (), "ddim": (), "dpm++2m": ("hist_x0",), "unipc": STATE_NAMES}
+SPACING = {"ddpm": "iddpm", "ddim": "ddim", "dpm++2m": "linspace", "unipc": "linspace"}
+
+
+def state_output(name: str) -> str:
+    """The dit_step output that carries the next value of state input `name`."""
+    return f"{name}_next"
+
+
+def sampler_info() -> dict[str, dict]:
+    """What the manifest records per sampler (JSON-able): kind, spacing, minimum steps, state pairs."""
+    return {
+        s: {
+            "kind": "ode" if s in ("ddim", "dpm++2m", "unipc") else "ancestral",
+            "spacing": SPACING[s],
+            "min_steps": MIN_STEPS[s],
+            "state": [{"input": n, "output": state_output(n)} for n in SAMPLER_STATE[s]],
+        }
+        for s in SAMPLERS
+    }
 
 
 def linear_betas(n: int = NUM_TRAIN_STEPS) -> np.ndarray:
@@ -97,6 +158,8 @@ def make_schedule(steps: int | str, sampler: str = "ddpm") -> Schedule:
     """
     if sampler not in SAMPLERS:
         raise UserError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
+    if sampler in ("dpm++2m", "unipc"):
+        return _multistep_schedule(steps, sampler)
     if isinstance(steps, (int, np.integer)):
         if steps <= 0:
             raise UserError(f"steps must be ≥ 1, got {steps}")
@@ -144,3 +207,123 @@ def make_schedule(steps: int | str, sampler: str = "ddpm") -> Schedule:
         coefs=rows[order].copy(),
         table64=t64,
     )
+
+
+# --------------------------------------------------------------------------- multistep solvers
+
+
+def linspace_timesteps(steps: int, num_train: int = NUM_TRAIN_STEPS) -> np.ndarray:
+    """diffusers' "linspace" spacing: round(linspace(0, T−1, S+1)) reversed, the last (0) dropped."""
+    return np.linspace(0, num_train - 1, steps + 1).round()[::-1][:-1].copy().astype(np.int64)
+
+
+def _multistep_schedule(steps: int | str, sampler: str) -> Schedule:
+    if isinstance(steps, str):
+        steps = _positive_int(steps, steps)
+    if not isinstance(steps, (int, np.integer)) or isinstance(steps, bool):
+        raise UserError(f"steps must be an integer, got {steps!r}")
+    steps = int(steps)
+    if steps < MIN_STEPS[sampler]:
+        raise UserError(f"steps {steps}: {sampler} needs at least {MIN_STEPS[sampler]} steps")
+    if steps > NUM_TRAIN_STEPS:
+        raise UserError(f"steps {steps}: at most {NUM_TRAIN_STEPS} (the training steps)")
+    ts = linspace_timesteps(steps)
+    base_ac = np.cumprod(1.0 - linear_betas())
+    ac = np.append(base_ac[ts], 1.0)  # ᾱ per step in loop order, then the final sigma 0 (ᾱ = 1)
+    alpha, sigma = np.sqrt(ac), np.sqrt(1.0 - ac)
+    with np.errstate(divide="ignore"):
+        lam = np.log(alpha) - np.log(sigma)  # λ_S = +inf
+    rows = np.zeros((steps, NUM_COEFS), dtype=np.float64)
+    col = {n: i for i, n in enumerate(COEF_NAMES)}
+    rows[:, col["sqrt_recip_alphas_cumprod"]] = np.sqrt(1.0 / ac[:-1])
+    rows[:, col["sqrt_recipm1_alphas_cumprod"]] = np.sqrt(1.0 / ac[:-1] - 1.0)
+    rows[:, col["alpha_bar_prev"]] = ac[1:]
+    rows[:, col["multistep"]] = 1.0
+    derive = _dpmpp2m_rows if sampler == "dpm++2m" else _unipc_rows
+    for k in range(steps):
+        for name, value in derive(k, steps, alpha, sigma, lam).items():
+            rows[k, col[name]] = value
+    t64 = {"alphas_cumprod": ac[:-1], "alpha": alpha, "sigma": sigma, "lambda": lam, "rows": rows}
+    return Schedule(sampler, str(steps), ts, rows.astype(np.float32), t64)
+
+
+def _phi(k: int, steps: int, lam: np.ndarray) -> tuple[float, float]:
+    """h = λ_{k+1} − λ_k and e^{−h} − 1 (exactly −1 for the final step into sigma 0)."""
+    if k + 1 == steps:
+        return np.inf, -1.0
+    h = lam[k + 1] - lam[k]
+    return h, float(np.expm1(-h))
+
+
+def _dpmpp2m_rows(k: int, steps: int, alpha, sigma, lam) -> dict[str, float]:
+    """DPM-Solver++(2M), midpoint, data prediction; first order at the first and the final step.
+
+    x_next = (σ_{k+1}/σ_k)·x − α_{k+1}(e^{−h}−1)·D0 − ½α_{k+1}(e^{−h}−1)·D1,
+    D0 = x̂0_k, D1 = (x̂0_k − x̂0_{k−1})/r, r = (λ_k − λ_{k−1})/h.
+    """
+    h, em1 = _phi(k, steps, lam)
+    a = alpha[k + 1]
+    out = {"corr_x": 1.0, "pred_x": sigma[k + 1] / sigma[k]}
+    if k == 0 or k + 1 == steps:
+        out["pred_x0"] = -a * em1
+        return out
+    r = (lam[k] - lam[k - 1]) / h
+    out["pred_x0"] = -a * em1 * (1.0 + 0.5 / r)
+    out["pred_hist_x0"] = 0.5 * a * em1 / r
+    return out
+
+
+def _unipc_b(h: float, order: int) -> tuple[float, float, list[float]]:
+    """UniPC bh2 terms for hh = −h: h·φ1 = e^{hh} − 1, B(h) = e^{hh} − 1 and the b vector."""
+    if np.isinf(h):
+        hh, hphi1 = -np.inf, -1.0
+    else:
+        hh = -h
+        hphi1 = float(np.expm1(hh))
+    b_h = hphi1
+    hphi_k, fact, b = hphi1 / hh - 1.0, 1.0, []
+    for i in range(1, order + 1):
+        b.append(hphi_k * fact / b_h)
+        fact *= i + 1
+        hphi_k = hphi_k / hh - 1.0 / fact
+    return hphi1, b_h, b
+
+
+def _unipc_order(j: int, steps: int) -> int:
+    """diffusers' this_order at step j: warm-up from 1, lower order at the final step."""
+    return min(2, steps - j, j + 1)
+
+
+def _unipc_rows(k: int, steps: int, alpha, sigma, lam) -> dict[str, float]:
+    """UniPC(bh2), data prediction: the corrector UniC (for k ≥ 1, using this step's x̂0) then UniP."""
+    out: dict[str, float] = {}
+    if k == 0:
+        out["corr_x"] = 1.0
+    else:  # correct the previous predictor's output hx → xc, at order this_order(k−1)
+        order = _unipc_order(k - 1, steps)
+        h = lam[k] - lam[k - 1]
+        hphi1, b_h, b = _unipc_b(h, order)
+        a = alpha[k]
+        out["corr_hist_x"] = sigma[k] / sigma[k - 1]
+        if order == 1:
+            rho_d, rho_t = 0.0, 0.5
+            rk = 1.0
+        else:
+            rk = (lam[k - 2] - lam[k - 1]) / h
+            rho_d, rho_t = np.linalg.solve(np.array([[1.0, 1.0], [rk, 1.0]]), np.array(b[:2]))
+        # xc = r·hx − a·hφ1·h0 − a·B·(ρ_d·(h1 − h0)/rk + ρ_t·(x̂0 − h0))
+        out["corr_x0"] = -a * b_h * rho_t
+        out["corr_hist_x0_prev"] = -a * b_h * rho_d / rk
+        out["corr_hist_x0"] = -a * hphi1 + a * b_h * rho_d / rk + a * b_h * rho_t
+    order = _unipc_order(k, steps)
+    h = np.inf if k + 1 == steps else lam[k + 1] - lam[k]
+    hphi1, b_h, _ = _unipc_b(h, order)
+    a = alpha[k + 1]
+    out["pred_x"] = sigma[k + 1] / sigma[k]
+    if order == 1:
+        out["pred_x0"] = -a * hphi1
+    else:  # x_next = r·xc − a·hφ1·x̂0 − a·B·½·(h0 − x̂0)/rk
+        rk = (lam[k - 1] - lam[k]) / h
+        out["pred_x0"] = -a * hphi1 + a * b_h * 0.5 / rk
+        out["pred_hist_x0"] = -a * b_h * 0.5 / rk
+    return out

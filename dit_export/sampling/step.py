@@ -9,9 +9,15 @@ that graph, so all backends run the same arithmetic. Inputs (N images):
     noise  (N,C,L,L) fp32   this step's noise (only used by DDPM, scaled by 0 at the last step)
     guidance (1,)    fp32   classifier-free guidance scale s ≥ 1 (exactly 1 → the conditional ε)
     coef   (K,)      fp32   one row of ``Schedule.coefs`` (layout ``schedule.COEF_NAMES``)
+    hist_x0, hist_x0_prev, hist_x (N,C,L,L) fp32   solver history (``with_state=True`` only)
 
-Output: the next latent (N,C,L,L) fp32. The operation order mirrors the IDDPM reference
-(`p_sample`, `ddim_sample` with eta 0) so fp32 results agree to rounding.
+Output: the next latent (N,C,L,L) fp32; with state also the next history
+(``hist_x0_next`` = this step's x̂0, ``hist_x0_prev_next`` = hist_x0, ``hist_x_next`` = the
+corrected sample), which the loop feeds back at the next step (zeros at the first). The
+operation order of DDPM/DDIM mirrors the IDDPM reference (`p_sample`, `ddim_sample` with eta 0)
+so fp32 results agree to rounding; the multistep solvers are the linear combinations of
+``schedule`` (their row has ``multistep`` = 1). The exported graph always has the state I/O
+(``STEP_INPUTS`` / ``STEP_OUTPUTS``); DDPM and DDIM ignore it.
 """
 
 from __future__ import annotations
@@ -20,6 +26,19 @@ import torch
 from torch import nn
 
 from dit_export.models.dit import DiT
+from dit_export.sampling.schedule import NUM_COEFS, NUM_LEGACY_COEFS, STATE_NAMES, state_output
+
+STEP_INPUTS = ("x", "t", "y", "noise", "guidance", "coef", *STATE_NAMES)
+STEP_OUTPUTS = ("x_next", *(state_output(n) for n in STATE_NAMES))
+
+
+def example_inputs(n: int, c: int, size: int, num_coefs: int | None = None) -> tuple[torch.Tensor, ...]:
+    """Trace inputs of the stateful step, in ``STEP_INPUTS`` order (static shapes)."""
+    x = torch.zeros(n, c, size, size, dtype=torch.float32)
+    i64 = torch.zeros(n, dtype=torch.int64)
+    coef = torch.zeros(num_coefs or NUM_COEFS, dtype=torch.float32)
+    states = tuple(x.clone() for _ in STATE_NAMES)
+    return (x, i64, i64.clone(), x.clone(), torch.ones(1, dtype=torch.float32), coef, *states)
 
 
 class GuidedDenoiser(nn.Module):
@@ -52,13 +71,19 @@ class GuidedDenoiser(nn.Module):
 
 
 class SamplerStep(nn.Module):
-    """x_t → x_{t−1}: guided denoise, learned-range variance, DDPM posterior or DDIM (eta 0)."""
+    """x_t → x_{t−1}: guided denoise, then DDPM posterior (learned-range variance), DDIM (eta 0),
+    or a multistep solver row (DPM-Solver++(2M), UniPC) on the history state.
 
-    def __init__(self, model: DiT, guided: bool = True):
+    ``with_state=False`` is the stateless step (x_next only; multistep rows then see zero history:
+    only for callers that feed ddpm/ddim rows). The exported graph uses ``with_state=True``.
+    """
+
+    def __init__(self, model: DiT, guided: bool = True, with_state: bool = False):
         super().__init__()
         self.denoiser = GuidedDenoiser(model, guided)
         self.c = model.config.in_channels
         self.learn_sigma = model.config.learn_sigma
+        self.with_state = with_state
 
     def forward(
         self,
@@ -68,10 +93,13 @@ class SamplerStep(nn.Module):
         noise: torch.Tensor,
         guidance: torch.Tensor,
         coef: torch.Tensor,
-    ) -> torch.Tensor:
+        hist_x0: torch.Tensor | None = None,
+        hist_x0_prev: torch.Tensor | None = None,
+        hist_x: torch.Tensor | None = None,
+    ) -> torch.Tensor | tuple[torch.Tensor, ...]:
         out = self.denoiser(x, t, y, guidance)
         eps = out[:, : self.c]
-        s1, s2, c1, c2, min_log, max_log, nonzero, ab_prev, sigma, is_ddpm = coef.unbind(0)
+        s1, s2, c1, c2, min_log, max_log, nonzero, ab_prev, sigma, is_ddpm = coef[:NUM_LEGACY_COEFS].unbind(0)
         x0 = s1 * x - s2 * eps  # predicted x̂0, no clipping
         # DDPM: posterior mean plus learned-range noise.
         mean = c1 * x0 + c2 * x
@@ -86,4 +114,17 @@ class SamplerStep(nn.Module):
         eps_ddim = (s1 * x - x0) / s2
         ddim = x0 * torch.sqrt(ab_prev) + torch.sqrt(1 - ab_prev - sigma * sigma) * eps_ddim
         ddim = ddim + nonzero * sigma * noise
-        return torch.where(is_ddpm > 0.5, ddpm, ddim)
+        x_next = torch.where(is_ddpm > 0.5, ddpm, ddim)
+        if coef.shape[0] == NUM_LEGACY_COEFS and not self.with_state:  # a pre-multistep row: DDPM/DDIM
+            return x_next
+        h0 = torch.zeros_like(x) if hist_x0 is None else hist_x0
+        h1 = torch.zeros_like(x) if hist_x0_prev is None else hist_x0_prev
+        hx = torch.zeros_like(x) if hist_x is None else hist_x
+        ms, cx, chx, cx0, ch0, ch1, px, px0, ph0 = coef[NUM_LEGACY_COEFS:].unbind(0)
+        # Multistep solvers: UniC corrector (identity for DPM-Solver++ and UniPC's first step), predictor.
+        xc = cx * x + chx * hx + cx0 * x0 + ch0 * h0 + ch1 * h1
+        x_ms = px * xc + px0 * x0 + ph0 * h0
+        x_next = torch.where(ms > 0.5, x_ms, x_next)
+        if not self.with_state:
+            return x_next
+        return x_next, x0, h0, xc

@@ -1,48 +1,41 @@
 """`verify`: one backend against the PyTorch fp32 reference, stage by stage, same inputs and noise.
 
-Stages per seed (N = the engine batch, labels drawn from the seed):
-  denoiser     `dit` output at t ∈ {999, 500, 0} on latent-like x, labels then the null label
-  guided eps   classifier-free-guided ε from that output at the requested scale
+Stages per seed (N = the engine batch, labels drawn from the seed); limits: `dit_export.compare`.
+  dit          `dit` output at t ∈ {999, 500, 0} on the initial latent, labels then the null label
+  guided_eps   classifier-free-guided ε from that output at the requested scale
   step         one full `dit_step` call: the first step of the loop (t = 999 for DDPM)
-  final latents after the whole loop (the runtime sampler on both sides)
+  latents      the final latents after the whole loop (the runtime sampler on both sides)
   images       the decoded images as uint8: PSNR and max |Δ|
 The first failing row names the stage; the exit code is 1 then.
+
+The default is a quick check (one seed, 10 steps: seconds on a small model); `thorough=True` runs
+3 seeds × 50 steps. The limits hold for every step count, so both judge the same way.
 """
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from dit_export.verify import thresholds as th
-from dit_export.verify.metrics import finite_or_none, max_abs, psnr, rel_l2
+from dit_export import compare
+from dit_export.backends import canonical_backend
+from dit_export.compare import Row
+from dit_export.engine.plans import Target, plan_status
+from dit_export.export.check import guided_eps
+from dit_export.export.feeds import example_feeds
+from dit_export.export.manifest import Manifest
+from dit_export.images import to_uint8
+from dit_export.runtime.sampler import Sampler
+from dit_export.sampling.noise import make_noise
+from dit_export.sampling.request import SampleRequest
 
 DENOISER_TIMESTEPS = (999, 500, 0)
-
-
-@dataclass
-class Row:
-    seed: int
-    stage: str
-    case: str
-    metric: str
-    value: float
-    limit: float | None
-
-    @property
-    def ok(self) -> bool:
-        return th.passes(self.metric, self.value, self.limit)
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["value"] = finite_or_none(self.value, 999.0 if self.metric == "psnr_db" else None)
-        d["ok"] = self.ok
-        return d
+QUICK = {"seeds": (0,), "steps": 10}
+THOROUGH = {"seeds": (0, 1, 2), "steps": 50}
 
 
 @dataclass
@@ -61,19 +54,14 @@ class Report:
 
     @property
     def passed(self) -> bool:
-        return all(r.ok for r in self.rows)
+        return all(self.rows)
 
     @property
     def first_failure(self) -> Row | None:
-        return next((r for r in self.rows if not r.ok), None)
+        return compare.first_failure(self.rows)
 
-    def worst(self, stage: str) -> Row | None:
-        rows = [r for r in self.rows if r.stage == stage]
-        if not rows:
-            return None
-        if rows[0].metric == "psnr_db":
-            return min(rows, key=lambda r: r.value if not math.isnan(r.value) else -math.inf)
-        return max(rows, key=lambda r: r.value if not math.isnan(r.value) else math.inf)
+    def worst(self, stage: str, metric: str = "rel_l2") -> Row | None:
+        return compare.worst(self.rows, stage, metric)
 
     def to_dict(self) -> dict:
         fail = self.first_failure
@@ -86,185 +74,161 @@ class Report:
             "steps": self.steps,
             "sampler": self.sampler,
             "cfg_scale": self.cfg_scale,
-            "thresholds": {s: {"metric": m, "limits": lims} for s, (m, lims) in th.THRESHOLDS.items()},
+            "limits": compare.limits_dict(),
             "rows": [r.to_dict() for r in self.rows],
             "skipped": self.skipped,
             "passed": self.passed,
-            "failed_stage": fail.stage if fail else None,
+            "failed_stage": fail.stage if fail is not None else None,
             "seconds": round(self.seconds, 2),
         }
 
 
 def run_graph(backend, graph: str, feeds: dict[str, np.ndarray]) -> np.ndarray:
-    """One call of a graph on a backend with host inputs; returns its (only) output."""
+    """One call of a graph on a backend with host inputs; returns its first output (dit_step:
+    x_next; the solver-state outputs that follow it are bound and not returned)."""
     io = backend.graphs[graph]
     bindings = {}
     for spec in io.inputs:
         buf = backend.alloc(spec.shape, spec.np_dtype)
         backend.write(buf, feeds[spec.name])
         bindings[spec.name] = buf
-    (out_spec,) = io.outputs
-    out = backend.alloc(out_spec.shape, out_spec.np_dtype)
-    bindings[out_spec.name] = out
+    for spec in io.outputs:
+        bindings[spec.name] = backend.alloc(spec.shape, spec.np_dtype)
     backend.run(graph, bindings)
-    return backend.read(out)
-
-
-def _fmt(r: Row) -> tuple[str, str, str]:
-    if r.metric == "psnr_db":
-        val = f"{r.value:.2f} dB" if math.isfinite(r.value) else ("inf" if r.value > 0 else "nan")
-        lim = "" if r.limit is None else f"≥ {r.limit:g} dB"
-    elif r.metric == "max_abs_u8":
-        val = f"{r.value:.0f}" if math.isfinite(r.value) else "nan"
-        lim = "" if r.limit is None else f"≤ {r.limit:g}"
-    else:
-        val = f"{r.value:.3e}"
-        lim = "" if r.limit is None else f"≤ {r.limit:.0e}"
-    res = "info" if r.limit is None else ("ok" if r.ok else "FAIL")
-    return val, lim, res
+    return backend.read(bindings[io.outputs[0].name])
 
 
 def format_table(report: Report) -> str:
-    lines = [f"{'seed':>4}  {'stage':<14} {'case':<22} {'metric':<10} {'value':>11} {'limit':>10}  result"]
-    for r in report.rows:
-        val, lim, res = _fmt(r)
-        lines.append(f"{r.seed:>4}  {r.stage:<14} {r.case:<22} {r.metric:<10} {val:>11} {lim:>10}  {res}")
-    for s in report.skipped:
-        lines.append(f"      skipped: {s}")
+    lines = [compare.format_table(report.rows)]
+    lines += [f"      skipped: {s}" for s in report.skipped]
     return "\n".join(lines)
 
 
 def summary_line(report: Report) -> str:
     fail = report.first_failure
     if fail is None:
-        w = report.worst("final latents")
+        w = compare.worst(report.rows, "latents")
         tail = f"; final latents rel-L2 ≤ {w.value:.1e}" if w else ""
         return f"verify passed: {len(report.rows)} checks, {report.backend} vs {report.reference}{tail}"
-    val, lim, _ = _fmt(fail)
-    n_bad = sum(not r.ok for r in report.rows)
-    return (
-        f"verify FAILED at stage '{fail.stage}' ({fail.case}, seed {fail.seed}): {fail.metric} {val}, limit {lim}"
-        f"{f' (+{n_bad - 1} more failing rows)' if n_bad > 1 else ''}"
-    )
+    n_bad = len(compare.failures(report.rows))
+    more = f" (+{n_bad - 1} more failing rows)" if n_bad > 1 else ""
+    return f"verify FAILED at stage '{fail.stage}': {fail.describe()}{more}"
 
 
-def _load(folder: Path, manifest: dict, backend: str, want: list[str], providers, options: dict):
-    """The sampler under test; a TensorRT folder built without a `dit` plan skips the denoiser stages."""
-    from dit_export.runtime.sampler import Sampler
-
+def _load(folder: Path, manifest: Manifest, backend: str, want: list[str], providers, options: dict):
+    """The sampler under test; a TensorRT folder built without a `dit` plan skips the dit stages."""
     skipped = []
     if backend == "trt" and "dit" in want:
-        from dit_export.engine.plans import Target, plan_status
-
         status, why = plan_status(folder, manifest, "dit", Target.current(), check_hash=False)
         if status != "fresh":
             want = [g for g in want if g != "dit"]
-            skipped.append(f"denoiser and guided eps: {why}")
+            skipped.append(f"dit and guided_eps: {why}")
     return Sampler.load(folder, backend, providers, graphs=want, **options), skipped
+
+
+class _Pair:
+    """The backend under test and the reference, fed the same inputs; adds rows to a report."""
+
+    def __init__(self, sut: Sampler, ref: Sampler, manifest: Manifest, report: Report, seed: int) -> None:
+        self.sut, self.ref, self.manifest, self.report, self.seed = sut, ref, manifest, report, seed
+
+    def add(self, stage: str, metric: str, got: np.ndarray, want: np.ndarray, case: str) -> None:
+        row = compare.compare(stage, metric, got, want, self.report.precision, case, self.seed)
+        self.report.rows.append(row)
+
+    def graph(self, graph: str, feeds: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        return run_graph(self.sut.backend, graph, feeds), run_graph(self.ref.backend, graph, feeds)
+
+
+def _check_seed(pair: _Pair, seed: int, progress: bool) -> None:
+    """Every stage for one seed (one engine batch)."""
+    sut, rep = pair.sut, pair.report
+    n, (c, size, _) = sut.batch, sut.latent_shape
+    cfg_scale, guided = rep.cfg_scale, rep.cfg_scale > 1.0
+    labels = np.random.default_rng([seed, 7]).integers(0, sut.num_classes, size=n).astype(np.int64)
+    noise = make_noise("philox", seed, n, sut.latent_shape, guided=guided)
+    x = noise.initial()
+    shape = {"batch": n, "channels": c, "size": size, "num_classes": sut.num_classes}
+    model = pair.manifest.model
+    if sut.backend.has_graph("dit"):
+        null, k, in_ch = model.null_class, model.cfg_channels, int(model.config["in_channels"])
+        for t in DENOISER_TIMESTEPS:
+            feeds = example_feeds("dit", **shape, null_class=null, x=x, labels=labels, t=t)
+            got, want = pair.graph("dit", feeds)
+            pair.add("dit", "rel_l2", got, want, f"t={t} out")
+            if guided:
+                g, w = (guided_eps(o, n, k, in_ch, cfg_scale) for o in (got, want))
+                pair.add("guided_eps", "rel_l2", g, w, f"t={t} cfg={cfg_scale:g}")
+    timesteps, coefs = sut.schedule(rep.steps, rep.sampler)
+    feeds = example_feeds(
+        "dit_step",
+        **shape,
+        x=x,
+        labels=labels,
+        noise=noise.step(0),
+        t=int(timesteps[0]),
+        guidance=1.0 if cfg_scale == 1.0 else cfg_scale,
+        coef=coefs[0],
+        state=True,
+    )
+    pair.add("step", "rel_l2", *pair.graph("dit_step", feeds), f"t={int(timesteps[0])} {rep.sampler}")
+    req = SampleRequest(tuple(int(v) for v in labels), seed, cfg_scale, rep.steps, rep.sampler)
+    got_r = sut.generate(req, decode=True, progress=progress)
+    exp_r = pair.ref.generate(req, decode=True, progress=progress)
+    pair.add("latents", "rel_l2", got_r.latents, exp_r.latents, f"{len(timesteps)} {rep.sampler} steps")
+    if got_r.images is not None and exp_r.images is not None:
+        a, b = to_uint8(got_r.images), to_uint8(exp_r.images)
+        pair.add("images", "psnr_db", a, b, "uint8")
+        pair.add("images", "max_abs", a, b, "uint8 max |Δ|")
 
 
 def verify(
     folder: str | Path,
     backend: str = "ort",
-    seeds: Sequence[int] = (0, 1, 2),
-    steps: int = 50,
+    seeds: Sequence[int] | None = None,
+    steps: int | None = None,
     sampler: str = "ddpm",
     cfg_scale: float = 4.0,
     providers: Sequence[str] | None = None,
+    *,
+    thorough: bool = False,
     log: Callable[[str], None] | None = None,
     progress: bool = False,
     **options,
 ) -> Report:
-    """Run every stage for every seed; the report says what passed (nothing raised for a failure)."""
-    from dit_export.export.check import guided_eps
-    from dit_export.export.manifest import read_manifest
-    from dit_export.images import to_uint8
-    from dit_export.runtime.backend import canonical_backend
-    from dit_export.sampling.noise import make_noise
+    """Run every stage for every seed; the report says what passed (nothing raised for a failure).
 
+    `seeds`/`steps` default to the quick check (seed 0, 5 steps), or with `thorough` to
+    seeds 0 1 2 × 50 steps. `options` go to the backend (trt `cuda_graph`, torch `mode`, ...).
+    """
     t_start = time.perf_counter()
+    plan = THOROUGH if thorough else QUICK
+    seeds = list(plan["seeds"] if seeds is None else seeds)
+    steps = int(plan["steps"] if steps is None else steps)
     folder = Path(folder)
-    m = read_manifest(folder)
     backend = canonical_backend(backend)
-    prec = m["precision"]
-    want = [g for g in ("dit", "dit_step", "vae_decoder") if m["graphs"].get(g)]
-    sut, skipped = _load(folder, m, backend, want, providers, options)
+    manifest = Manifest.read(folder, check_graphs=False)  # Sampler.load checks the graphs
+    want = [g for g in ("dit", "dit_step", "vae_decoder") if manifest.graphs.get(g)]
+    sut, skipped = _load(folder, manifest, backend, want, providers, options)
     ref = None
     try:
-        from dit_export.runtime.sampler import Sampler
-
         ref = Sampler.load(folder, "torch", graphs=want, check_hashes=False)
         report = Report(
             str(folder),
             sut.backend.describe(),
             ref.backend.describe(),
-            prec,
-            list(seeds),
-            int(steps),
+            sut.precision,
+            seeds,
+            steps,
             sampler,
             float(cfg_scale),
             skipped=skipped,
         )
-        n, shape = sut.batch, sut.latent_shape
-        cfg = m["model"]["config"]
-        null = int(m["model"]["null_class"])
-        timesteps, coefs = sut.schedule(steps, sampler)
         for seed in seeds:
-            labels = (
-                np.random.default_rng([int(seed), 7]).integers(0, sut.num_classes, size=n).astype(np.int64)
-            )
-            noise = make_noise("philox", int(seed), n, shape, guided=cfg_scale > 1.0)
-            x = noise.initial()
-
-            def add(stage: str, case: str, value: float, seed: int = int(seed)) -> None:
-                report.rows.append(
-                    Row(seed, stage, case, th.metric(stage), float(value), th.limit(stage, prec))
-                )
-
-            if sut.backend.has_graph("dit"):
-                for t in DENOISER_TIMESTEPS:
-                    feeds = {
-                        "x": np.concatenate([x, x]),
-                        "t": np.full(2 * n, t, dtype=np.int64),
-                        "y": np.concatenate([labels, np.full(n, null, dtype=np.int64)]),
-                    }
-                    got = run_graph(sut.backend, "dit", feeds)
-                    exp = run_graph(ref.backend, "dit", feeds)
-                    add("denoiser", f"t={t} out", rel_l2(got, exp))
-                    if cfg_scale > 1.0:
-                        ge = guided_eps(
-                            got, n, int(m["model"]["cfg_channels"]), int(cfg["in_channels"]), cfg_scale
-                        )
-                        ee = guided_eps(
-                            exp, n, int(m["model"]["cfg_channels"]), int(cfg["in_channels"]), cfg_scale
-                        )
-                        add("guided eps", f"t={t} cfg={cfg_scale:g}", rel_l2(ge, ee))
-            feeds = {
-                "x": x,
-                "t": np.full(n, timesteps[0], dtype=np.int64),
-                "y": labels,
-                "noise": noise.step(0),
-                "guidance": np.array([1.0 if cfg_scale == 1.0 else cfg_scale], dtype=np.float32),
-                "coef": coefs[0],
-            }
-            add(
-                "step",
-                f"t={int(timesteps[0])} {sampler}",
-                rel_l2(run_graph(sut.backend, "dit_step", feeds), run_graph(ref.backend, "dit_step", feeds)),
-            )
-            kw = dict(seed=int(seed), cfg_scale=cfg_scale, steps=steps, sampler=sampler, progress=progress)
-            got_r = sut.generate(labels, decode=True, **kw)  # type: ignore[arg-type]
-            exp_r = ref.generate(labels, decode=True, **kw)  # type: ignore[arg-type]
-            add("final latents", f"{len(timesteps)} {sampler} steps", rel_l2(got_r.latents, exp_r.latents))
-            if got_r.images is not None and exp_r.images is not None:
-                a, b = to_uint8(got_r.images), to_uint8(exp_r.images)
-                add("images psnr", "uint8", psnr(a, b))
-                add("images max", "uint8 max |Δ|", max_abs(a, b))
+            _check_seed(_Pair(sut, ref, manifest, report, int(seed)), int(seed), progress)
             if log:
-                log(
-                    f"seed {seed}: {sum(r.ok for r in report.rows if r.seed == seed)}/"
-                    f"{sum(1 for r in report.rows if r.seed == seed)} checks pass"
-                )
+                mine = [r for r in report.rows if r.seed == seed]
+                log(f"seed {seed}: {sum(map(bool, mine))}/{len(mine)} checks pass")
         if not sut.has_vae:
             report.skipped.append("images: the export has no VAE decoder")
     finally:

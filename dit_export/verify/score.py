@@ -10,8 +10,9 @@ known classes are then scored by
   way gives ``fd_real``, the floor that the sample size alone produces.
 
 Any sampler plugs in as a function ``labels -> (N, H, W, 3) uint8``: the PyTorch reference here,
-the runtime's ``Sampler.sample`` for ORT / TensorRT at any precision, so every backend's quality
-is measured, not assumed. numpy + scikit-learn only (torch only for the reference sampler).
+the runtime's ``Sampler.generate`` on the backend a folder was built for (ORT / TensorRT at any
+precision), so every backend's quality is measured, not assumed. `score_engines` scores a built
+folder on a given backend; numpy + scikit-learn only (torch only for the reference sampler).
 """
 
 from __future__ import annotations
@@ -20,12 +21,21 @@ import time
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from dit_export.errors import UserError
-from dit_export.models.embedded import downscale_images, load_digits_arrays, upscale_digits
+from dit_export.images import to_uint8
+from dit_export.models.embedded import EmbeddedModel, downscale_images, load_digits_arrays, upscale_digits
+from dit_export.models.spec import ModelSpec
+from dit_export.models.vae import VAEDecode
+from dit_export.runtime.sampler import Sampler
+from dit_export.sampling.noise import make_noise
+from dit_export.sampling.reference import sample_latents
+from dit_export.sampling.request import SampleRequest
 
 SampleFn = Callable[[Sequence[int]], np.ndarray]  # labels -> (N, H, W, 3) uint8
 
@@ -55,8 +65,6 @@ class DigitClassifier:
 
 def real_digit_images() -> tuple[np.ndarray, np.ndarray]:
     """The real digits as a sampler would return them: (1797, 32, 32, 3) uint8, and labels."""
-    from dit_export.images import to_uint8
-
     small, labels = load_digits_arrays()
     return to_uint8(upscale_digits(small)), labels
 
@@ -184,7 +192,6 @@ def score_sampler(
     t0 = time.perf_counter()
     images = sample_fn(labels)
     seconds = time.perf_counter() - t0
-    s = score_images(images, labels, clf, seed=seed)
     return ScoreResult(
         backend=backend,
         precision=precision,
@@ -194,10 +201,7 @@ def score_sampler(
         seed=seed,
         per_class=per_class,
         num_images=len(labels),
-        accuracy=s["accuracy"],
-        per_class_accuracy=s["per_class_accuracy"],
-        fd=s["fd"],
-        fd_real=s["fd_real"],
+        **score_images(images, labels, clf, seed=seed),  # accuracy, per_class_accuracy, fd, fd_real
         classifier_heldout_accuracy=clf.heldout_accuracy,
         sample_seconds=seconds,
     )
@@ -215,12 +219,6 @@ def torch_sample_fn(
 ) -> SampleFn:
     """The PyTorch fp32 reference as a sampler function: philox noise, image i of the request gets
     noise index i (batches only bound memory; they do not change the images)."""
-    import torch
-
-    from dit_export.images import to_uint8
-    from dit_export.sampling.noise import make_noise
-    from dit_export.sampling.reference import sample_latents
-
     cfg = model.config
     shape = (cfg.in_channels, cfg.input_size, cfg.input_size)
 
@@ -237,6 +235,117 @@ def torch_sample_fn(
         return np.concatenate(out)
 
     return sample
+
+
+def load_embedded_reference(name: str) -> tuple[Any, Any]:
+    """(DiT, VAEDecode) of a shipped model, through the same loaders as any checkpoint."""
+    spec = ModelSpec(model=name).validate()
+    model, _ = spec.load_dit()
+    return model, VAEDecode(spec.load_vae()).eval()
+
+
+def runtime_sample_fn(
+    runner: Sampler, *, cfg_scale: float, steps: int, sampler: str = "ddpm", seed: int = 0
+) -> SampleFn:
+    """A loaded runtime sampler as a sampler function, through `Sampler.generate` (the path users
+    sample with; image i of the request gets noise index i, whatever the engine batch)."""
+
+    def sample(labels: Sequence[int]) -> np.ndarray:
+        request = SampleRequest(tuple(int(v) for v in labels), seed, cfg_scale, steps, sampler)
+        res = runner.generate(request, decode=True, progress=False)
+        if res.images is None:
+            raise UserError("this export has no VAE decoder (exported with --vae none): nothing to score")
+        return to_uint8(res.images)
+
+    return sample
+
+
+@dataclass(frozen=True)
+class ScoreSettings:
+    """What a score samples: `per_class` images of every class at each guidance scale."""
+
+    per_class: int = 20
+    cfg_scales: tuple[float, ...] = (4.0, 1.0)
+    steps: int = 50
+    sampler: str = "ddpm"
+    seed: int = 0
+
+
+def score_scales(
+    sample_fn_at: Callable[[float], SampleFn],
+    settings: ScoreSettings,
+    *,
+    num_classes: int,
+    backend: str,
+    precision: str,
+    classifier: DigitClassifier | None = None,
+) -> list[ScoreResult]:
+    """One result per guidance scale g of `settings`, sampling with `sample_fn_at(g)`."""
+    clf = classifier or train_classifier(seed=0)
+    s = settings
+    return [
+        score_sampler(
+            sample_fn_at(g),
+            per_class=s.per_class,
+            num_classes=num_classes,
+            classifier=clf,
+            backend=backend,
+            precision=precision,
+            cfg_scale=g,
+            steps=s.steps,
+            sampler=s.sampler,
+            seed=s.seed,
+        )
+        for g in s.cfg_scales
+    ]
+
+
+def score_engines(
+    engines: str | Path,
+    backend: str,
+    info: EmbeddedModel,
+    settings: ScoreSettings,
+    *,
+    classifier: DigitClassifier | None = None,
+    providers: Sequence[str] | None = None,
+    **options: Any,
+) -> list[ScoreResult]:
+    """Score a built folder on `backend` (ort | trt | torch | cpp; the caller resolves `auto` to the
+    backend the folder was built for), one result per guidance scale."""
+    runner = Sampler.load(engines, backend, providers, **options)
+    try:
+        if (runner.num_classes, runner.image_size) != (info.num_classes, info.image_size):
+            raise UserError(
+                f"{engines} holds a {runner.num_classes}-class {runner.image_size}px model, "
+                f"not {info.name} ({info.num_classes} classes, {info.image_size}px)"
+            )
+        s = settings
+        return score_scales(
+            lambda g: runtime_sample_fn(runner, cfg_scale=g, steps=s.steps, sampler=s.sampler, seed=s.seed),
+            settings,
+            num_classes=info.num_classes,
+            backend=f"{runner.backend.name}-rt" if runner.backend.name == "torch" else runner.backend.name,
+            precision=runner.precision,
+            classifier=classifier,
+        )
+    finally:
+        runner.close()
+
+
+def score_reference(
+    info: EmbeddedModel, settings: ScoreSettings, *, classifier: DigitClassifier | None = None
+) -> list[ScoreResult]:
+    """Score the fp32 PyTorch reference of a shipped model, one result per guidance scale."""
+    model, decode = load_embedded_reference(info.name)
+    s = settings
+    return score_scales(
+        lambda g: torch_sample_fn(model, decode, cfg_scale=g, steps=s.steps, sampler=s.sampler, seed=s.seed),
+        settings,
+        num_classes=info.num_classes,
+        backend="torch",
+        precision="fp32",
+        classifier=classifier,
+    )
 
 
 def format_table(results: Sequence[ScoreResult]) -> str:

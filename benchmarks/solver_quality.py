@@ -1,0 +1,214 @@
+"""Sample quality of the few-step samplers against DDPM-250 on the shipped tiny-digits model.
+
+    python benchmarks/solver_quality.py [--per-class 50] [--cfg 4] [--engines DIR --backend ort]
+        [--out benchmarks/results/solver_quality.md]
+
+Scores (dit_export.verify.score: class accuracy of a held-out-trained classifier and the Fréchet
+distance of its features to the real digits) for dpm++2m, unipc and ddim at 5, 8, 10, 15, 20, 25
+steps and for ddpm at 250 steps with two seeds: the spread of DDPM-250 between the seeds is the
+score's noise. A sampler "matches DDPM-250" at the fewest steps from which on its FD stays within
+that noise of DDPM-250's (FD ≤ mean + spread) and its accuracy within the accuracy spread
+(at least 0.5 %). Then it times one finished sample (latents + decode) per sampler at its matched
+step count. Default: the fp32 PyTorch reference loop (the same step module every runtime runs);
+`--engines DIR --backend ort` scores an export through `Sampler.generate` instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from dit_export.verify.score import (
+    ScoreResult,
+    load_embedded_reference,
+    runtime_sample_fn,
+    score_sampler,
+    torch_sample_fn,
+    train_classifier,
+)
+
+SOLVERS = ("dpm++2m", "unipc", "ddim")
+STEP_COUNTS = (5, 8, 10, 15, 20, 25)
+DDPM_STEPS = 250
+SEEDS = (0, 1)
+# Context rows (--extra-only): DDPM with fewer steps; timings of the solvers at fixed step counts.
+EXTRA = (("ddpm", 25), ("ddpm", 50))
+TIMED = (("dpm++2m", 10), ("dpm++2m", 20), ("unipc", 10), ("ddim", 10))
+
+
+def _fn(args, model, decode, runner, sampler: str, steps: int, seed: int):
+    if runner is not None:
+        return runtime_sample_fn(runner, cfg_scale=args.cfg, steps=steps, sampler=sampler, seed=seed)
+    return torch_sample_fn(model, decode, cfg_scale=args.cfg, steps=steps, sampler=sampler, seed=seed)
+
+
+def _score(args, model, decode, runner, clf, sampler: str, steps: int, seed: int) -> ScoreResult:
+    r = score_sampler(
+        _fn(args, model, decode, runner, sampler, steps, seed),
+        per_class=args.per_class,
+        classifier=clf,
+        backend=args.backend,
+        cfg_scale=args.cfg,
+        steps=steps,
+        sampler=sampler,
+        seed=seed,
+    )
+    print(
+        f"{sampler:8s} {steps:4d} seed {seed}: acc {r.accuracy:.4f} FD {r.fd:.3f} ({r.sample_seconds:.1f} s)"
+    )
+    sys.stdout.flush()
+    return r
+
+
+def matched_steps(rows: dict, ref: list[ScoreResult]) -> tuple[dict[str, int | None], float, float]:
+    """Fewest steps from which on a sampler stays within DDPM-250's seed spread (FD and accuracy)."""
+    fd = [r.fd for r in ref]
+    acc = [r.accuracy for r in ref]
+    fd_tol = max(fd) - min(fd)
+    acc_tol = max(max(acc) - min(acc), 0.005)
+    fd_limit, acc_limit = float(np.mean(fd)) + fd_tol, float(np.mean(acc)) - acc_tol
+    out: dict[str, int | None] = {}
+    for sampler in SOLVERS:
+        ok = [rows[sampler, s].fd <= fd_limit and rows[sampler, s].accuracy >= acc_limit for s in STEP_COUNTS]
+        out[sampler] = next((s for i, s in enumerate(STEP_COUNTS) if all(ok[i:])), None)
+    return out, fd_limit, acc_limit
+
+
+def time_sample(args, model, decode, runner, sampler: str, steps: int, repeat: int = 3) -> float:
+    """Median seconds to a finished batch of 10 images (one per class), latents + decode."""
+    fn = _fn(args, model, decode, runner, sampler, steps, 0)
+    labels = list(range(10))
+    fn(labels)  # warm-up
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn(labels)
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times))
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--per-class", type=int, default=50)
+    p.add_argument("--cfg", type=float, default=4.0)
+    p.add_argument(
+        "--engines", type=Path, default=None, help="an export of tiny-digits (default: torch reference)"
+    )
+    p.add_argument("--backend", default="torch", help="torch (reference loop) | ort | trt with --engines")
+    p.add_argument("--out", type=Path, default=Path("benchmarks/results/solver_quality.md"))
+    p.add_argument("--json", type=Path, default=None, help="also write every result as JSON")
+    p.add_argument(
+        "--extra-only",
+        action="store_true",
+        help="score only the extra rows (EXTRA: ddpm at fewer steps; TIMED: solver timings) "
+        "and append them to --out",
+    )
+    args = p.parse_args(argv)
+    model = decode = runner = None
+    if args.engines is not None:
+        from dit_export.runtime import Sampler
+
+        runner = Sampler.load(args.engines, backend=args.backend)
+    else:
+        import torch
+
+        torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+        model, decode = load_embedded_reference("tiny-digits")
+    clf = train_classifier(seed=0)
+    t0 = time.perf_counter()
+    if args.extra_only:
+        extra = [_score(args, model, decode, runner, clf, s, n, 0) for s, n in EXTRA]
+        lines = [
+            "",
+            "Context rows (seed 0): DDPM with fewer steps",
+            "",
+        ]
+        lines += ["| sampler | steps | accuracy | FD |", "|---|---:|---:|---:|"]
+        lines += [f"| {r.sampler} | {r.steps} | {r.accuracy:.4f} | {r.fd:.3f} |" for r in extra]
+        base = time_sample(args, model, decode, runner, "ddpm", DDPM_STEPS, repeat=1)
+        lines += [
+            "",
+            "| time to 10 finished images (latents + decode) | seconds | speed-up vs DDPM-250 |",
+            "|---|---:|---:|",
+        ]
+        lines.append(f"| ddpm 250 | {base:.2f} | 1.0× |")
+        for s, n in TIMED:
+            sec = time_sample(args, model, decode, runner, s, n)
+            lines.append(f"| {s} {n} | {sec:.2f} | {base / sec:.1f}× |")
+        with args.out.open("a") as f:
+            f.write("\n".join(lines) + "\n")
+        print("\n".join(lines))
+        return 0
+    ref = [_score(args, model, decode, runner, clf, "ddpm", DDPM_STEPS, s) for s in SEEDS]
+    rows = {(s, n): _score(args, model, decode, runner, clf, s, n, 0) for s in SOLVERS for n in STEP_COUNTS}
+    matched, fd_limit, acc_limit = matched_steps(rows, ref)
+    timing = {"ddpm": time_sample(args, model, decode, runner, "ddpm", DDPM_STEPS, repeat=1)}
+    for sampler, steps in matched.items():
+        if steps is not None:
+            timing[sampler] = time_sample(args, model, decode, runner, sampler, steps)
+    text = report(args, ref, rows, matched, fd_limit, acc_limit, timing, time.perf_counter() - t0)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(text)
+    print(text)
+    if args.json:
+        data = {"ddpm250": [r.to_dict() for r in ref], "rows": [r.to_dict() for r in rows.values()]}
+        args.json.write_text(json.dumps({**data, "matched": matched, "timing": timing}, indent=1))
+    return 0
+
+
+def report(args, ref, rows, matched, fd_limit, acc_limit, timing, seconds) -> str:
+    where = f"{args.backend} {args.engines}" if args.engines else "PyTorch fp32 reference loop (CPU)"
+    lines = [
+        "# Few-step samplers vs DDPM-250 (tiny-digits)",
+        "",
+        f"`python benchmarks/solver_quality.py --per-class {args.per_class} --cfg {args.cfg:g}`"
+        f" — {where}; {10 * args.per_class} images per row (classes 0–9 × {args.per_class}), cfg {args.cfg:g},"
+        f" Philox noise seed 0; scores from dit_export.verify.score (accuracy of the held-out-trained digit"
+        f" classifier, Fréchet distance of its {ref[0].classifier_heldout_accuracy:.3f}-accurate features to all real"
+        f" digits; FD of a real subset of the same size: {ref[0].fd_real:.3f}). Total {seconds / 60:.1f} min.",
+        "",
+        "DDPM-250 (the noise of the score: two seeds)",
+        "",
+        "| seed | accuracy | FD |",
+        "|---:|---:|---:|",
+    ]
+    lines += [f"| {r.seed} | {r.accuracy:.4f} | {r.fd:.3f} |" for r in ref]
+    lines += [
+        "",
+        f"Matched = FD ≤ {fd_limit:.3f} (DDPM-250 mean + seed spread) and accuracy ≥ {acc_limit:.4f}"
+        " (mean − max(spread, 0.5 %)) at this and every larger step count.",
+        "",
+        "| steps | " + " | ".join(f"{s} acc | {s} FD" for s in SOLVERS) + " |",
+        "|---:|" + "---:|---:|" * len(SOLVERS),
+    ]
+    for n in STEP_COUNTS:
+        cells = []
+        for s in SOLVERS:
+            r = rows[s, n]
+            mark = "**" if r.fd <= fd_limit and r.accuracy >= acc_limit else ""
+            cells += [f"{r.accuracy:.4f}", f"{mark}{r.fd:.3f}{mark}"]
+        lines.append(f"| {n} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "| sampler | matches DDPM-250 at | time to 10 finished images | speed-up vs DDPM-250 |",
+        "|---|---:|---:|---:|",
+    ]
+    lines.append(f"| ddpm | 250 steps | {timing['ddpm']:.2f} s | 1.0× |")
+    for s in SOLVERS:
+        n = matched[s]
+        if n is None:
+            lines.append(f"| {s} | not within {STEP_COUNTS[-1]} steps | – | – |")
+        else:
+            lines.append(f"| {s} | {n} steps | {timing[s]:.2f} s | {timing['ddpm'] / timing[s]:.1f}× |")
+    lines.append("")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

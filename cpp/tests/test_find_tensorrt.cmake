@@ -1,0 +1,32 @@
+# ctest (cmake -P): cmake/dit_find_tensorrt.cmake finds libnvinfer.so and the Windows-style
+# nvinfer_<major> names, and never a plugin / lean / dispatch library. Fake files, no TensorRT.
+#   cmake -DWORK=<scratch dir> -P test_find_tensorrt.cmake
+foreach(case "nvinfer" "nvinfer_10" "nvinfer_11" "none")
+  set(root "${WORK}/${case}")
+  file(REMOVE_RECURSE "${root}")
+  file(WRITE "${root}/trt/include/NvInfer.h" "// fake\n")
+  foreach(decoy nvinfer_plugin_11 nvinfer_lean_11 nvinfer_dispatch_11 nvinfer_vc_plugin_10 nvonnxparser_10)
+    file(WRITE "${root}/trt/lib/lib${decoy}.so" "")
+  endforeach()
+  if(NOT case STREQUAL "none")
+    file(WRITE "${root}/trt/lib/lib${case}.so" "")
+  endif()
+  execute_process(
+    COMMAND ${CMAKE_COMMAND} -S "${CMAKE_CURRENT_LIST_DIR}/find_tensorrt" -B "${root}/build" -DTENSORRT_ROOT=${root}/trt
+    OUTPUT_VARIABLE out ERROR_VARIABLE err RESULT_VARIABLE rc)
+  if(NOT rc EQUAL 0)
+    message(FATAL_ERROR "configure failed for ${case}:\n${out}\n${err}")
+  endif()
+  if(case STREQUAL "none")
+    if(out MATCHES "found: ${root}/trt/lib/")  # (a real TensorRT elsewhere on the machine may be found)
+      message(FATAL_ERROR "only decoy libraries: wanted none of them, got:\n${out}")
+    endif()
+    message(STATUS "decoys only: none of them found")
+    continue()
+  endif()
+  if(NOT out MATCHES "found: ${root}/trt/lib/lib${case}\\.so \\| ${root}/trt/include")
+    message(FATAL_ERROR "${case}: wanted lib${case}.so, got:\n${out}")
+  endif()
+  message(STATUS "${case}: found lib${case}.so")
+endforeach()
+message(STATUS "test_find_tensorrt: all checks passed")

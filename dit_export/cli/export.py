@@ -1,0 +1,60 @@
+"""`export`: the denoiser, the fused sampler step and the VAE decoder to a static ONNX folder."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from dit_export.cli.args import ModelArgs, add_precision, count, fields
+from dit_export.export.trt_ops import DEFAULT_OPSET, OPSET_MAX, OPSET_MIN
+
+EXPORT_FIELDS = ("batch", "precision", "opset")  # the export's own flags (add_export_args), shared with build
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "export",
+        help="export the denoiser, the fused sampler step and the VAE decoder to static ONNX",
+        description="Trace DiT (dit.onnx), one guided sampler step (dit_step.onnx) and the VAE decoder "
+        "(vae_decoder.onnx) to static ONNX in fp32 or mixed fp16, check each against PyTorch with "
+        "ONNX Runtime, and write manifest.json. Example: python -m dit_export export --model S/8 "
+        "--random-weights --vae random-tiny --batch 2 --precision fp16 --out engines/s8",
+    )
+    ModelArgs.add_to(p)
+    add_export_args(p)
+    p.add_argument("--no-check", action="store_true", help="skip the ONNX Runtime vs PyTorch check")
+    p.add_argument("--check-seed", type=count, default=0, help=argparse.SUPPRESS)
+    p.add_argument("--force", action="store_true", help="replace an existing export in --out")
+    p.add_argument("--out", required=True, help="output folder (written atomically)")
+    p.set_defaults(func=run)
+
+
+def add_export_args(p: argparse.ArgumentParser) -> None:
+    """--batch, --precision, --opset: the export's own fields (shared with build)."""
+    p.add_argument(
+        "--batch", type=count, default=1, help="images per call N (dit.onnx takes 2N rows; default 1)"
+    )
+    add_precision(p)
+    p.add_argument(
+        "--opset",
+        type=count,
+        default=DEFAULT_OPSET,
+        help=f"ONNX opset, {OPSET_MIN}–{OPSET_MAX} (default {DEFAULT_OPSET})",
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    spec = ModelArgs.parse(args)  # cheap checks before torch loads
+    from dit_export.export.exporter import ExportOptions, export  # torch
+
+    opts = ExportOptions(
+        model=spec,
+        out=Path(args.out),
+        check=not args.no_check,
+        **fields(args, *EXPORT_FIELDS, "force", "check_seed"),
+    )
+    result = export(opts)
+    m = result.manifest
+    files = [g.file.file for g in m.graphs.values() if g] + ["manifest.json"]
+    print(f"wrote {result.out}: {', '.join(files)} ({m.model.name}, {m.precision}, batch {m.batch})")
+    return 0

@@ -1,0 +1,102 @@
+"""`triton-repo`: a Triton Inference Server model repository serving the sampler of an engines folder.
+
+    python -m dit_export triton-repo --engines engines/xl --out triton_repo
+    docker run --gpus all --rm -p 8000:8000 -v $PWD/triton_repo:/models nvcr.io/nvidia/tritonserver:<yy.mm>-py3 \\
+        tritonserver --model-repository /models
+
+Layout, inputs and deployment notes: dit_export/serve/triton.py and docs/triton.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from dit_export.cli.args import EnginesArgs, Parser, fields, non_negative, positive
+from dit_export.errors import UserError
+from dit_export.serve.triton import DEFAULT_NAME, write_repository
+
+# write_repository's keyword arguments, each a flag of the same name
+REPO_FIELDS = (
+    "name",
+    "max_batch",
+    "instances",
+    "backend",
+    "reference",
+    "plan_models",
+    "queue_delay_us",
+    "force",
+)
+
+
+def register(sub) -> None:
+    p = sub.add_parser(
+        "triton-repo",
+        help="write a Triton Inference Server model repository that serves the sampler of --engines",
+        description="Write a Triton model repository: a Python-backend model (config.pbtxt, 1/model.py, "
+        "1/engines/) that runs the dit_export sampler in-process — TensorRT (KIND_GPU) when the folder "
+        "has plans, else ONNX Runtime (KIND_CPU) — with dynamic batching. Serve it with "
+        "`tritonserver --model-repository OUT`; client: scripts/triton_client.py; docs/triton.md.",
+    )
+    EnginesArgs.add_to(p, required=True, help="an exported/built folder (manifest.json, graphs, plans)")
+    p.add_argument("--out", required=True, metavar="REPO", help="the model repository folder")
+    p.add_argument("--name", default=DEFAULT_NAME, help=f"model name (default {DEFAULT_NAME})")
+    p.add_argument(
+        "--max-batch",
+        type=positive,
+        default=None,
+        metavar="N",
+        help="Triton max_batch_size: rows (images) per request and per batched call (default: the engine batch)",
+    )
+    p.add_argument("--instances", type=positive, default=1, metavar="K", help="model instances (default 1)")
+    p.add_argument(
+        "--backend",
+        choices=("auto", "trt", "ort"),
+        default="auto",
+        help="runtime inside the model: auto = trt on KIND_GPU when the folder has plans, else ort on KIND_CPU",
+    )
+    p.add_argument(
+        "--reference",
+        action="store_true",
+        help="point the model at --engines (absolute path) instead of placing the engines in the repository",
+    )
+    p.add_argument(
+        "--plan-models",
+        action="store_true",
+        help="also write each TensorRT plan as a tensorrt_plan model (<name>_<graph>) for Triton to own",
+    )
+    p.add_argument(
+        "--queue-delay-us",
+        type=non_negative,
+        default=2000,
+        help="dynamic batching: max microseconds a request waits for others (default 2000)",
+    )
+    p.add_argument("--force", action="store_true", help="replace the model folders if they exist")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    result = write_repository(
+        args.engines,
+        args.out,
+        **fields(args, *REPO_FIELDS),
+    )
+    print(result.summary())
+    print(f"serve: tritonserver --model-repository {result.out}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m dit_export.cli.triton_repo ...` (the same command, before/without the registration)."""
+    parser = Parser(prog="python -m dit_export.cli.triton_repo")
+    register(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["triton-repo", *(sys.argv[1:] if argv is None else argv)])
+    try:
+        return args.func(args)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

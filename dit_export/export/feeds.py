@@ -1,0 +1,87 @@
+"""Example feeds for the exported graphs: one function for export's check, `verify` and `bench`.
+
+Inputs are latent-like (x, noise ~ N(0, 1) float32), labels drawn uniformly from the classes, the
+timestep `t` as given, and for `dit_step` the coefficient row of the sampler's schedule nearest `t`
+(`t` itself is fed as is). `dit` gets the 2N-row guided batch a guided step feeds the model:
+[x, x] with [labels, null label].
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from dit_export.sampling.schedule import STATE_NAMES, make_schedule
+
+GRAPHS = ("dit", "dit_step", "vae_decoder")
+
+
+def coef_row(t: int, sampler: str = "ddpm", steps: int = 50) -> np.ndarray:
+    """The coefficient row of a `steps`-step schedule whose timestep is nearest `t` (float32)."""
+    sched = make_schedule(steps, sampler)
+    k = int(np.argmin(np.abs(np.asarray(sched.timesteps, dtype=np.int64) - int(t))))
+    return np.asarray(sched.coefs[k], dtype=np.float32).copy()
+
+
+def example_feeds(
+    graph: str,
+    *,
+    batch: int,
+    channels: int,
+    size: int,
+    num_classes: int,
+    null_class: int | None = None,
+    seed: int | Sequence[int] = 0,
+    t: int = 500,
+    guidance: float = 4.0,
+    sampler: str = "ddpm",
+    steps: int = 50,
+    x: np.ndarray | None = None,
+    labels: np.ndarray | None = None,
+    noise: np.ndarray | None = None,
+    coef: np.ndarray | None = None,
+    state: bool = False,
+) -> dict[str, np.ndarray]:
+    """Host inputs of one call of `graph` (dit | dit_step | vae_decoder), by input name.
+
+    `x`, `labels`, `noise` and `coef` override the seeded draws (verify feeds its sampler's noise).
+    `batch` is N, the images per call: `dit` gets 2N rows. `state`: also the solver-state inputs
+    of dit_step (`schedule.STATE_NAMES`, seeded N(0, 1)), which every export since issue 11 has.
+    """
+    if graph not in GRAPHS:
+        raise ValueError(f"no example feeds for graph {graph!r}; graphs are {', '.join(GRAPHS)}")
+    rng = np.random.default_rng(seed)
+    shape = (batch, channels, size, size)
+    x = rng.standard_normal(shape, dtype=np.float32) if x is None else np.asarray(x, dtype=np.float32)
+    if graph == "vae_decoder":
+        return {"latent": x}
+    if labels is None:
+        labels = rng.integers(0, num_classes, size=batch)
+    y = np.asarray(labels, dtype=np.int64)
+    if graph == "dit":
+        null = num_classes if null_class is None else null_class
+        return {
+            "x": np.concatenate([x, x]),
+            "t": np.full(2 * batch, t, dtype=np.int64),
+            "y": np.concatenate([y, np.full(batch, null, dtype=np.int64)]),
+        }
+    noise = rng.standard_normal(shape, dtype=np.float32) if noise is None else noise
+    feeds = {
+        "x": x,
+        "t": np.full(batch, t, dtype=np.int64),
+        "y": y,
+        "noise": np.asarray(noise, dtype=np.float32),
+        "guidance": np.array([guidance], dtype=np.float32),
+        "coef": coef_row(t, sampler, steps) if coef is None else np.asarray(coef, dtype=np.float32),
+    }
+    if state:  # the multistep solvers' history, dit_step's state inputs (seeded draws after the rest)
+        # A graph exported before them has none: bind by the graph's input names (`for_inputs`).
+        for name in STATE_NAMES:
+            feeds[name] = rng.standard_normal(shape, dtype=np.float32)
+    return feeds
+
+
+def for_inputs(feeds: dict[str, np.ndarray], names) -> dict[str, np.ndarray]:
+    """The feeds a graph with input `names` takes (an older dit_step has no solver-state inputs)."""
+    return {name: feeds[name] for name in names}

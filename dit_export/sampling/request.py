@@ -1,0 +1,136 @@
+"""`SampleRequest`: what to sample, the one request of the Python runtime (no numpy, no torch).
+
+Field for field the C API's `dit_sample_params` (cpp/include/dit_runtime.h): `labels`, `seed`,
+`cfg_scale`, `steps`, `sampler`, and `noise` (the C side takes a `noise_fn` for non-Philox noise);
+`first_index` is the global index of `labels[0]` in a larger set (Philox noise is keyed by
+(seed, first_index + j)), so a shard of a sample set draws exactly the images of a single run.
+`validate()` is the one place where a request is checked; every failure is a one-line `UserError`
+that names the field, the value and the limit:
+
+    req = SampleRequest(labels=(207, 360), seed=0, cfg_scale=4.0, steps=50).validate(num_classes=1000)
+
+The vocabularies of samplers and noise kinds live here (the lowest sampling module), so the
+schedule, the noise generators, the runtime and the CLI all name the same words.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from dataclasses import asdict, dataclass, replace
+
+from dit_export.errors import UserError
+
+SAMPLERS = ("ddpm", "ddim", "dpm++2m", "unipc")
+# Fewest steps each sampler takes: the multistep solvers are order 2 with a first-order final step.
+MIN_STEPS = {"ddpm": 1, "ddim": 1, "dpm++2m": 2, "unipc": 2}
+SAMPLER_HELP = (
+    "ddpm (p_sample), ddim (eta 0), dpm++2m (DPM-Solver++ 2M), unipc (UniPC bh2); the last two: ≥ 2 steps"
+)
+NOISE_KINDS = ("philox", "torch")
+NUM_TRAIN_STEPS = 1000  # the diffusion's training steps: the longest chain a sampler can take
+MAX_SEED = 2**64 - 1  # Philox key: two 32-bit words
+MAX_IMAGES = 2**32  # Philox image-index counter word: global indices 0..2**32-1
+
+
+def _is_int(v: object) -> bool:
+    """An integer that is not a bool (numpy integers count; numpy/Python bools and floats do not)."""
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool) and type(v).__name__ != "bool_"
+
+
+def _describe(v: object) -> str:
+    return f"{v!r} ({type(v).__name__})"
+
+
+@dataclass(frozen=True)
+class SampleRequest:
+    """Class labels (one image each), Philox seed, guidance, step count, sampler kind, noise kind."""
+
+    labels: tuple[int, ...]
+    seed: int = 0
+    cfg_scale: float = 4.0
+    steps: int = 250
+    sampler: str = "ddpm"  # SAMPLERS
+    noise: str = "philox"  # NOISE_KINDS: philox (ours, every backend) | torch (the official stream)
+    first_index: int = 0  # global index of labels[0]: its Philox noise is keyed by (seed, first_index)
+
+    def __post_init__(self) -> None:
+        labels = self.labels
+        if not isinstance(labels, (str, bytes, dict)) and hasattr(labels, "__iter__"):
+            object.__setattr__(self, "labels", tuple(labels))  # lists, ranges, numpy arrays
+
+    @property
+    def guided(self) -> bool:
+        """Classifier-free guidance runs (2N rows per forward) only above 1."""
+        return self.cfg_scale > 1.0
+
+    def validate(
+        self, num_classes: int | None = None, num_train_steps: int = NUM_TRAIN_STEPS
+    ) -> SampleRequest:
+        """The normalised request (plain ints/floats), or a one-line UserError naming the bad field."""
+        labels = self.labels
+        if not isinstance(labels, tuple):
+            raise UserError(f"labels must be a sequence of class ids, got {_describe(labels)}")
+        if not labels:
+            raise UserError("no class labels given")
+        for c in labels:
+            if not _is_int(c):
+                raise UserError(f"class labels must be integers, got {_describe(c)}")
+            if c < 0 or (num_classes is not None and c >= num_classes):
+                limit = f"classes 0..{num_classes - 1}" if num_classes is not None else "class ids ≥ 0"
+                raise UserError(f"class id {c} is out of range: this model has {limit}")
+        if not _is_int(self.seed):
+            raise UserError(f"seed must be an integer, got {_describe(self.seed)}")
+        if not 0 <= self.seed <= MAX_SEED:
+            raise UserError(f"seed {self.seed} is out of range: seeds are 0..2**64-1")
+        cfg = self.cfg_scale
+        if not isinstance(cfg, numbers.Real) or isinstance(cfg, bool) or type(cfg).__name__ == "bool_":
+            raise UserError(f"cfg scale must be a number, got {_describe(cfg)}")
+        if not (math.isfinite(cfg) and cfg >= 1.0):
+            raise UserError(f"cfg scale must be ≥ 1 (1 = no guidance), got {cfg}")
+        if not _is_int(self.steps):
+            raise UserError(f"steps must be an integer, got {_describe(self.steps)}")
+        if self.steps < 1:
+            raise UserError(f"steps {self.steps}: at least 1")
+        if self.steps > num_train_steps:
+            raise UserError(f"steps {self.steps}: at most {num_train_steps} (the training steps)")
+        if self.sampler not in SAMPLERS:
+            raise UserError(f"unknown sampler {self.sampler!r}; choose one of {', '.join(SAMPLERS)}")
+        if self.steps < MIN_STEPS[self.sampler]:
+            raise UserError(
+                f"steps {self.steps}: {self.sampler} needs at least {MIN_STEPS[self.sampler]} steps "
+                "(an order-2 multistep solver)"
+            )
+        if self.noise not in NOISE_KINDS:
+            raise UserError(f"unknown noise kind {self.noise!r}; choose one of {', '.join(NOISE_KINDS)}")
+        if not _is_int(self.first_index):
+            raise UserError(f"first_index must be an integer, got {_describe(self.first_index)}")
+        if self.first_index < 0 or self.first_index + len(labels) > MAX_IMAGES:
+            raise UserError(
+                f"images {self.first_index}..{self.first_index + len(labels) - 1} are out of range: "
+                "global image indices are 0..2**32-1"
+            )
+        if self.first_index and self.noise != "philox":
+            raise UserError("torch noise reproduces one official batch only; first_index needs philox noise")
+        return replace(
+            self,
+            labels=tuple(int(c) for c in labels),
+            first_index=int(self.first_index),
+            seed=int(self.seed),
+            cfg_scale=float(cfg),
+            steps=int(self.steps),
+        )
+
+    def to_dict(self) -> dict:
+        """Plain JSON-able fields (labels as a list)."""
+        d = asdict(self)
+        d["labels"] = list(self.labels)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> SampleRequest:
+        fields = ("labels", "seed", "cfg_scale", "steps", "sampler", "noise", "first_index")
+        unknown = sorted(set(d) - set(fields))
+        if unknown:
+            raise UserError(f"unknown sample request field {unknown[0]!r}; fields: {', '.join(fields)}")
+        return cls(**d)

@@ -1,0 +1,146 @@
+"""Shared fixtures and the GPU-run guard of the whole suite.
+
+`DIT_EXPORT_EXPECT_GPU` makes a GPU run prove what it claims: a test that would skip for want of
+a GPU fails instead.
+- `1`: every skip of a test marked `gpu`, and every skip whose reason names TensorRT, CUDA or a
+  GPU, is reported as a failure (a GPU + TensorRT machine).
+- `cuda`: only skips that name CUDA or a GPU and not TensorRT fail (a GPU machine without
+  TensorRT, e.g. benchmarks/gpu_check.sh; TensorRT tests may skip there).
+A skip reason that starts with `cpu-only:` (a CPU-only expectation guarded off on a GPU machine)
+is never turned into a failure.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+EXPECT_GPU_ENV = "DIT_EXPORT_EXPECT_GPU"
+_GPU_WORDS = re.compile(r"tensorrt|cuda|gpu", re.IGNORECASE)
+_CUDA_WORDS = re.compile(r"cuda|gpu", re.IGNORECASE)
+_TRT_WORD = re.compile(r"tensorrt", re.IGNORECASE)
+
+pytest_plugins = ["pytester"]
+
+
+# ------------------------------------------------------------------------------ the GPU guard
+
+
+def _skip_reason(longrepr: object) -> str:
+    if isinstance(longrepr, tuple) and len(longrepr) == 3:
+        return str(longrepr[2])
+    return str(longrepr)
+
+
+def expected_gpu_failure(reason: str, marked_gpu: bool, mode: str | None = None) -> bool:
+    """Whether a skip with this reason must fail under DIT_EXPORT_EXPECT_GPU=`mode`."""
+    mode = os.environ.get(EXPECT_GPU_ENV, "") if mode is None else mode
+    text = reason.split("Skipped:", 1)[-1].strip()
+    if mode in ("", "0") or text.startswith("cpu-only:"):
+        return False
+    if mode == "cuda":
+        return bool(_CUDA_WORDS.search(text)) and not _TRT_WORD.search(text)
+    return marked_gpu or bool(_GPU_WORDS.search(text))
+
+
+def _fail(report: pytest.TestReport | pytest.CollectReport, reason: str) -> None:
+    report.outcome = "failed"
+    report.longrepr = (
+        f"{EXPECT_GPU_ENV}={os.environ.get(EXPECT_GPU_ENV)}: this GPU run must not skip: {reason}"
+    )
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
+    outcome = yield
+    report = outcome.get_result()
+    if report.skipped and not hasattr(report, "wasxfail"):
+        reason = _skip_reason(report.longrepr)
+        if expected_gpu_failure(reason, item.get_closest_marker("gpu") is not None):
+            _fail(report, reason)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector: pytest.Collector):
+    outcome = yield
+    report = outcome.get_result()
+    if report.skipped:  # a module-level importorskip("tensorrt") and the like
+        reason = _skip_reason(report.longrepr)
+        if expected_gpu_failure(reason, marked_gpu=False):
+            _fail(report, reason)
+
+
+# ------------------------------------------------------------------------------ shared fixtures
+
+
+def offline_environ(**extra: str) -> dict[str, str]:
+    """The environment of a CLI run that never touches the network (+ `extra` variables)."""
+    return dict(os.environ, PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1", DIT_EXPORT_OFFLINE="1", **extra)
+
+
+def run_dit_export(
+    *args: object,
+    cwd: str | os.PathLike | None = None,
+    timeout: float = 900,
+    env: dict[str, str] | None = None,
+) -> subprocess.CompletedProcess:
+    """`python -m dit_export ARGS` in a fresh interpreter (what a user types), offline.
+
+    `env`: extra environment variables on top of the offline environment.
+    """
+    return subprocess.run(
+        [sys.executable, "-m", "dit_export", *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=offline_environ(**(env or {})),
+        timeout=timeout,
+    )
+
+
+def assert_one_line_error(r: subprocess.CompletedProcess, *needles: str, code: int | None = None) -> str:
+    """Exit ≠ 0 (exactly `code` when given), no traceback, exactly one stderr line starting `error: `
+    (containing every needle)."""
+    if code is None:
+        assert r.returncode != 0, r.stdout + r.stderr
+    else:
+        assert r.returncode == code, (r.returncode, r.stdout[-2000:], r.stderr[-2000:])
+    assert "Traceback" not in r.stderr and "Traceback" not in r.stdout, r.stderr
+    lines = [ln for ln in r.stderr.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), r.stderr
+    for n in needles:
+        assert n in lines[0], (n, lines[0])
+    return lines[0]
+
+
+def assert_user_error(r: subprocess.CompletedProcess, *needles: str) -> str:
+    """`assert_one_line_error` with exit 2, the exit of every UserError (one-line error)."""
+    return assert_one_line_error(r, *needles, code=2)
+
+
+def hidden_names(folder: Path) -> list[str]:
+    """The hidden entries of a folder (scratch `.x.*.partial` folders, locks), sorted."""
+    return sorted(p.name for p in Path(folder).iterdir() if p.name.startswith("."))
+
+
+@pytest.fixture
+def offline_env() -> dict[str, str]:
+    """The environment of a CLI run that never touches the network."""
+    return offline_environ()
+
+
+@pytest.fixture
+def run_cli():
+    """`python -m dit_export ARGS` in a fresh interpreter (what a user types), offline."""
+    return run_dit_export
+
+
+@pytest.fixture
+def one_line_error():
+    return assert_one_line_error

@@ -113,6 +113,20 @@ def test_an_image_depends_only_on_its_position_label_and_seed(ort32):
     np.testing.assert_array_equal(full[0], single[0])
 
 
+def test_generate_many_packs_rows_and_equals_one_request_each(ort32):
+    """Rows of several requests (other seeds, first_index) share engine runs: each result is what
+    the request gives alone. Batch 2: rows (a0, a1), (a2, b0), (c0, pad) with c run apart (cfg)."""
+    a = SampleRequest(labels=(1, 2, 3), seed=7, steps=STEPS)
+    b = SampleRequest(labels=(4,), seed=11, steps=STEPS, first_index=5)
+    c = SampleRequest(labels=(6,), seed=7, steps=STEPS, cfg_scale=1.5)
+    many = ort32.generate_many([a, b, c], decode=False)
+    assert [len(r.latents) for r in many] == [3, 1, 1]
+    for req, got in zip((a, b, c), many):
+        np.testing.assert_array_equal(got.latents, ort32.generate(req, decode=False).latents)
+    with pytest.raises(UserError, match="out of range"):
+        ort32.generate_many([a, SampleRequest(labels=(5000,), steps=STEPS)])
+
+
 def test_images_are_the_decoded_latents(ort32):
     img, lat = ort32.sample(LABELS[:2], seed=0, steps=2, return_latents=True, progress=False)
     assert img.shape == (2, 256, 256, 3) and img.dtype == np.uint8

@@ -267,6 +267,10 @@ class CppSampler(Sampler):
     def describe(self) -> str:
         return f"{self.backend.handle.description} (C++ runtime)"
 
+    def generate_many(self, requests, *, decode: bool = True, progress: bool = False):
+        """One C++ run per request (the C API takes one seed per call): no packing of rows."""
+        return [self.generate(r, decode=decode, progress=progress) for r in requests]
+
     def _generate(self, req: SampleRequest, decode: bool, progress: bool):
         h = self.backend.handle
         if h.ptr is None:

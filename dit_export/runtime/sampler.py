@@ -35,7 +35,7 @@ from dit_export.errors import UserError
 from dit_export.export.manifest import Manifest
 from dit_export.images import to_uint8
 from dit_export.runtime.backend import Backend, Buffer, as_manifest, make_backend
-from dit_export.sampling.noise import make_noise
+from dit_export.sampling.noise import PhiloxNoise, make_noise
 from dit_export.sampling.request import SAMPLERS, SampleRequest
 from dit_export.sampling.schedule import (
     NUM_LEGACY_COEFS,
@@ -70,22 +70,56 @@ def pad_rows(a: np.ndarray, n: int) -> np.ndarray:
     return out
 
 
+class _RowsPhilox:
+    """Philox noise for rows that each carry their own (seed, global image index): rows of several
+    requests packed into one engine batch. Rows of one seed draw together, exactly as alone."""
+
+    def __init__(self, seeds: np.ndarray, indices: np.ndarray, shape: tuple[int, ...]):
+        self.rows, self.shape = len(indices), shape
+        self.parts = []
+        for seed in np.unique(seeds):
+            rows = np.flatnonzero(seeds == seed)
+            self.parts.append((rows, PhiloxNoise(int(seed), indices[rows], shape)))
+
+    def _gather(self, draw) -> np.ndarray:
+        out = np.empty((self.rows, *self.shape), dtype=np.float32)
+        for rows, src in self.parts:
+            out[rows] = draw(src)
+        return out
+
+    def initial(self) -> np.ndarray:
+        return self._gather(lambda src: src.initial())
+
+    def step(self, k: int) -> np.ndarray:
+        return self._gather(lambda src: src.step(k))
+
+
 class _ChunkNoise:
-    """Initial latents and per-step noise for chunk c of a request, padded to the engine batch."""
+    """Initial latents and per-step noise for chunk c of a request, padded to the engine batch.
+
+    Philox rows are keyed by (seeds[i], indices[i]): one seed and first_index + i for a request,
+    several seeds for the packed rows of `Sampler.generate_many`."""
 
     def __init__(
         self,
         kind: str,
-        seed: int,
-        m: int,
+        seeds: np.ndarray,
+        indices: np.ndarray,
         n: int,
         shape: tuple[int, ...],
         guided: bool,
         steps: int,
-        first_index: int = 0,
     ):
-        self.kind, self.seed, self.m, self.n, self.shape, self.guided = kind, seed, m, n, shape, guided
-        self.first_index = first_index
+        m = len(indices)
+        self.kind, self.seed, self.m, self.n, self.shape, self.guided = (
+            kind,
+            int(seeds[0]),
+            m,
+            n,
+            shape,
+            guided,
+        )
+        self.seeds, self.indices = seeds, indices
         self._philox: dict[int, object] = {}
         self._torch: tuple[np.ndarray, np.ndarray] | None = None
         if kind == "torch":
@@ -96,8 +130,6 @@ class _ChunkNoise:
                     "(it is one sequential stream); use philox noise or fewer images per call"
                 )
             self.steps_total = steps
-        else:
-            make_noise("philox", seed, m, shape, guided, first_image=first_index)  # validate now
 
     def _rows(self, c: int) -> tuple[int, int]:
         return c * self.n, min(self.m, (c + 1) * self.n)
@@ -105,11 +137,7 @@ class _ChunkNoise:
     def _philox_source(self, c: int):
         if c not in self._philox:
             lo, hi = self._rows(c)
-            self._philox = {
-                c: make_noise(
-                    "philox", self.seed, hi - lo, self.shape, self.guided, first_image=self.first_index + lo
-                )
-            }
+            self._philox = {c: _RowsPhilox(self.seeds[lo:hi], self.indices[lo:hi], self.shape)}
         return self._philox[c]
 
     def _torch_stream(self) -> tuple[np.ndarray, np.ndarray]:
@@ -214,13 +242,43 @@ class Sampler:
         self, request: SampleRequest, *, decode: bool = True, progress: bool = False
     ) -> SampleResult:
         """Final latents and (when `decode` and the export has a VAE) float images in ≈[-1, 1]."""
+        req = self._checked(request)
+        latents, images = self._generate(req, decode and self.has_vae, progress)
+        return SampleResult(latents, images)
+
+    def generate_many(
+        self, requests: Sequence[SampleRequest], *, decode: bool = True, progress: bool = False
+    ) -> list[SampleResult]:
+        """One result per request, in order; rows of requests that share cfg scale, steps, sampler
+        and Philox noise are packed into shared engine runs (a server's concurrent requests). Each
+        row keeps its own (seed, image index) noise, so every result equals `generate(request)`."""
+        reqs = [self._checked(r) for r in requests]
+        groups: dict[tuple, list[int]] = {}
+        for i, r in enumerate(reqs):
+            key = (r.cfg_scale, r.steps, r.sampler) if r.noise == "philox" else ("alone", i)
+            groups.setdefault(key, []).append(i)
+        results: list[SampleResult | None] = [None] * len(reqs)
+        for members in groups.values():
+            first = reqs[members[0]]
+            packed = replace(first, labels=sum((reqs[i].labels for i in members), ()), first_index=0)
+            seeds = np.concatenate([np.full(len(reqs[i].labels), reqs[i].seed, np.uint64) for i in members])
+            indices = np.concatenate(
+                [reqs[i].first_index + np.arange(len(reqs[i].labels), dtype=np.int64) for i in members]
+            )
+            latents, images = self._generate(packed, decode and self.has_vae, progress, (seeds, indices))
+            lo = 0
+            for i in members:
+                hi = lo + len(reqs[i].labels)
+                results[i] = SampleResult(latents[lo:hi], None if images is None else images[lo:hi])
+                lo = hi
+        return [r for r in results if r is not None]
+
+    def _checked(self, request: SampleRequest) -> SampleRequest:
         if not isinstance(request, SampleRequest):
             raise TypeError(
                 f"generate takes a SampleRequest, got {type(request).__name__} (see Sampler.sample)"
             )
-        req = request.validate(self.num_classes, self.num_train_steps)
-        latents, images = self._generate(req, decode and self.has_vae, progress)
-        return SampleResult(latents, images)
+        return request.validate(self.num_classes, self.num_train_steps)
 
     def sample(
         self, labels: Sequence[int], *, return_latents: bool = False, progress: bool = False, **fields
@@ -307,16 +365,28 @@ class Sampler:
         self.close()
 
     # -- the loop (CppSampler overrides `_generate` with the C++ one) ---------------------------------
-    def _generate(self, req: SampleRequest, decode: bool, progress: bool):
-        """(latents (M, C, L, L), images (M, 3, H, W) or None) for a validated request."""
+    def _generate(
+        self,
+        req: SampleRequest,
+        decode: bool,
+        progress: bool,
+        rows: tuple[np.ndarray, np.ndarray] | None = None,
+    ):
+        """(latents (M, C, L, L), images (M, 3, H, W) or None) for a validated request.
+
+        `rows`: per-row (seeds, global image indices) of packed requests (`generate_many`);
+        default: the request's seed and first_index + i."""
         labels = np.asarray(req.labels, dtype=np.int64)
+        if rows is None:
+            rows = (
+                np.full(len(labels), req.seed, dtype=np.uint64),
+                req.first_index + np.arange(len(labels), dtype=np.int64),
+            )
         timesteps, coefs = self.schedule(req.steps, req.sampler)
         num_steps, n, m = len(timesteps), self.batch, len(labels)
         chunks = -(-m // n)
         ode = req.sampler in ODE_SAMPLERS
-        src = _ChunkNoise(
-            req.noise, req.seed, m, n, self.latent_shape, req.guided, 0 if ode else num_steps, req.first_index
-        )
+        src = _ChunkNoise(req.noise, *rows, n, self.latent_shape, req.guided, 0 if ode else num_steps)
         be = self.backend
         block = max(1, min(num_steps, MAX_NOISE_TABLE_BYTES // (n * math.prod(self.latent_shape) * 4)))
         b = self._buffers(num_steps, 1 if ode else block, decode)

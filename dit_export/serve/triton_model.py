@@ -10,8 +10,8 @@ cfg_scale, steps, sampler, first_index) form one `SampleRequest`, so a request i
 `dit_export sample --classes <its labels> --seed S …`: row i is image first_index + i of that
 seed, whatever else the server is doing. Each
 such group runs in chunks of the engine batch. Requests that Triton's dynamic batcher hands over
-together share engine runs only through `Sampler.generate_many` (each row keeps its own Philox
-key: seed and image index); without it they run one after another.
+together share engine runs through `Sampler.generate_many` (each row keeps its own Philox key:
+seed and image index, so each response equals its request run alone).
 
 A bad request (unknown class, steps 0, a wrong sampler) gets a Triton error response; the model
 and the other requests carry on.

@@ -10,7 +10,6 @@ from dit_export.errors import UserError
 
 BACKENDS = ("ort", "trt", "torch", "cpp")
 ALIASES = {"onnxruntime": "ort", "tensorrt": "trt", "pytorch": "torch", "c++": "cpp"}
-WORDS = (*BACKENDS, "auto", *ALIASES)  # what an argparse `choices=` may list
 LONG_NAMES = {"ort": "onnxruntime", "trt": "tensorrt", "torch": "torch", "cpp": "cpp"}
 
 

@@ -22,3 +22,15 @@ def canonical_backend(name: str, *, allow_auto: bool = False, allowed: tuple[str
         words = ", ".join((*allowed, "auto") if allow_auto else allowed)
         raise UserError(f"unknown backend {name!r}; choose one of {words}")
     return key
+
+
+def env_threads() -> int:
+    """CPU threads for ONNX Runtime when the caller asks for none: `$OMP_NUM_THREADS` when set
+    (the limit torch and the C++ runtime already obey, so one setting caps every library of a
+    process), else 0: the library's default of one thread per core."""
+    import os
+
+    try:
+        return max(0, int(os.environ.get("OMP_NUM_THREADS", "0")))
+    except ValueError:
+        return 0

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The README's test command (.ci/run calls it on a clean clone): a virtual environment with the
 # CPU torch wheel, the test extras, the TensorRT 11 lean runtime module for the name checks, then
-# ruff and the test suite (skip reasons shown). Extra arguments go to pytest.
+# ruff and the test suite (skip reasons shown), one worker per core. Extra arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/venv.sh
@@ -17,4 +17,7 @@ python -m pip install -q --no-deps "tensorrt-stubs==10.13.0.35.1"   # 10.x API t
 python -m pip install -q --no-deps "tritonclient>=2.40"
 bash scripts/triton_smoke.sh --setup || echo "warning: Triton setup failed; tests/test_triton.py will skip" >&2
 ruff check dit_export tests scripts benchmarks
-python -m pytest -q -rs "$@"
+# One pytest-xdist worker per core (at most 4; each worker and its processes use one CPU thread,
+# tests/conftest.py), whole files per worker so each module's exported folders are made once.
+workers=$(python -c "import os; print(min(4, len(os.sched_getaffinity(0))))")
+python -m pytest -q -rs -n "$workers" --dist loadfile "$@"

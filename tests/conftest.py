@@ -28,6 +28,12 @@ _TRT_WORD = re.compile(r"tensorrt", re.IGNORECASE)
 
 pytest_plugins = ["pytester"]
 
+# scripts/test.sh runs one pytest-xdist worker per core: each worker (and every process it starts)
+# gets one CPU thread, or torch's and ONNX Runtime's pools oversubscribe the cores and spin.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(_var, "1")
+
 
 # ------------------------------------------------------------------------------ the GPU guard
 

@@ -85,12 +85,10 @@ def test_build_onnxruntime_makes_a_verified_folder(fp32):
 
 def test_rebuild_unchanged_reuses_everything(fp32):
     before = {p.name: p.stat().st_mtime_ns for p in fp32.iterdir() if p.suffix == ".onnx"}
-    t0 = time.perf_counter()
     proc = run_cli("build", *MODEL_ARGS, "--precision", "fp32", "--backend", "onnxruntime",
                    "--out", str(fp32), "--no-verify")  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     assert stage_result(proc.stdout, "export") == "reused" and "unchanged, sha256 checked" in proc.stdout
-    assert time.perf_counter() - t0 < 60
     assert before == {p.name: p.stat().st_mtime_ns for p in fp32.iterdir() if p.suffix == ".onnx"}
 
 

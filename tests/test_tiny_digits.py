@@ -174,7 +174,6 @@ def test_upscale_matches_torch_bilinear() -> None:
 
 def test_vae_training_reduces_the_loss(train, tmp_path) -> None:
     images, _ = train.training_images()
-    torch.set_num_threads(2)
     vae, log = train.train_vae(images[:128], steps=24, batch=16, lr=3e-3, log_every=6)
     assert len(log) == 4 and log[-1]["mse"] < 0.7 * log[0]["mse"]
     mean, std = train.encode_dataset(vae, images[:32])

@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from dit_export.backends import env_threads
 from dit_export.engine.records import (
     GraphSource,
     file_fields,
@@ -160,6 +161,7 @@ def check_agreement(folder: Path, manifest: Any, graph: str, package: Path) -> f
     assert source is not None
     so = ort.SessionOptions()
     so.log_severity_level = 3
+    so.intra_op_num_threads = env_threads()
     sess = ort.InferenceSession(str(Path(folder) / source.file), so, providers=["CPUExecutionProvider"])
     with _quiet():
         runner = inductor.aoti_load_package(str(package))

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from dit_export import compare
+from dit_export.backends import env_threads
 from dit_export.compare import Row
 from dit_export.errors import UserError
 from dit_export.export.feeds import example_feeds, for_inputs
@@ -158,6 +159,7 @@ def ort_session(path: str | Path):
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
     so.log_severity_level = 3
+    so.intra_op_num_threads = env_threads()
     return ort.InferenceSession(str(path), sess_options=so, providers=["CPUExecutionProvider"])
 
 

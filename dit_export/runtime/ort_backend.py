@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from dit_export.backends import env_threads
 from dit_export.errors import UserError
 from dit_export.export.manifest import GraphSpec
 from dit_export.lazy import optional_import
@@ -100,6 +101,7 @@ class OrtBackend(Backend):
             "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
             "none": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
         }[optimization]
+        threads = threads or env_threads()
         if threads:
             so.intra_op_num_threads = threads
         provider_options = [self._provider_options(p) for p in chosen]

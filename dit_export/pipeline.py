@@ -482,6 +482,7 @@ __all__ = [
     "build",
     "choose_backend",
     "default_out",
+    "export_in_child",
     "export_request",
     "format_summary",
     "read_build_record",

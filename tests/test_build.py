@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 
+import psutil
 import pytest
 from test_runtime_common import (
     BUILD_OUTPUT,
@@ -35,12 +36,14 @@ from dit_export.engine.plans import (
 )
 from dit_export.engine.records import file_fields, graph_source, record_path, write_record
 from dit_export.errors import UserError
+from dit_export.export.exporter import ExportOptions
 from dit_export.export.manifest import Manifest
 from dit_export.models.spec import ModelSpec
 from dit_export.pipeline import (
     BuildConfig,
     EnsureExport,
     default_out,
+    export_in_child,
     export_request,
     read_build_record,
     why_stale,
@@ -202,15 +205,27 @@ def test_killed_build_leaves_the_folder_valid(fp32, tmp_path):
         seen += line
         if "exporting dit.onnx" in line or not line:
             break
+    exporter_procs = psutil.Process(p.pid).children(recursive=True)
     p.send_signal(signal.SIGKILL)
     p.wait()
-    assert "exporting to" in seen, seen
+    assert "exporting to" in seen and "exporting dit.onnx" in seen, seen  # the export process's lines
+    assert exporter_procs  # the export runs in its own process, which dies with the build
+    _, alive = psutil.wait_procs(exporter_procs, timeout=30)
+    assert not alive, alive
     Manifest.read(folder).verify_hashes()
     assert read_build_record(folder)["request"]["weights_seed"] == 0  # still the complete old export
     proc = run_cli("build", *MODEL_ARGS, "--precision", "fp32", "--backend", "onnxruntime",
                    "--out", str(folder), "--no-verify")  # fmt: skip
     assert proc.returncode == 0 and stage_result(proc.stdout, "export") == "reused", proc.stdout + proc.stderr
     assert not list(tmp_path.glob(".f.*.partial")), list(tmp_path.iterdir())  # the killed export's scratch
+
+
+def test_export_process_errors_arrive_as_they_were(tmp_path):
+    """The build's export runs in a child process; its one-line errors are raised in the caller."""
+    opts = ExportOptions(model=S8, out=tmp_path / "x", batch=2, opset=5)
+    with pytest.raises(UserError, match="--opset 5 is outside"):
+        export_in_child(opts, log=lambda s: None)
+    assert not (tmp_path / "x").exists()
 
 
 def test_plan_staleness_from_the_records(fp32, tmp_path):

@@ -29,6 +29,7 @@ import multiprocessing as mp
 import os
 import shutil
 import signal
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -344,22 +345,22 @@ def export_in_child(options: exporter.ExportOptions, log: Log = print) -> None:
             try:
                 kind, payload = recv.recv()
             except EOFError:  # it died without a word: killed, out of memory
-                proc.join()
-                raise UserError(
-                    f"the export process died (exit status {proc.exitcode}); out of memory?"
-                ) from None
-            if kind == "log":
-                log(payload)
-            elif kind == "error":
-                raise payload
-            else:
-                return
-    finally:
-        if proc.is_alive():  # we were interrupted: it stops the same way and cleans up after itself
+                kind, payload = "died", None
+            if kind != "log":
+                break
+            log(payload)
+    except BaseException:  # Ctrl-C here (or a failing log): the export stops too and cleans up
+        if proc.is_alive():
             with contextlib.suppress(OSError):
                 os.kill(proc.pid, signal.SIGINT)
+        raise
+    finally:
         proc.join()
         recv.close()
+    if kind == "died":
+        raise UserError(f"the export process died (exit status {proc.exitcode}); out of memory?")
+    if kind == "error":
+        raise payload
 
 
 def _export_child(options: exporter.ExportOptions, send, parent: int) -> None:
@@ -422,7 +423,8 @@ class VerifyBuild:
             return StageRow("verify", "skipped", None, "--no-verify")
         t0 = time.perf_counter()
         seeds = list(cfg.verify_seeds)
-        report = verify(self.out, backend=self.backend, seeds=seeds, steps=cfg.verify_steps)
+        report = verify(self.out, backend=self.backend, seeds=seeds, steps=cfg.verify_steps, log=self.log,
+                        progress=sys.stderr.isatty())  # fmt: skip
         self.log(format_table(report))
         record = read_build_record(self.out) or {"schema": BUILD_SCHEMA}
         write_json(self.out / BUILD_RECORD, {**record, "verify": report.to_dict()})

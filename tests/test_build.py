@@ -191,9 +191,9 @@ def test_build_refuses_a_foreign_folder(tmp_path):
     assert_one_line_error(proc, "not empty")
 
 
-def test_killed_build_leaves_the_folder_valid(fp32, tmp_path):
-    """SIGKILL during a re-export: the old export stays whole and usable, the lock is released."""
-    folder = link_copy(fp32, tmp_path / "f")
+def _interrupt_a_re_export(folder, sig: int) -> tuple[subprocess.Popen, str, list]:
+    """Start a re-export of `folder` and send `sig` to the build process (only to it) once the
+    export process is under way; returns the process, its output so far and its children."""
     env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
     args = [sys.executable, "-m", "dit_export", "build", *MODEL_ARGS, "--weights-seed", "5", "--precision", "fp32",
             "--backend", "onnxruntime", "--out", str(folder), "--no-verify"]  # fmt: skip
@@ -205,13 +205,30 @@ def test_killed_build_leaves_the_folder_valid(fp32, tmp_path):
         seen += line
         if "exporting dit.onnx" in line or not line:
             break
-    exporter_procs = psutil.Process(p.pid).children(recursive=True)
-    p.send_signal(signal.SIGKILL)
-    p.wait()
+    children = psutil.Process(p.pid).children(recursive=True)
+    p.send_signal(sig)
+    seen += p.communicate(timeout=120)[0]
+    return p, seen, children
+
+
+def test_interrupted_build_stops_its_export_and_leaves_the_folder_valid(fp32, tmp_path):
+    """Ctrl-C (SIGINT to the build alone): one line, the export process stops, nothing half-written."""
+    folder = link_copy(fp32, tmp_path / "f")
+    p, seen, children = _interrupt_a_re_export(folder, signal.SIGINT)
+    assert p.returncode == 130 and "interrupted" in seen and "Traceback" not in seen, seen
+    assert children and not psutil.wait_procs(children, timeout=30)[1]
+    Manifest.read(folder).verify_hashes()
+    assert read_build_record(folder)["request"]["weights_seed"] == 0
+    assert not list(tmp_path.glob(".f.*.partial")), list(tmp_path.iterdir())  # removed by the export itself
+
+
+def test_killed_build_leaves_the_folder_valid(fp32, tmp_path):
+    """SIGKILL during a re-export: the old export stays whole and usable, the lock is released."""
+    folder = link_copy(fp32, tmp_path / "f")
+    p, seen, exporter_procs = _interrupt_a_re_export(folder, signal.SIGKILL)
     assert "exporting to" in seen and "exporting dit.onnx" in seen, seen  # the export process's lines
     assert exporter_procs  # the export runs in its own process, which dies with the build
-    _, alive = psutil.wait_procs(exporter_procs, timeout=30)
-    assert not alive, alive
+    assert not psutil.wait_procs(exporter_procs, timeout=30)[1]
     Manifest.read(folder).verify_hashes()
     assert read_build_record(folder)["request"]["weights_seed"] == 0  # still the complete old export
     proc = run_cli("build", *MODEL_ARGS, "--precision", "fp32", "--backend", "onnxruntime",

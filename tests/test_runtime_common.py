@@ -42,6 +42,7 @@ def s8_folder(tmp_path_factory, precision: str = "fp32") -> Path:
         proc = run_cli("build", *MODEL_ARGS, "--precision", precision, "--backend", "onnxruntime",
                        "--out", str(out), "--no-verify")  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr and "Exception ignored" not in proc.stderr, proc.stderr
     BUILD_OUTPUT[precision] = proc.stdout
     _FOLDERS[precision] = out
     return out

@@ -225,6 +225,8 @@ def verify(
 
     # The reference modules are built once; the backend under test loads one phase's graphs at a
     # time (dit, then dit_step + VAE): XL/2 fp16 on CPU peaked at 10.2 GB RSS with both loaded.
+    say = log or (lambda line: None)
+    say("verify: loading the PyTorch fp32 reference ...")
     modules = load_reference(manifest, folder, want_vae="vae_decoder" in want)
     report: Report | None = None
     pending_skips: list[str] = []
@@ -244,6 +246,8 @@ def verify(
                                 seeds, steps, sampler, float(cfg_scale))  # fmt: skip
             report.skipped += pending_skips + skipped
             pending_skips = []
+            what = "dit at t = 999, 500, 0" if "dit" in graphs else f"{steps} {sampler} steps and the decode"
+            say(f"verify: {what} on {backend} and torch, seed(s) {' '.join(map(str, seeds))} ...")
             for seed in seeds:
                 pair = _Pair(sut, ref, manifest, report, int(seed))
                 if "dit" in graphs:

@@ -197,7 +197,10 @@ def _interrupt_a_re_export(folder, sig: int) -> tuple[subprocess.Popen, str, lis
     env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
     args = [sys.executable, "-m", "dit_export", "build", *MODEL_ARGS, "--weights-seed", "5", "--precision", "fp32",
             "--backend", "onnxruntime", "--out", str(folder), "--no-verify"]  # fmt: skip
-    p = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    # A terminal's Ctrl-C: SIGINT handled by default (a pytest-xdist worker ignores it, and an
+    # ignored SIGINT is inherited: Python would then never raise KeyboardInterrupt)
+    p = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # fmt: skip
     deadline = time.time() + 120
     seen = ""
     while time.time() < deadline:  # wait until the export is under way

@@ -25,14 +25,16 @@ import contextlib
 import ctypes
 import dataclasses
 import math
-import multiprocessing as mp
 import os
+import pickle
 import shutil
 import signal
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
@@ -330,17 +332,26 @@ class EnsureExport:
 
 
 def export_in_child(options: exporter.ExportOptions, log: Log = print) -> None:
-    """`exporter.export` in a fresh process, so that all its memory goes back to the OS before
+    """`exporter.export` in a fresh interpreter, so that all its memory goes back to the OS before
     verify loads the reference: torch.export and onnxscript keep the last traced graph in module
     globals, and the heap stays fragmented (XL/2 fp16 build on CPU: 8.7 GB peak RSS in one
     process). Progress lines come back through a pipe; errors are raised here as they were there.
+    A plain subprocess, not multiprocessing's spawn: that would re-run the caller's script.
     """
-    ctx = mp.get_context("spawn")
-    recv, send = ctx.Pipe(duplex=False)
-    proc = ctx.Process(target=_export_child, args=(options, send, os.getpid()))
-    proc.start()
-    send.close()
+    r, w = os.pipe()
+    root = str(Path(__file__).resolve().parent.parent)  # dit_export importable however we were
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
+    code = "import sys; from dit_export.pipeline import _export_child; _export_child(*map(int, sys.argv[1:]))"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, str(w), str(os.getpid())], stdin=subprocess.PIPE, pass_fds=(w,), env=env
+    )
+    os.close(w)
+    recv = Connection(r)
     try:
+        assert proc.stdin is not None
+        with contextlib.suppress(BrokenPipeError):  # it died at once: reported below
+            proc.stdin.write(pickle.dumps(options))
+            proc.stdin.close()
         while True:
             try:
                 kind, payload = recv.recv()
@@ -350,25 +361,28 @@ def export_in_child(options: exporter.ExportOptions, log: Log = print) -> None:
                 break
             log(payload)
     except BaseException:  # Ctrl-C here (or a failing log): the export stops too and cleans up
-        if proc.is_alive():
-            with contextlib.suppress(OSError):
-                os.kill(proc.pid, signal.SIGINT)
+        try:  # a terminal's Ctrl-C reached it too; a second SIGINT could cut its clean-up short
+            proc.wait(timeout=3)
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGINT)
         raise
     finally:
-        proc.join()
+        proc.wait()
         recv.close()
     if kind == "died":
-        raise UserError(f"the export process died (exit status {proc.exitcode}); out of memory?")
+        raise UserError(f"the export process died (exit status {proc.returncode}); out of memory?")
     if kind == "error":
         raise payload
 
 
-def _export_child(options: exporter.ExportOptions, send, parent: int) -> None:
+def _export_child(fd: int, parent: int) -> None:
     with contextlib.suppress(OSError, AttributeError):  # Linux: die with the parent (kill -9)
         ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     if os.getppid() != parent:
         return
+    send = Connection(fd)
     try:
+        options = pickle.load(sys.stdin.buffer)
         exporter.export(options, log=lambda line: send.send(("log", line)))
         send.send(("done", None))
     except KeyboardInterrupt:

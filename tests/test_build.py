@@ -36,14 +36,12 @@ from dit_export.engine.plans import (
 )
 from dit_export.engine.records import file_fields, graph_source, record_path, write_record
 from dit_export.errors import UserError
-from dit_export.export.exporter import ExportOptions
 from dit_export.export.manifest import Manifest
 from dit_export.models.spec import ModelSpec
 from dit_export.pipeline import (
     BuildConfig,
     EnsureExport,
     default_out,
-    export_in_child,
     export_request,
     read_build_record,
     why_stale,
@@ -241,11 +239,27 @@ def test_killed_build_leaves_the_folder_valid(fp32, tmp_path):
 
 
 def test_export_process_errors_arrive_as_they_were(tmp_path):
-    """The build's export runs in a child process; its one-line errors are raised in the caller."""
-    opts = ExportOptions(model=S8, out=tmp_path / "x", batch=2, opset=5)
-    with pytest.raises(UserError, match="--opset 5 is outside"):
-        export_in_child(opts, log=lambda s: None)
-    assert not (tmp_path / "x").exists()
+    """The build's export runs in a child interpreter: its one-line errors are raised in the
+    caller, and a caller's script without a `__main__` guard is not run again by it."""
+    out = tmp_path / "x"
+    script = tmp_path / "user_script.py"
+    script.write_text(
+        "print('script ran')\n"
+        "from dit_export.errors import UserError\n"
+        "from dit_export.export.exporter import ExportOptions\n"
+        "from dit_export.models.spec import ModelSpec\n"
+        "from dit_export.pipeline import export_in_child\n"
+        "spec = ModelSpec(model='S/8', random_weights=True, vae='random-tiny')\n"
+        "try:\n"
+        f"    export_in_child(ExportOptions(model=spec, out={str(out)!r}, batch=2, opset=5))\n"
+        "except UserError as e:\n"
+        "    print('UserError:', e)\n"
+    )
+    r = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=300, cwd=tmp_path
+    )
+    assert r.returncode == 0 and r.stdout.count("script ran") == 1, r.stdout + r.stderr
+    assert "UserError: --opset 5 is outside" in r.stdout and not out.exists(), r.stdout + r.stderr
 
 
 def test_plan_staleness_from_the_records(fp32, tmp_path):

@@ -6,6 +6,8 @@ TensorRT when it works, else ONNX Runtime. The long names are accepted everywher
 
 from __future__ import annotations
 
+import os
+
 from dit_export.errors import UserError
 
 BACKENDS = ("ort", "trt", "torch", "cpp")
@@ -28,8 +30,6 @@ def env_threads() -> int:
     """CPU threads for ONNX Runtime when the caller asks for none: `$OMP_NUM_THREADS` when set
     (the limit torch and the C++ runtime already obey, so one setting caps every library of a
     process), else 0: the library's default of one thread per core."""
-    import os
-
     try:
         return max(0, int(os.environ.get("OMP_NUM_THREADS", "0")))
     except ValueError:

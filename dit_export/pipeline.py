@@ -339,18 +339,20 @@ def export_in_child(options: exporter.ExportOptions, log: Log = print) -> None:
     A plain subprocess, not multiprocessing's spawn: that would re-run the caller's script.
     """
     r, w = os.pipe()
-    root = str(Path(__file__).resolve().parent.parent)  # dit_export importable however we were
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
-    code = "import sys; from dit_export.pipeline import _export_child; _export_child(*map(int, sys.argv[1:]))"
+    code = (  # our import path first (dit_export is found however we found it), then the options
+        "import pickle, sys; sys.path[:] = pickle.load(sys.stdin.buffer); "
+        "from dit_export.pipeline import _export_child; _export_child(*map(int, sys.argv[1:]))"
+    )
     proc = subprocess.Popen(
-        [sys.executable, "-c", code, str(w), str(os.getpid())], stdin=subprocess.PIPE, pass_fds=(w,), env=env
+        [sys.executable, "-c", code, str(w), str(os.getpid())], stdin=subprocess.PIPE, pass_fds=(w,)
     )
     os.close(w)
     recv = Connection(r)
     try:
         assert proc.stdin is not None
         with contextlib.suppress(BrokenPipeError):  # it died at once: reported below
-            proc.stdin.write(pickle.dumps(options))
+            pickle.dump(sys.path, proc.stdin)
+            pickle.dump(options, proc.stdin)
             proc.stdin.close()
         while True:
             try:

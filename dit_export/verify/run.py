@@ -115,15 +115,18 @@ def summary_line(report: Report) -> str:
     return f"verify FAILED at stage '{fail.stage}': {fail.describe()}{more}"
 
 
-def _load(folder: Path, manifest: Manifest, backend: str, want: list[str], providers, options: dict):
-    """The sampler under test; a TensorRT folder built without a `dit` plan skips the dit stages."""
+def _phases(folder: Path, manifest: Manifest, backend: str) -> tuple[list[list[str]], list[str]]:
+    """The graphs of each phase (dit, then dit_step + VAE), loaded one phase at a time, and what is
+    skipped: a TensorRT folder built without a `dit` plan skips the dit stages."""
+    want = [g for g in ("dit", "dit_step", "vae_decoder") if manifest.graphs.get(g)]
     skipped = []
     if backend == "trt" and "dit" in want:
         status, why = plan_status(folder, manifest, "dit", Target.current(), check_hash=False)
         if status != "fresh":
-            want = [g for g in want if g != "dit"]
+            want.remove("dit")
             skipped.append(f"dit and guided_eps: {why}")
-    return (Sampler.load(folder, backend, providers, graphs=want, **options) if want else None), skipped
+    phases = [[g for g in want if g in phase] for phase in (["dit"], ["dit_step", "vae_decoder"])]
+    return [p for p in phases if p], skipped
 
 
 class _Pair:
@@ -141,19 +144,20 @@ class _Pair:
 
 
 def _seed_inputs(sut: Sampler, seed: int, guided: bool):
-    """The labels, noise and initial latent of one seed (one engine batch), the same in both phases."""
+    """The labels, noise and initial latent of one seed (one engine batch), the same in both
+    phases, and the feed shape fields of `example_feeds`."""
     labels = np.random.default_rng([seed, 7]).integers(0, sut.num_classes, size=sut.batch).astype(np.int64)
     noise = make_noise("philox", seed, sut.batch, sut.latent_shape, guided=guided)
-    return labels, noise, noise.initial()
+    (c, size, _) = sut.latent_shape
+    shape = {"batch": sut.batch, "channels": c, "size": size, "num_classes": sut.num_classes}
+    return labels, noise, noise.initial(), shape
 
 
 def _check_denoiser(pair: _Pair, seed: int) -> None:
     """The `dit` and `guided_eps` stages of one seed."""
     sut, rep, model = pair.sut, pair.report, pair.manifest.model
-    labels, _, x = _seed_inputs(sut, seed, rep.cfg_scale > 1.0)
-    (c, size, _), null = sut.latent_shape, model.null_class
-    shape = {"batch": sut.batch, "channels": c, "size": size, "num_classes": sut.num_classes}
-    k, in_ch = model.cfg_channels, int(model.config["in_channels"])
+    labels, _, x, shape = _seed_inputs(sut, seed, rep.cfg_scale > 1.0)
+    null, k, in_ch = model.null_class, model.cfg_channels, int(model.config["in_channels"])
     for t in DENOISER_TIMESTEPS:
         feeds = example_feeds("dit", **shape, null_class=null, x=x, labels=labels, t=t)
         got, want = pair.graph("dit", feeds)
@@ -166,15 +170,11 @@ def _check_denoiser(pair: _Pair, seed: int) -> None:
 def _check_loop(pair: _Pair, seed: int, progress: bool) -> None:
     """The `step`, `latents` and `images` stages of one seed."""
     sut, rep = pair.sut, pair.report
-    labels, noise, x = _seed_inputs(sut, seed, rep.cfg_scale > 1.0)
-    (c, size, _) = sut.latent_shape
+    labels, noise, x, shape = _seed_inputs(sut, seed, rep.cfg_scale > 1.0)
     timesteps, coefs = sut.schedule(rep.steps, rep.sampler)
     feeds = example_feeds(
         "dit_step",
-        batch=sut.batch,
-        channels=c,
-        size=size,
-        num_classes=sut.num_classes,
+        **shape,
         x=x,
         labels=labels,
         noise=noise.step(0),
@@ -220,41 +220,33 @@ def verify(
     folder = Path(folder)
     backend = canonical_backend(backend)
     manifest = Manifest.read(folder, check_graphs=False)  # Sampler.load checks the graphs
-    want = [g for g in ("dit", "dit_step", "vae_decoder") if manifest.graphs.get(g)]
+    phases, skipped = _phases(folder, manifest, backend)
     from dit_export.runtime.torch_backend import load_reference  # torch: the reference needs it
 
     # The reference modules are built once; the backend under test loads one phase's graphs at a
     # time (dit, then dit_step + VAE): XL/2 fp16 on CPU peaked at 10.2 GB RSS with both loaded.
     say = log or (lambda line: None)
     say("verify: loading the PyTorch fp32 reference ...")
-    modules = load_reference(manifest, folder, want_vae="vae_decoder" in want)
+    modules = load_reference(manifest, folder, want_vae=bool(manifest.graphs.get("vae_decoder")))
     report: Report | None = None
-    pending_skips: list[str] = []
-    for phase in (["dit"], ["dit_step", "vae_decoder"]):
-        graphs = [g for g in want if g in phase]
-        if not graphs:
-            continue
-        sut, skipped = _load(folder, manifest, backend, graphs, providers, options)
-        if sut is None:  # nothing of this phase to check
-            pending_skips += skipped
-            continue
+    for graphs in phases:
+        denoiser = "dit" in graphs
+        sut = Sampler.load(folder, backend, providers, graphs=graphs, **options)
         ref = None
         try:
             ref = Sampler.load(folder, "torch", graphs=graphs, check_hashes=False, modules=modules)
             if report is None:
                 report = Report(str(folder), sut.backend.describe(), ref.backend.describe(), sut.precision,
-                                seeds, steps, sampler, float(cfg_scale))  # fmt: skip
-            report.skipped += pending_skips + skipped
-            pending_skips = []
-            what = "dit at t = 999, 500, 0" if "dit" in graphs else f"{steps} {sampler} steps and the decode"
+                                seeds, steps, sampler, float(cfg_scale), skipped=skipped)  # fmt: skip
+            what = "dit at t = 999, 500, 0" if denoiser else f"{steps} {sampler} steps and the decode"
             say(f"verify: {what} on {backend} and torch, seed(s) {' '.join(map(str, seeds))} ...")
             for seed in seeds:
                 pair = _Pair(sut, ref, manifest, report, int(seed))
-                if "dit" in graphs:
+                if denoiser:
                     _check_denoiser(pair, int(seed))
                 else:
                     _check_loop(pair, int(seed), progress)
-            if "dit_step" in graphs and not sut.has_vae:
+            if not denoiser and not sut.has_vae:
                 report.skipped.append("images: the export has no VAE decoder")
         finally:
             sut.close()

@@ -2,6 +2,8 @@
 
     python benchmarks/solver_quality.py [--per-class 50] [--cfg 4] [--engines DIR --backend ort]
         [--out benchmarks/results/solver_quality.md]
+    python benchmarks/solver_quality.py --add dpm++2m-sde,dpm++2m-sde-karras,dpm++2m-karras \
+        --json benchmarks/results/solver_quality_sde.json
 
 Scores (dit_export.verify.score: class accuracy of a held-out-trained classifier and the Fréchet
 distance of its features to the real digits) for dpm++2m, unipc and ddim at 5, 8, 10, 15, 20, 25
@@ -11,6 +13,12 @@ that noise of DDPM-250's (FD ≤ mean + spread) and its accuracy within the accu
 (at least 0.5 %). Then it times one finished sample (latents + decode) per sampler at its matched
 step count. Default: the fp32 PyTorch reference loop (the same step module every runtime runs);
 `--engines DIR --backend ort` scores an export through `Sampler.generate` instead.
+
+`--add SAMPLERS` scores only those samplers, at 10, 15, 20, 25 steps with both seeds each (a
+stochastic sampler's own seed noise shows), takes DDPM-250's two seeds from `--ref-json` (the
+full run's JSON, same classifier and images), applies the same rule to the mean of the two seeds,
+times the matched settings against DDPM-250 and DDPM-50 (the demo's setting) in the same run, and
+appends a section to `--out`.
 """
 
 from __future__ import annotations
@@ -40,6 +48,8 @@ SEEDS = (0, 1)
 # Context rows (--extra-only): DDPM with fewer steps; timings of the solvers at fixed step counts.
 EXTRA = (("ddpm", 25), ("ddpm", 50))
 TIMED = (("dpm++2m", 10), ("dpm++2m", 20), ("unipc", 10), ("ddim", 10))
+ADD_STEPS = (10, 15, 20, 25)  # --add: the step counts of issue 23
+DEMO = ("ddpm", 50)  # scripts/demo.sh's sampler before issue 23
 
 
 def _fn(args, model, decode, runner, sampler: str, steps: int, seed: int):
@@ -66,17 +76,25 @@ def _score(args, model, decode, runner, clf, sampler: str, steps: int, seed: int
     return r
 
 
-def matched_steps(rows: dict, ref: list[ScoreResult]) -> tuple[dict[str, int | None], float, float]:
-    """Fewest steps from which on a sampler stays within DDPM-250's seed spread (FD and accuracy)."""
+def band(ref: list[ScoreResult]) -> tuple[float, float]:
+    """DDPM-250's band: FD ≤ mean + seed spread, accuracy ≥ mean − max(spread, 0.5 %)."""
     fd = [r.fd for r in ref]
     acc = [r.accuracy for r in ref]
     fd_tol = max(fd) - min(fd)
     acc_tol = max(max(acc) - min(acc), 0.005)
-    fd_limit, acc_limit = float(np.mean(fd)) + fd_tol, float(np.mean(acc)) - acc_tol
+    return float(np.mean(fd)) + fd_tol, float(np.mean(acc)) - acc_tol
+
+
+def matched_steps(
+    rows: dict, ref: list[ScoreResult], samplers=SOLVERS, step_counts=STEP_COUNTS
+) -> tuple[dict[str, int | None], float, float]:
+    """Fewest steps from which on a sampler stays within DDPM-250's seed spread (FD and accuracy).
+    `rows[sampler, steps]` has `.fd` and `.accuracy` (one seed's result, or a mean over seeds)."""
+    fd_limit, acc_limit = band(ref)
     out: dict[str, int | None] = {}
-    for sampler in SOLVERS:
-        ok = [rows[sampler, s].fd <= fd_limit and rows[sampler, s].accuracy >= acc_limit for s in STEP_COUNTS]
-        out[sampler] = next((s for i, s in enumerate(STEP_COUNTS) if all(ok[i:])), None)
+    for sampler in samplers:
+        ok = [rows[sampler, s].fd <= fd_limit and rows[sampler, s].accuracy >= acc_limit for s in step_counts]
+        out[sampler] = next((s for i, s in enumerate(step_counts) if all(ok[i:])), None)
     return out, fd_limit, acc_limit
 
 
@@ -104,6 +122,19 @@ def main(argv=None) -> int:
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/solver_quality.md"))
     p.add_argument("--json", type=Path, default=None, help="also write every result as JSON")
     p.add_argument(
+        "--add",
+        default=None,
+        metavar="SAMPLERS",
+        help="score only these samplers (comma-separated) at 10, 15, 20, 25 steps, both seeds; DDPM-250 "
+        "from --ref-json; append a section to --out",
+    )
+    p.add_argument(
+        "--ref-json",
+        type=Path,
+        default=Path("benchmarks/results/solver_quality.json"),
+        help="--add: the JSON of the full run (its DDPM-250 rows set the band)",
+    )
+    p.add_argument(
         "--extra-only",
         action="store_true",
         help="score only the extra rows (EXTRA: ddpm at fewer steps; TIMED: solver timings) "
@@ -122,6 +153,8 @@ def main(argv=None) -> int:
         model, decode = load_embedded_reference("tiny-digits")
     clf = train_classifier(seed=0)
     t0 = time.perf_counter()
+    if args.add:
+        return add_samplers(args, model, decode, runner, clf, t0)
     if args.extra_only:
         extra = [_score(args, model, decode, runner, clf, s, n, 0) for s, n in EXTRA]
         lines = [
@@ -159,6 +192,93 @@ def main(argv=None) -> int:
     if args.json:
         data = {"ddpm250": [r.to_dict() for r in ref], "rows": [r.to_dict() for r in rows.values()]}
         args.json.write_text(json.dumps({**data, "matched": matched, "timing": timing}, indent=1))
+    return 0
+
+
+def _load_ref(path: Path, clf, per_class: int, cfg: float) -> list[ScoreResult]:
+    if not path.is_file():
+        raise SystemExit(f"error: {path} not found: run the full benchmark with --json {path} first")
+    ref = [ScoreResult(**d) for d in json.loads(path.read_text())["ddpm250"]]
+    if abs(ref[0].classifier_heldout_accuracy - clf.heldout_accuracy) > 1e-12:
+        raise SystemExit(f"error: {path} was scored with another classifier; re-run the full benchmark")
+    if (ref[0].per_class, ref[0].cfg_scale) != (per_class, cfg):
+        raise SystemExit(f"error: {path} has {ref[0].per_class} images per class at cfg {ref[0].cfg_scale:g}")
+    return ref
+
+
+class _Mean:
+    """The mean over seeds of one (sampler, steps) row: what the matched rule compares."""
+
+    def __init__(self, results: list[ScoreResult]):
+        self.fd = float(np.mean([r.fd for r in results]))
+        self.accuracy = float(np.mean([r.accuracy for r in results]))
+
+
+def add_samplers(args, model, decode, runner, clf, t0: float) -> int:
+    """`--add`: score new samplers with both seeds against the stored DDPM-250 band; append a section."""
+    samplers = tuple(s.strip() for s in args.add.split(",") if s.strip())
+    ref = _load_ref(args.ref_json, clf, args.per_class, args.cfg)
+    load0 = os.getloadavg()[0]
+    seeds = {
+        (s, n): [_score(args, model, decode, runner, clf, s, n, seed) for seed in SEEDS]
+        for s in samplers
+        for n in ADD_STEPS
+    }
+    means = {k: _Mean(v) for k, v in seeds.items()}
+    matched, fd_limit, acc_limit = matched_steps(means, ref, samplers, ADD_STEPS)
+    timed = [("ddpm", DDPM_STEPS), DEMO] + [(s, n) for s, n in matched.items() if n is not None]
+    timing = {
+        (s, n): time_sample(args, model, decode, runner, s, n, repeat=1 if n >= 100 else 3) for s, n in timed
+    }
+    load1 = os.getloadavg()[0]
+    where = f"{args.backend} {args.engines}" if args.engines else "the PyTorch fp32 reference loop (CPU)"
+    lines = [
+        "",
+        f"## {', '.join(samplers)} at {', '.join(map(str, ADD_STEPS))} steps, two seeds each",
+        "",
+        f"`python benchmarks/solver_quality.py --add {','.join(samplers)}` — {where}, the classifier, cfg"
+        f" {args.cfg:g} and {10 * args.per_class} images per row of the run above, **both seeds** ({', '.join(map(str, SEEDS))})"
+        f" per row (Philox noise: the initial latent and, for the SDE, every step's noise); DDPM-250's band from"
+        f" {args.ref_json.name} (the run above). Matched = the mean of the two seeds has FD ≤ {fd_limit:.3f} and"
+        f" accuracy ≥ {acc_limit:.4f} at this and every larger step count. Load average (2 cores) at start / end:"
+        f" {load0:.1f} / {load1:.1f}. Total {(time.perf_counter() - t0) / 60:.1f} min.",
+        "",
+        "| sampler | steps | acc seed 0 | acc seed 1 | FD seed 0 | FD seed 1 | FD mean |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for (s, n), rs in seeds.items():
+        m = means[s, n]
+        mark = "**" if m.fd <= fd_limit and m.accuracy >= acc_limit else ""
+        accs = " | ".join(f"{r.accuracy:.4f}" for r in rs)
+        fds = " | ".join(f"{r.fd:.3f}" for r in rs)
+        lines.append(f"| {s} | {n} | {accs} | {fds} | {mark}{m.fd:.3f}{mark} |")
+    base, demo = timing["ddpm", DDPM_STEPS], timing[DEMO]
+    lines += [
+        "",
+        "| sampler | matches DDPM-250 at | time to 10 finished images | vs DDPM-250 | vs DDPM-50 |",
+        "|---|---:|---:|---:|---:|",
+        f"| ddpm | 250 steps | {base:.2f} s | 1.0× | {demo / base:.2f}× |",
+        f"| ddpm (demo before) | 50 steps (context) | {demo:.2f} s | {base / demo:.1f}× | 1.0× |",
+    ]
+    for s in samplers:
+        n = matched[s]
+        if n is None:
+            lines.append(f"| {s} | not within {ADD_STEPS[-1]} steps | – | – | – |")
+        else:
+            sec = timing[s, n]
+            lines.append(f"| {s} | {n} steps | {sec:.2f} s | {base / sec:.1f}× | {demo / sec:.1f}× |")
+    with args.out.open("a") as f:
+        f.write("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    if args.json:
+        data = {
+            "ddpm250": [r.to_dict() for r in ref],
+            "rows": [r.to_dict() for rs in seeds.values() for r in rs],
+            "matched": matched,
+            "timing": {f"{s} {n}": v for (s, n), v in timing.items()},
+            "load": [load0, load1],
+        }
+        args.json.write_text(json.dumps(data, indent=1))
     return 0
 
 

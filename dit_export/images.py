@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
 
 from dit_export.fileio import atomic_path, ensure_writable_dir
 
@@ -80,6 +80,41 @@ def to_uint8_grid(x: np.ndarray, nrow: int = 4, padding: int = 2) -> np.ndarray:
     g = g + _F(0.5)
     np.clip(g, _F(0.0), _F(255.0), out=g)
     return np.ascontiguousarray(g.transpose(1, 2, 0)).astype(np.uint8)
+
+
+def labelled_grid(
+    nhwc_uint8: np.ndarray, captions: Sequence[str], nrow: int = 4, padding: int = 2
+) -> np.ndarray:
+    """The images in ``make_grid``'s layout with each caption drawn (Pillow) in a band under its
+    image → (gh, gw, 3) uint8. Tiles are the images' own pixels; white text on the black padding."""
+    arr = np.asarray(nhwc_uint8)
+    if arr.dtype != np.uint8 or arr.ndim != 4 or arr.shape[3] != 3 or len(arr) != len(captions):
+        raise ValueError(
+            f"expected (N, H, W, 3) uint8 images and N captions, got {arr.shape} and {len(captions)}"
+        )
+    if nrow < 1 or padding < 0:
+        raise ValueError(f"nrow must be >= 1 and padding >= 0 (got {nrow}, {padding})")
+    n, h, w, _ = arr.shape
+    font = _caption_font(max(10, h // 10))
+    band = int(font.getbbox("0123456789")[3]) + 4
+    cols, rows = min(nrow, n), math.ceil(n / min(nrow, n))
+    cell_h, cell_w = h + band + padding, w + padding
+    canvas = Image.new("RGB", (cell_w * cols + padding, cell_h * rows + padding))
+    draw = ImageDraw.Draw(canvas)
+    for k, (img, text) in enumerate(zip(arr, captions)):
+        row, col = divmod(k, cols)
+        top, left = row * cell_h + padding, col * cell_w + padding
+        canvas.paste(Image.fromarray(img), (left, top))
+        draw.text((left + w / 2, top + h + band / 2), str(text), fill=(255, 255, 255), font=font, anchor="mm")
+    return np.asarray(canvas, dtype=np.uint8)
+
+
+def _caption_font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+    """Pillow's own font (no font file needed): scalable where Pillow has FreeType, else its bitmap."""
+    try:
+        return ImageFont.load_default(size=size)
+    except (TypeError, ValueError, OSError, ImportError):  # Pillow < 10.1 or no FreeType
+        return ImageFont.load_default()
 
 
 def _check_hwc(img: np.ndarray) -> np.ndarray:

@@ -26,6 +26,7 @@ INSTALLS = {
     "polygraphy": (EXPORT, "the TensorRT build"),
     "filelock": ("pip install -e .", "the build lock"),
     "psutil": ("pip install -e .", "memory measurements"),
+    "fastjsonschema": ("pip install -e .", "reading manifest.json"),
     "onnxruntime": (
         "pip install -e '.[runtime]' (CPU) or '.[gpu]' (CUDA); never both",
         "the ONNX Runtime backend",

@@ -13,10 +13,20 @@ python -m pip install -q -e ".[test]"
 python -m pip install -q --no-deps "tensorrt-stubs==10.13.0.35.1"   # 10.x API types for mypy
 # tritonclient for the Triton config tests (--no-deps: it pins ml-dtypes<=0.5.4, onnx wants 0.6; only
 # model_config_pb2 + protobuf are used), and the tritonserver stub's own environment (.venv-triton,
-# ~2 min) for tests/test_triton.py's smoke run; those tests skip with a reason when it is absent.
+# ~2 min) for tests/serve/test_triton.py's smoke run; those tests skip with a reason when it is absent.
 python -m pip install -q --no-deps "tritonclient>=2.40"
-bash scripts/triton_smoke.sh --setup || echo "warning: Triton setup failed; tests/test_triton.py will skip" >&2
+bash scripts/triton_smoke.sh --setup || echo "warning: Triton setup failed; tests/serve/test_triton.py will skip" >&2
 ruff check dit_export tests scripts benchmarks
+# A GPU + TensorRT machine: the TensorRT folders (one S/8 per precision) and the Python runtime's
+# reference images that ctest's test_tensorrt runs on (scripts/trt_test_engines.py, ~1-2 min),
+# and DIT_EXPORT_EXPECT_GPU=1 (a skip that names TensorRT, CUDA or a GPU fails). Without
+# nvidia-smi nothing happens here; with a GPU but no usable TensorRT, one line says why.
+if command -v nvidia-smi >/dev/null 2>&1; then
+    trt_engines=$(python scripts/trt_test_engines.py --out "${DIT_TRT_TEST_DIR:-engines/trt_test}")
+    if [[ -n "$trt_engines" ]]; then
+        export DIT_TEST_TRT_ENGINES="$trt_engines" DIT_EXPORT_EXPECT_GPU="${DIT_EXPORT_EXPECT_GPU:-1}"
+    fi
+fi
 # One pytest-xdist worker per core (at most 4; each worker and its processes use one CPU thread,
 # tests/conftest.py), whole files per worker so each module's exported folders are made once.
 workers=$(python -c "import os; print(min(4, len(os.sched_getaffinity(0))))")

@@ -10,7 +10,11 @@ images equal `python -m dit_export sample --engines E --classes 207 360 --seed 0
 
 `smoke` (used by scripts/triton_smoke.sh) waits for the server, sends two concurrent requests,
 compares them with `dit_export sample --backend ort` on the same engines folder, and checks that
-bad input comes back as an error response while the model keeps serving.
+bad input comes back as an error response while the model keeps serving. `batching` (used by
+tests/serve/test_triton.py, needs dit_export) reads the model config back, runs 12 concurrent
+single-image clients and one request of 2.5 engine batches, and prints one JSON line: the
+config, the engine runs by filled rows (the server's metrics) and whether every image equals the
+in-process `Sampler.sample`.
 """
 
 from __future__ import annotations
@@ -167,6 +171,68 @@ def smoke(args: argparse.Namespace) -> int:
     return 0
 
 
+def batching(args: argparse.Namespace) -> int:
+    import json
+    import threading
+    import urllib.request
+
+    import tritonclient.http as http
+
+    from dit_export.runtime import Sampler
+    from dit_export.serve.launch import engine_runs
+
+    def runs() -> dict[int, int]:
+        with urllib.request.urlopen(f"http://{args.metrics}/metrics", timeout=10) as r:
+            return engine_runs(r.read().decode(), args.model)
+
+    cfg = http.InferenceServerClient(args.url).get_model_config(args.model)
+    params = {k: v["string_value"] for k, v in cfg.get("parameters", {}).items()}
+    runs0, got, errors = runs(), {}, []
+    barrier = threading.Barrier(args.clients)
+
+    def client(i: int) -> None:
+        c = http.InferenceServerClient(args.url, network_timeout=600.0)
+        barrier.wait()
+        for k in range(args.rounds):
+            key = (i % 10, 100 * k + i)
+            try:
+                got[key] = request_images(c, [key[0]], key[1], model=args.model, steps=args.steps)
+            except Exception as e:  # noqa: BLE001 — reported
+                errors.append(f"{type(e).__name__}: {e}")
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(args.clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=600)
+    after = runs()
+    delta = {r: n - runs0.get(r, 0) for r, n in sorted(after.items()) if n - runs0.get(r, 0)}
+    big = [(3 * i) % 10 for i in range(args.large)]
+    large = request_images(http.InferenceServerClient(args.url, network_timeout=600.0), big, 42, model=args.model, steps=args.steps)  # fmt: skip
+    threads_cfg = int(params.get("threads", "0") or 0)
+    with Sampler.load(args.engines, "ort", providers=["CPUExecutionProvider"], threads=threads_cfg) as s:
+        equal = all(
+            np.array_equal(img, s.sample([c], seed=seed, steps=args.steps)) for (c, seed), img in got.items()
+        )
+        want = s.sample(big, seed=42, steps=args.steps)
+    out = {
+        "config": {
+            "max_batch_size": cfg.get("max_batch_size"),
+            "instance_group": cfg.get("instance_group"),
+            "dynamic_batching": cfg.get("dynamic_batching"),
+            "parameters": params,
+        },
+        "engine_runs": {str(r): n for r, n in delta.items()},
+        "responses": len(got),
+        "errors": errors[:3],
+        "equal_to_sample": bool(got) and equal,
+        "large_shape": list(large.shape),
+        "large_equal_to_sample": bool(large.shape == want.shape and np.array_equal(large, want)),
+    }
+    print(json.dumps(out))
+    return 0
+
+
 def example(args: argparse.Namespace) -> int:
     import tritonclient.http as http
 
@@ -197,9 +263,16 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--steps", type=int, default=10)
     s.add_argument("--ready-timeout", type=float, default=180.0)
     s.add_argument("--server-pid", type=int, default=None)
+    b = sub.add_parser("batching", help="the batching checks of tests/serve/test_triton.py (one JSON line)")
+    b.add_argument("--engines", required=True, help="the folder the server serves (for Sampler.sample)")
+    b.add_argument("--metrics", required=True, help="the server's metrics endpoint host:port")
+    b.add_argument("--steps", type=int, default=10)
+    b.add_argument("--clients", type=int, default=12, help="concurrent single-image clients")
+    b.add_argument("--rounds", type=int, default=3, help="requests per client, one after another")
+    b.add_argument("--large", type=int, default=25, help="images in the one large request")
     args = p.parse_args(argv)
     try:
-        return smoke(args) if args.cmd == "smoke" else example(args)
+        return {"smoke": smoke, "batching": batching}.get(args.cmd, example)(args)
     except Exception as e:  # noqa: BLE001 — one line for the smoke script's last line
         print(f"FAILED: {type(e).__name__}: {e}", file=sys.stderr)
         return 1

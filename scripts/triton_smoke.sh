@@ -23,17 +23,20 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 V=${TRITON_VENV:-$ROOT/.venv-triton}
 STEPS=${TRITON_SMOKE_STEPS:-10}
 LIMIT=${TRITON_SMOKE_LIMIT:-600}
-export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} MKL_NUM_THREADS=${MKL_NUM_THREADS:-1}
+# No OMP_NUM_THREADS here: the model's ONNX Runtime threads come from its config (triton-repo).
 
 fail() { echo "triton smoke FAILED: $*"; exit 1; }
 
 setup_venv() {
     local py=${TRITON_PYTHON:-python3}
-    echo "creating $V (python: $($py --version 2>&1)) ..."
-    "$py" -m venv "$V"
-    echo '*' >"$V/.gitignore"   # never committed, whatever the checkout's .gitignore says
-    "$V/bin/python" -m pip install -q --upgrade pip
-    # dit_export's core + runtime dependencies from pyproject.toml, with numpy pinned below 2.
+    if [[ ! -x "$V/bin/python" ]]; then
+        echo "creating $V (python: $($py --version 2>&1)) ..."
+        "$py" -m venv "$V"
+        echo '*' >"$V/.gitignore"   # never committed, whatever the checkout's .gitignore says
+        "$V/bin/python" -m pip install -q --upgrade pip
+    fi
+    # dit_export's core + runtime dependencies from pyproject.toml, with numpy pinned below 2; run on
+    # every setup/smoke so that an environment made before a new dependency catches up (a no-op else).
     mapfile -t deps < <("$V/bin/python" - "$ROOT/pyproject.toml" <<'PY'
 import sys, tomllib
 p = tomllib.load(open(sys.argv[1], "rb"))["project"]
@@ -49,14 +52,14 @@ PY
 }
 
 if [[ "${1:-}" == "--setup" ]]; then
-    [[ -x "$V/bin/python" ]] || setup_venv
+    setup_venv
     echo "triton env ready: $V"
     exit 0
 fi
 [[ $# -eq 1 ]] || { echo "usage: $0 ENGINES_DIR | --setup" >&2; exit 2; }
 [[ -f "$1/manifest.json" ]] || fail "$1 is not an engines folder (no manifest.json)"
 ENGINES=$(cd "$1" && pwd)
-[[ -x "$V/bin/python" ]] || setup_venv
+setup_venv
 PY=$V/bin/python
 
 SP=$("$PY" -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
@@ -87,8 +90,8 @@ t0=$(date +%s)
 # `python -m dit_export triton-repo` once the command is registered; the module itself until then.
 REPO_CMD=(-m dit_export triton-repo)
 "$PY" -m dit_export triton-repo --help >/dev/null 2>&1 || REPO_CMD=(-m dit_export.cli.triton_repo)
-"$PY" "${REPO_CMD[@]}" --engines "$ENGINES" --out "$WORK/repo" --max-batch 8 \
-    --queue-delay-us 200000 || fail "triton-repo"  # 0.2 s: let the two requests meet in one execute()
+"$PY" "${REPO_CMD[@]}" --engines "$ENGINES" --out "$WORK/repo" \
+    --queue-delay-us 200000 || fail "triton-repo"  # fill delay 0.2 s: the two requests share one engine run
 read -r HTTP GRPC < <("$PY" - <<'PY'
 import socket
 socks = [socket.socket() for _ in range(2)]

@@ -86,8 +86,13 @@ def pytest_make_collect_report(collector: pytest.Collector):
 
 
 def offline_environ(**extra: str) -> dict[str, str]:
-    """The environment of a CLI run that never touches the network (+ `extra` variables)."""
-    return dict(os.environ, PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1", DIT_EXPORT_OFFLINE="1", **extra)
+    """The environment of a CLI run that never touches the network (+ `extra` variables).
+
+    The repository root is prepended to PYTHONPATH, never replacing it: a test's own entries
+    (tests/pipeline/test_build.py's `hide_tensorrt` shadow) must reach the child.
+    """
+    path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    return dict(os.environ, PYTHONPATH=path, HF_HUB_OFFLINE="1", DIT_EXPORT_OFFLINE="1", **extra)
 
 
 def run_dit_export(

@@ -1,7 +1,7 @@
 """The package's import order, checked from the source with `ast` (issue 10), and the torch-free paths.
 
-Stages, low to high: base helpers < models < sampling < export < engine < runtime < verify, bench, serve
-< pipeline < cli (the command line is the top layer: `build` runs the pipeline). A module imports only its own stage or lower ones, and there is no import cycle
+Stages, low to high: base helpers < models < sampling < export < engine < runtime < verify, bench, serve,
+sets < pipeline < cli (the command line is the top layer: `build` runs the pipeline). A module imports only its own stage or lower ones, and there is no import cycle
 between modules; the runtime, the parsers and `--help` import no torch.
 """
 
@@ -29,6 +29,7 @@ STAGES = {
     "verify": 6,
     "bench": 6,
     "serve": 6,
+    "sets": 6,  # sample sets: a consumer of the runtime, like verify/bench/serve
     "pipeline": 7,
     "cli": 8,  # the layer above every stage (`build` runs the pipeline)
 }
@@ -189,6 +190,7 @@ sys.meta_path.insert(0, Block())
         "import dit_export.cli",
         "import dit_export.runtime",
         "from dit_export.runtime.sampler import Sampler",
+        "import dit_export.sets",
         "import dit_export.backends, dit_export.compare, dit_export.lazy, dit_export.images",
         "from dit_export.export.manifest import Manifest",
         "from dit_export.models.spec import ModelSpec",

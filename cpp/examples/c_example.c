@@ -6,7 +6,7 @@
 
 int main(int argc, char** argv) {
   if (argc < 2) {
-    fprintf(stderr, "usage: dit_c_example ENGINES_DIR [STEPS [ddpm|ddim]]\n");
+    fprintf(stderr, "usage: dit_c_example ENGINES_DIR [STEPS [SAMPLER]]  (a sampler the folder records)\n");
     return 2;
   }
   dit_runtime* rt = dit_open(argv[1], NULL);

@@ -2,6 +2,7 @@
 // the C++ twin of `python -m dit_export sample --engines DIR` (same flags, same files).
 //
 //   dit_sample --engines engines/s8 --classes 207 360 --steps 25 --seed 0 --out sample.png
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -19,13 +20,15 @@ namespace {
 const int64_t kOfficialLabels[] = {207, 360, 387, 974, 88, 979, 417, 279};  // the official sample.py grid
 
 const char* kUsage =
-    "usage: dit_sample --engines DIR [--classes C ...] [--steps 250] [--sampler ddpm|ddim]\n"
+    "usage: dit_sample --engines DIR [--classes C ...] [--steps 250] [--sampler ddpm]\n"
     "                  [--cfg-scale 4] [--seed 0] [--noise philox] [--out sample.png]\n"
     "                  [--save-latents X.npy] [--save-images X.npz] [--backend auto|cpu|tensorrt|trt]\n"
     "                  [--threads N] [--device N] [--no-cuda-graph] [--no-verify] [--no-progress]\n"
     "Samples one image per class id from an exported folder (python -m dit_export export, plus\n"
     "python -m dit_export aoti DIR for the CPU backend or `build --backend trt` for TensorRT) and writes\n"
     "the PNG grid that `python -m dit_export sample --engines DIR` writes for the same request.\n"
+    "--sampler: any sampler the folder records, at a step count stored for it (`--engines DIR --help`\n"
+    "lists them; `python -m dit_export schedules --engines DIR --add SAMPLER:STEPS` stores more).\n"
     "--threads N: CPU backend threads; default: OMP_NUM_THREADS when set, else one per free CPU\n"
     "(the CPUs this process may use minus the 1-minute load average, at least 1): oversubscribed\n"
     "threads on a busy machine run several times slower than one.\n";
@@ -37,8 +40,31 @@ struct Args {
   int steps = 250, threads = 0, device = 0;
   float cfg = 4.0f;
   uint64_t seed = 0;
-  bool progress = true, verify = true, cuda_graph = true;
+  bool progress = true, verify = true, cuda_graph = true, help = false;
 };
+
+// --help: the usage, then (with --engines DIR) the folder's samplers and stored step counts.
+[[noreturn]] void help(const Args& a) {
+  std::fputs(kUsage, stdout);
+  if (a.engines.empty()) {
+    std::fputs("(add --engines DIR to list the samplers and step counts that folder supports)\n", stdout);
+    std::exit(0);
+  }
+  try {
+    std::printf("\nsamplers of %s (ddpm when --sampler is not given):\n", a.engines.c_str());
+    const std::string text = dit::describe_samplers(a.engines);
+    size_t lo = 0;
+    while (lo < text.size()) {
+      const size_t hi = std::min(text.find('\n', lo), text.size());
+      std::printf("  %s\n", text.substr(lo, hi - lo).c_str());
+      lo = hi + 1;
+    }
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "error: %s\n", e.what());
+    std::exit(2);
+  }
+  std::exit(0);
+}
 
 [[noreturn]] void usage_error(const std::string& msg) {
   std::fprintf(stderr, "%serror: %s\n", kUsage, msg.c_str());
@@ -67,8 +93,7 @@ Args parse(int argc, char** argv) {
       return argv[++i];
     };
     if (f == "-h" || f == "--help") {
-      std::fputs(kUsage, stdout);
-      std::exit(0);
+      a.help = true;
     } else if (f == "--engines") a.engines = value();
     else if (f == "--out") a.out = value();
     else if (f == "--save-latents") a.save_latents = value();
@@ -89,8 +114,9 @@ Args parse(int argc, char** argv) {
       if (a.classes.empty()) usage_error("argument --classes: expected at least one class id");
     } else usage_error("unrecognized argument " + f);
   }
+  if (a.help) help(a);
   if (a.engines.empty()) usage_error("the following argument is required: --engines");
-  if (a.sampler != "ddpm" && a.sampler != "ddim") usage_error("argument --sampler: choose ddpm or ddim");
+  // --sampler is checked by the runtime against the folder's record (no list here).
   if (a.noise == "torch") usage_error("--noise torch reproduces the official PyTorch stream and exists in Python only");
   if (a.noise != "philox") usage_error("argument --noise: choose philox");
   if (a.backend == "trt") a.backend = "tensorrt";  // the Python CLI's word
@@ -171,6 +197,9 @@ int main(int argc, char** argv) {
     const std::vector<uint8_t> grid = dit_io::to_uint8_grid(images.data(), n, hw, hw, &gh, &gw);
     dit_io::write_png(a.out, grid.data(), gw, gh);
     std::printf("wrote grid %s\n", a.out.c_str());
+  } catch (const dit::RuntimeError& e) {
+    std::fprintf(stderr, "error: %s\n", e.what());
+    return e.status() == DIT_ERROR_INVALID_ARGUMENT ? 2 : 1;  // a bad request: exit 2, like the Python CLI
   } catch (const std::exception& e) {
     std::fprintf(stderr, "error: %s\n", e.what());
     return 1;

@@ -84,6 +84,12 @@ DIT_API dit_runtime* dit_open(const char* engines_dir, const dit_open_options* o
 /* Frees everything the handle holds; NULL is ignored. */
 DIT_API void dit_close(dit_runtime* rt);
 
+/* The samplers an exported folder supports, from its records (manifest.json's schedule.samplers
+ * and the tables `python -m dit_export schedules --add` stored beside it), one per line:
+ * "<name>: <kind>[, multistep][, draws noise], >= <min> steps; stored steps 10,20,25". Reads no
+ * graph. NULL on failure (see dit_last_error); valid until the next call on this thread. */
+DIT_API const char* dit_describe_samplers(const char* engines_dir);
+
 typedef struct dit_info {
   int32_t batch;           /* N: images per graph call; requests are cut into chunks of N */
   int32_t image_size;      /* H = W of the decoded images */
@@ -116,8 +122,8 @@ typedef struct dit_sample_params {
   size_t num_images;     /* M >= 1, any size: cut into chunks of the engine batch (last padded) */
   uint64_t seed;         /* Philox key (ignored when noise_fn is set) */
   float cfg_scale;       /* >= 1; exactly 1 = no guidance (the conditional prediction) */
-  int32_t steps;         /* a step count stored in the manifest for the sampler (e.g. ddpm 250) */
-  const char* sampler;   /* "ddpm" (default), "ddim", "dpm++2m" or "unipc" (the last two: a dit_step with solver state) */
+  int32_t steps;         /* a step count stored for the sampler (manifest or `schedules --add`), e.g. ddpm 250 */
+  const char* sampler;   /* NULL: "ddpm"; any sampler the folder records (dit_describe_samplers) */
   /* Optional schedule of your own (both or neither): `steps` timesteps and steps x coef_size
    * coefficients in loop order (dit_export.sampling.schedule.make_schedule). NULL: the manifest's. */
   const int64_t* timesteps;

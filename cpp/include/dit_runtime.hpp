@@ -28,6 +28,13 @@ inline void check(int status) {
   if (status != DIT_OK) throw RuntimeError(status, dit_last_error());
 }
 
+// The samplers a folder supports and their stored step counts, one per line (no graph is loaded).
+inline std::string describe_samplers(const std::string& engines_dir) {
+  const char* s = dit_describe_samplers(engines_dir.c_str());
+  if (!s) throw RuntimeError(dit_last_status(), dit_last_error());
+  return s;
+}
+
 struct OpenOptions {
   dit_backend_kind backend = DIT_BACKEND_AUTO;
   bool verify_hashes = true;

@@ -73,6 +73,15 @@ dit_runtime* dit_open(const char* engines_dir, const dit_open_options* options) 
 
 void dit_close(dit_runtime* rt) { delete rt; }
 
+const char* dit_describe_samplers(const char* engines_dir) {
+  thread_local std::string text;
+  const int rc = guarded([&] {
+    if (!engines_dir || !*engines_dir) throw dit::argument_error("dit_describe_samplers: no engines folder given");
+    text = dit::Manifest::load(engines_dir).describe_samplers();
+  });
+  return rc == DIT_OK ? text.c_str() : nullptr;
+}
+
 int dit_get_info(const dit_runtime* rt, dit_info* info) {
   return guarded([&] {
     if (!rt || !info) throw dit::argument_error("dit_get_info: NULL handle or info");

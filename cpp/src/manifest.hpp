@@ -1,6 +1,6 @@
 // manifest.json of an exported folder: parsed with nlohmann-json and validated like the Python
 // reader (dit_export.export.manifest) against the fields the committed schema
-// (dit_export/export/manifest.schema.json) requires, plus the checks this runtime relies on (the
+// (dit_export/export/manifest/manifest.schema.json) requires, plus the checks this runtime relies on (the
 // step and VAE graph I/O agree with the batch and latent shape, schedule rows fit the coef input).
 // The manifest is written once by `export` and never rewritten: compiled artifacts (AOTI packages,
 // TensorRT plans) are files in aoti/ and plans/ with a JSON record beside each (<artifact>.json,
@@ -23,7 +23,7 @@ constexpr const char* kPlanSchema = "dit_export.plan/1";
 constexpr const char* kManifestFile = "manifest.json";
 
 struct FileEntry {
-  std::string file;  // relative to the export folder (a plain name in manifest.json; aoti/x.pt2 in records)
+  std::string file;  // relative to the export folder (is_inside_path: dit.onnx, aoti/dit_step.pt2)
   std::string sha256;
   uint64_t bytes = 0;
 };
@@ -40,6 +40,23 @@ struct ScheduleTable {
   std::vector<int64_t> timesteps;  // (S,)
   std::vector<float> coefs;        // (S, K) row-major, loop order
 };
+
+// schedule.samplers.<name> (or the schedules.json sidecar's samplers.<name>): the Python sampler
+// registry's SamplerSpec.record(). Everything this runtime knows about a sampler comes from here.
+struct SamplerRecord {
+  std::string name;
+  std::string kind;               // "ancestral" | "sde" | "ode"
+  int64_t min_steps = 1;
+  std::vector<std::string> state;  // dit_step state inputs it reads (output: name + "_next")
+  bool multistep = false;          // absent in older records: true when it has state
+  bool draws_noise = true;         // absent in older records: kind != "ode"
+  std::vector<std::string> coefs;  // the coef columns it writes (absent: all of coef_names)
+};
+
+// The sidecar `python -m dit_export schedules --add` writes beside manifest.json (never rewritten):
+// more tables and sampler records, bound to manifest.json by its sha256, each table by its own.
+constexpr const char* kSchedulesFile = "schedules.json";
+constexpr const char* kSchedulesSchema = "dit_export.schedules/1";
 
 // An AOTInductor package: aoti/<graph>.pt2 and its record aoti/<graph>.pt2.json.
 struct AotiEntry {
@@ -68,6 +85,8 @@ struct Manifest {
   std::map<std::string, std::string> versions;
   std::string model_name, flavor, source;
   int64_t num_classes = 0, null_class = 0, cfg_channels = 0;
+  int64_t config_input_size = 0, config_in_channels = 0;  // model.config: latent size and channels
+  bool learn_sigma = false;
   int64_t image_size = 0, latent_size = 0, latent_channels = 0, batch = 0, opset = 0;
   std::string precision;
   bool has_vae = false;
@@ -77,14 +96,14 @@ struct Manifest {
   std::vector<std::string> coef_names;
   int64_t num_train_steps = 0;
   std::map<std::string, std::map<int64_t, ScheduleTable>> schedules;  // sampler -> steps -> table
-  // dit_step's solver-state inputs (issue 11: hist_x0, hist_x0_prev, hist_x; output = name + "_next"),
-  // empty for an export made before the multistep samplers.
+  // dit_step's solver-state inputs (issue 11: hist_x0, hist_x0_prev, hist_x; output = name + "_next").
   std::vector<std::string> state_names;
-  // schedule.samplers[s].state inputs per sampler (optional in the manifest; empty when absent).
-  std::map<std::string, std::vector<std::string>> sampler_state;
+  // The samplers this folder supports: schedule.samplers plus the schedules.json sidecar's.
+  std::map<std::string, SamplerRecord> samplers;
   std::string noise_default;
 
-  // Reads folder/manifest.json and validates it (files named by graphs must exist).
+  // Reads folder/manifest.json and validates it (files named by graphs must exist), then the
+  // schedules.json sidecar when there is one (its tables and sampler records join the manifest's).
   static Manifest load(const std::string& folder);
   // Validates JSON text as the manifest of `folder` (tests use it on edited copies).
   static Manifest parse(const std::string& json_text, const std::string& folder, bool check_files = true);
@@ -92,9 +111,13 @@ struct Manifest {
   const GraphEntry& graph(const std::string& name) const;  // throws when the export lacks it
   bool has_graph(const std::string& name) const { return graphs.count(name) != 0; }
   size_t coef_size() const;  // K: the dit_step coef input length
-  // The stored table; throws (naming the stored ones) when there is none.
+  // The stored table; throws (naming the stored ones and the `schedules --add` command) when there is none.
   const ScheduleTable& schedule(const std::string& sampler, int64_t steps) const;
-  std::string stored_schedules() const;  // "ddpm 25,50,100,250; ddim 10,25,50"
+  std::string stored_schedules() const;  // "ddim 10,25,50; ddpm 25,50,100,250"
+  // The record of a sampler; throws (naming the folder's samplers and the fix) when it has none.
+  const SamplerRecord& sampler(const std::string& name) const;
+  // One line per sampler, as `python -m dit_export schedules --engines DIR` prints them.
+  std::string describe_samplers() const;
   std::string file_path(const std::string& name) const { return folder + "/" + name; }
 };
 
@@ -106,9 +129,11 @@ std::optional<PlanRecord> read_plan_record(const Manifest& m, const std::string&
 std::string aoti_package_file(const std::string& graph);  // "aoti/<graph>.pt2"
 // Relative paths of the plans recorded in plans/ for `graph` (any TensorRT or GPU), sorted.
 std::vector<std::string> recorded_plans(const Manifest& m, const std::string& graph);
-// A path a manifest or record may name: relative, '/'-separated, no empty, "." or ".." part, no
-// backslash or NUL, not hidden; so it resolves inside the folder (symlinks are the folder's own).
-bool is_inside_path(const std::string& rel, bool allow_subfolders);
+// THE path rule of manifests and artifact records (Python: manifest.rules.inside_path): a relative,
+// '/'-separated path whose every part is non-empty and not hidden ("", ".", "..", ".x"), with no
+// backslash, ':' (drive or stream) or NUL, at most 4096 bytes; subfolders allowed (plans/, aoti/).
+// So it resolves inside the folder (symlinks are the folder's own).
+bool is_inside_path(const std::string& rel);
 
 // Existence, size, then (when `hash`) sha256 of a file the manifest records; one-line error naming it on a mismatch.
 // `recorded_in` names where the size and digest come from ("the manifest", "its record").

@@ -61,6 +61,10 @@ std::unique_ptr<Runtime> Runtime::open(const std::string& folder, const dit_open
       if (!be) throw backend_error(why_cpu);
       break;
     case DIT_BACKEND_AUTO:
+      // The one `auto` rule (dit_export/runtime/folder.py states it): TensorRT when it works here
+      // (built with it, a GPU visible) and the folder has a plan of every graph it runs for this
+      // TensorRT and GPU; a missing plan falls back, a stale one throws (rebuild); else the CPU
+      // runtime, which in C++ is the AOTInductor packages (Python's is ONNX Runtime).
       be = make_tensorrt_backend(m, bo, &why_trt);
       if (!be) be = make_aoti_backend(m, bo, &why_cpu);
       if (!be) throw backend_error("no usable backend for " + m.folder + ": tensorrt: " + why_trt + "; cpu: " + why_cpu);
@@ -94,16 +98,6 @@ void* Runtime::buffer(const std::string& key, size_t bytes) {
   return p;
 }
 
-// The solver-state inputs a sampler ping-pongs: the manifest's schedule.samplers when recorded, else
-// the names of issue 11 (dpm++2m keeps x0 of the previous step; UniPC also the one before and x).
-std::vector<std::string> Runtime::state_of(const std::string& sampler) const {
-  auto it = m_.sampler_state.find(sampler);
-  if (it != m_.sampler_state.end()) return it->second;
-  if (sampler == "dpm++2m") return {"hist_x0"};
-  if (sampler == "unipc") return {"hist_x0", "hist_x0_prev", "hist_x"};
-  return {};
-}
-
 void Runtime::check_request(const dit_sample_params& p, bool decode) const {
   if (!p.labels || p.num_images == 0) throw argument_error("no class labels given");
   if (p.num_images > (size_t(1) << 32)) throw argument_error("at most 2^32 images per request (noise image index)");
@@ -114,27 +108,27 @@ void Runtime::check_request(const dit_sample_params& p, bool decode) const {
   if (!(std::isfinite(p.cfg_scale) && p.cfg_scale >= 1.0f))
     throw argument_error("cfg scale must be >= 1 (1 = no guidance), got " + std::to_string(p.cfg_scale));
   if (p.steps < 1) throw argument_error("steps must be >= 1, got " + std::to_string(p.steps));
-  const std::string sampler = p.sampler ? p.sampler : "ddpm";
-  if (sampler != "ddpm" && sampler != "ddim" && sampler != "dpm++2m" && sampler != "unipc")
-    throw argument_error("unknown sampler '" + sampler + "'; choose one of ddpm, ddim, dpm++2m, unipc");
-  if ((sampler == "dpm++2m" || sampler == "unipc") && p.steps < 2)
-    throw argument_error("steps " + std::to_string(p.steps) + ": " + sampler + " needs at least 2 steps");
-  for (const std::string& s : state_of(sampler))
-    if (std::find(m_.state_names.begin(), m_.state_names.end(), s) == m_.state_names.end())
-      throw argument_error(m_.folder + " was exported before the multistep samplers (its dit_step has no solver state input '" +
-                           s + "'): re-export it to use " + sampler + "; ddpm and ddim still work");
+  // Every sampler fact comes from the folder's record (manifest.json's schedule.samplers plus the
+  // schedules sidecar): this runtime names no sampler itself.
+  const SamplerRecord& rec = m_.sampler(p.sampler ? p.sampler : "ddpm");  // throws naming the fix
+  if (p.steps < rec.min_steps)
+    throw argument_error("steps " + std::to_string(p.steps) + ": " + rec.name + " needs at least " +
+                         std::to_string(rec.min_steps) + " steps");
   if ((p.timesteps == nullptr) != (p.coefs == nullptr))
     throw argument_error("give both timesteps and coefs for a schedule of your own, or neither");
   if (decode && !backend_->has_graph("vae_decoder"))
     throw argument_error(m_.has_vae ? "the VAE decoder was not loaded (load_vae = 0)"
                                     : "this export has no VAE decoder (exported with --vae none): ask for latents only");
-  if (!p.timesteps) m_.schedule(sampler, p.steps);  // throws, naming the stored tables
+  if (!p.timesteps) m_.schedule(rec.name, p.steps);  // throws, naming the stored tables and the fix
 }
 
 void Runtime::generate(const dit_sample_params& p, float* latents_out, float* images_out) {
   const bool decode = images_out != nullptr;
   check_request(p, decode);
-  const std::string sampler = p.sampler ? p.sampler : "ddpm";
+  const SamplerRecord& rec = m_.sampler(p.sampler ? p.sampler : "ddpm");
+  const std::string& sampler = rec.name;
+  // Samplers that draw no per-step noise (the ODE ones) get one zero noise row, bound at every step.
+  const bool step_noise = rec.draws_noise;
   const size_t steps = size_t(p.steps), k = m_.coef_size();
   std::vector<int64_t> timesteps;
   const float* coefs;
@@ -153,7 +147,7 @@ void Runtime::generate(const dit_sample_params& p, float* latents_out, float* im
   const size_t n = size_t(m_.batch), m = p.num_images, chunks = (m + n - 1) / n;
   const size_t numel = size_t(m_.latent_channels * m_.latent_size * m_.latent_size);
   const size_t lat_bytes = n * numel * sizeof(float);
-  const size_t block = std::max<size_t>(1, std::min(steps, kMaxNoiseTableBytes / lat_bytes));
+  const size_t block = step_noise ? std::max<size_t>(1, std::min(steps, kMaxNoiseTableBytes / lat_bytes)) : 1;
   const size_t img_numel = size_t(3 * m_.image_size * m_.image_size);
 
   // --- buffers (allocated once) and the tables ---
@@ -202,18 +196,23 @@ void Runtime::generate(const dit_sample_params& p, float* latents_out, float* im
     for (size_t i = 0; i < rows; ++i) noise(0, lo + i, host.data() + i * numel);
     be.upload(x[0], host.data(), lat_bytes);
     for (auto& st : state) be.upload(st[0], zeros.data(), lat_bytes);  // the history starts at zero
+    if (!step_noise) be.upload(noise_table, zeros.data(), lat_bytes);
     int cur = 0;
-    for (size_t k0 = 0; k0 < steps; k0 += block) {
-      const size_t k1 = std::min(steps, k0 + block);
-      std::fill(host.begin(), host.end(), 0.0f);
-      for (size_t s = k0; s < k1; ++s)
-        for (size_t i = 0; i < rows; ++i) noise(uint32_t(s + 1), lo + i, host.data() + ((s - k0) * n + i) * numel);
-      be.upload(noise_table, host.data(), (k1 - k0) * lat_bytes);
+    const size_t stride = step_noise ? block : steps;  // no noise: one block of every step, row 0
+    for (size_t k0 = 0; k0 < steps; k0 += stride) {
+      const size_t k1 = std::min(steps, k0 + stride);
+      if (step_noise) {
+        std::fill(host.begin(), host.end(), 0.0f);
+        for (size_t s = k0; s < k1; ++s)
+          for (size_t i = 0; i < rows; ++i) noise(uint32_t(s + 1), lo + i, host.data() + ((s - k0) * n + i) * numel);
+        be.upload(noise_table, host.data(), (k1 - k0) * lat_bytes);
+      }
       for (size_t s = k0; s < k1; ++s) {
+        const size_t noise_row = step_noise ? s - k0 : 0;
         std::vector<Binding> io = {{"x", x[cur], false},
                                    {"t", t_table + s * n * sizeof(int64_t), true},
                                    {"y", y, false},
-                                   {"noise", noise_table + (s - k0) * lat_bytes, true},
+                                   {"noise", noise_table + noise_row * lat_bytes, true},
                                    {"guidance", guidance, false},
                                    {"coef", c_table + s * k * sizeof(float), true},
                                    {"x_next", x[1 - cur], false}};

@@ -34,7 +34,6 @@ class Runtime {
   Runtime(Manifest m, std::unique_ptr<Backend> backend);
   void* buffer(const std::string& key, size_t bytes);  // allocated once, grown when needed
   void check_request(const dit_sample_params& p, bool decode) const;
-  std::vector<std::string> state_of(const std::string& sampler) const;
 
   Manifest m_;
   std::unique_ptr<Backend> backend_;

@@ -1,6 +1,6 @@
-// A small JSON Schema checker for the tests: the subset dit_export/export/manifest.schema.json
+// A small JSON Schema checker for the tests: the subset dit_export/export/manifest/manifest.schema.json
 // uses (type, required, properties, additionalProperties, propertyNames, enum, pattern, minimum,
-// exclusiveMinimum, minLength, minItems, items, $ref to #/$defs, anyOf). It lets the C++ tests
+// exclusiveMinimum, minLength, minItems, items, $ref to #/$defs, anyOf, if/then). It lets the C++ tests
 // hold the C++ reader to the very schema the Python reader validates with.
 #pragma once
 
@@ -16,8 +16,8 @@ inline bool has_type(const json& v, const std::string& t) {
   if (t == "object") return v.is_object();
   if (t == "array") return v.is_array();
   if (t == "string") return v.is_string();
-  // Stricter than draft 2020-12 (where 2.0 is an integer), as both readers are: JSON integers only.
-  if (t == "integer") return v.is_number_integer();
+  // As draft 2020-12 (and both readers): 2.0 is an integer.
+  if (t == "integer") return v.is_number_integer() || (v.is_number_float() && v.get<double>() == double(int64_t(v.get<double>())));
   if (t == "number") return v.is_number();
   if (t == "boolean") return v.is_boolean();
   if (t == "null") return v.is_null();
@@ -43,6 +43,8 @@ inline std::string check(const json& root, const json& s, const json& v, const s
     }
     if (!any) return first;
   }
+  if (s.contains("if") && check(root, s["if"], v, at).empty() && s.contains("then"))
+    if (std::string e = check(root, s["then"], v, at); !e.empty()) return e;
   if (s.contains("type")) {
     bool ok = false;
     if (s["type"].is_string()) ok = has_type(v, s["type"]);

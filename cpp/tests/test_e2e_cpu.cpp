@@ -1,7 +1,7 @@
 // End to end on the CPU backend: sample a small exported model through the C API and compare
 // with the Python runtime's images for the same requests (max uint8 |delta| <= 1).
 //
-// Needs DIT_TEST_REFERENCE: a JSON file written by tests/test_cpp.py, naming the exported folder
+// Needs DIT_TEST_REFERENCE: a JSON file written by tests/runtime/test_cpp.py, naming the exported folder
 // (with AOTI packages) and, per request, the Python runtime's uint8 images and latents (.npy).
 // Skipped (exit 77) with the reason when it is not set or the library has no CPU backend.
 #include <algorithm>
@@ -59,7 +59,7 @@ int main() {
 #endif
   const std::string ref_path = t::env("DIT_TEST_REFERENCE");
   if (ref_path.empty())
-    t::skip("DIT_TEST_REFERENCE is not set (tests/test_cpp.py exports a small model, compiles its AOTI packages, "
+    t::skip("DIT_TEST_REFERENCE is not set (tests/runtime/test_cpp.py exports a small model, compiles its AOTI packages, "
             "samples it with the Python runtime and runs ctest with it)");
   std::ifstream f(ref_path);
   if (!f) t::skip("cannot read DIT_TEST_REFERENCE " + ref_path);

@@ -1,15 +1,117 @@
-// The TensorRT backend end to end: opens DIT_TEST_TRT_ENGINES (an exported folder with plans built
-// by `python -m dit_export build --backend trt` for this GPU), samples, and compares with the
-// reference images of DIT_TEST_REFERENCE when it names the same folder. Skipped (exit 77) with the
-// reason where TensorRT, a GPU or the folder is missing.
+// The TensorRT backend end to end, over what the folders hold: DIT_TEST_TRT_ENGINES names one or
+// more exported folders (':'-separated) with plans built for this GPU (scripts/test.sh makes them
+// on a GPU + TensorRT machine: one S/8 folder per precision, scripts/trt_test_engines.py). For
+// each folder, every sampler it records (dit_describe_samplers: the manifest's sampler record and
+// the stored tables) samples at its shortest stored step count, twice (CUDA-graph replays are
+// deterministic), and is compared with the Python TensorRT runtime's images for the same request
+// in <folder>.trt_reference.json when that file exists (it must then hold every sampler). Skipped
+// (exit 77) with the reason where TensorRT, a GPU or the folders are missing.
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <fstream>
+#include <map>
 #include <nlohmann/json.hpp>
+#include <sstream>
 
 #include "dit_runtime.h"
 #include "npy.hpp"
 #include "testutil.hpp"
+
+namespace {
+
+std::vector<std::string> split(const std::string& s, char sep) {
+  std::vector<std::string> out;
+  std::stringstream in(s);
+  for (std::string item; std::getline(in, item, sep);)
+    if (!item.empty()) out.push_back(item);
+  return out;
+}
+
+// "<name>: <kind>..., stored steps 10,20,25" per line → {name: shortest stored step count (0: none)}.
+std::map<std::string, int> recorded_samplers(const std::string& folder) {
+  const char* text = dit_describe_samplers(folder.c_str());
+  std::map<std::string, int> out;
+  CHECK_MSG(text != nullptr, dit_last_error());
+  if (!text) return out;
+  for (const auto& line : split(text, '\n')) {
+    const auto colon = line.find(':');
+    if (colon == std::string::npos) continue;
+    int shortest = 0;
+    const auto at = line.find("stored steps ");
+    if (at != std::string::npos)
+      for (const auto& n : split(line.substr(at + 13), ','))
+        if (const int v = std::atoi(n.c_str()); v > 0) shortest = shortest ? std::min(shortest, v) : v;
+    out[line.substr(0, colon)] = shortest;
+  }
+  return out;
+}
+
+int max_delta(const std::vector<uint8_t>& a, const uint8_t* b) {
+  int worst = 0;
+  for (size_t i = 0; i < a.size(); ++i) worst = std::max(worst, std::abs(int(a[i]) - int(b[i])));
+  return worst;
+}
+
+void check_folder(const std::string& engines) {
+  dit_open_options o;
+  dit_open_options_init(&o);
+  o.backend = DIT_BACKEND_TENSORRT;
+  dit_runtime* rt = dit_open(engines.c_str(), &o);
+  if (!rt) {
+    const std::string err = dit_last_error();
+    if (err.find("no CUDA GPU") != std::string::npos) t::skip(err);
+    CHECK_MSG(false, "dit_open " + engines + ": " + err);
+    return;
+  }
+  dit_info info;
+  CHECK(dit_get_info(rt, &info) == DIT_OK);
+  std::printf("%s: %s\n", engines.c_str(), info.description);
+  CHECK(info.backend == DIT_BACKEND_TENSORRT);
+  const auto samplers = recorded_samplers(engines);
+  CHECK_MSG(!samplers.empty(), "no sampler recorded in " + engines);
+
+  nlohmann::json ref;  // the Python TensorRT runtime's images, one request per sampler
+  std::ifstream f(engines + ".trt_reference.json");
+  if (f) ref = nlohmann::json::parse(f);
+  const std::string base = engines.substr(0, engines.rfind('/') + 1);
+
+  const int64_t labels[3] = {207, 360, 387};  // 3 images on the test folders' batch 2: two chunks
+  const size_t hw = size_t(info.image_size);
+  for (const auto& [name, stored] : samplers) {
+    CHECK_MSG(stored > 0, name + " has no stored step count in " + engines);
+    if (stored <= 0) continue;
+    dit_sample_params p;
+    dit_sample_params_init(&p);
+    p.labels = labels;
+    p.num_images = 3;
+    p.seed = 3;
+    p.steps = stored;
+    p.sampler = name.c_str();
+    std::vector<uint8_t> a(3 * hw * hw * 3), b(a.size());
+    CHECK_MSG(dit_sample(rt, &p, a.data()) == DIT_OK, name + ": " + dit_last_error());
+    CHECK_MSG(dit_sample(rt, &p, b.data()) == DIT_OK, name + ": " + dit_last_error());
+    CHECK_MSG(a == b, name + ": two runs of one request differ");
+    if (ref.is_null()) continue;
+    const auto it = std::find_if(ref["requests"].begin(), ref["requests"].end(),
+                                 [&](const nlohmann::json& r) { return r["sampler"].get<std::string>() == name; });
+    CHECK_MSG(it != ref["requests"].end(), name + " has no request in " + engines + ".trt_reference.json");
+    if (it == ref["requests"].end()) continue;
+    const auto& r = *it;
+    CHECK(r["steps"].get<int>() == stored && r["seed"].get<uint64_t>() == p.seed);
+    CHECK(r["labels"].get<std::vector<int64_t>>() == std::vector<int64_t>(labels, labels + 3));
+    const Npy want = read_npy(base + r["images"].get<std::string>());
+    CHECK(want.numel() == a.size());
+    if (want.numel() != a.size()) continue;
+    const int worst = max_delta(a, want.as<uint8_t>());
+    std::printf("  %s, %d steps: C++ vs Python TensorRT runtime, max uint8 |delta| %d\n", name.c_str(), stored,
+                worst);
+    CHECK_MSG(worst <= 8, name);  // the same plans; fp16 kernels may pick other tactics per process
+  }
+  dit_close(rt);
+}
+
+}  // namespace
 
 int main() {
 #ifndef DIT_TEST_HAVE_TENSORRT
@@ -18,61 +120,8 @@ int main() {
 #endif
   const std::string engines = t::env("DIT_TEST_TRT_ENGINES");
   if (engines.empty())
-    t::skip("DIT_TEST_TRT_ENGINES is not set (an exported folder with TensorRT plans for this GPU: "
-            "python -m dit_export build --backend trt ...)");
-  dit_open_options o;
-  dit_open_options_init(&o);
-  o.backend = DIT_BACKEND_TENSORRT;
-  dit_runtime* rt = dit_open(engines.c_str(), &o);
-  if (!rt) {
-    const std::string err = dit_last_error();
-    if (err.find("no CUDA GPU") != std::string::npos) t::skip(err);
-    std::fprintf(stderr, "dit_open: %s\n", err.c_str());
-    return 1;
-  }
-  dit_info info;
-  CHECK(dit_get_info(rt, &info) == DIT_OK);
-  std::printf("%s\n", info.description);
-  CHECK(info.backend == DIT_BACKEND_TENSORRT);
-  const int64_t labels[3] = {1, 2, 3};
-  dit_sample_params p;
-  dit_sample_params_init(&p);
-  p.labels = labels;
-  p.num_images = 3;
-  p.steps = 25;
-  const size_t hw = size_t(info.image_size);
-  std::vector<uint8_t> a(3 * hw * hw * 3), b(a.size());
-  CHECK_MSG(dit_sample(rt, &p, a.data()) == DIT_OK, dit_last_error());
-  CHECK_MSG(dit_sample(rt, &p, b.data()) == DIT_OK, dit_last_error());
-  CHECK(a == b);  // CUDA-graph replays are deterministic
-  // Optional: compare with the Python runtime's images for the same folder and request.
-  const std::string ref_path = t::env("DIT_TEST_REFERENCE");
-  std::ifstream f(ref_path);
-  if (f) {
-    const nlohmann::json ref = nlohmann::json::parse(f);
-    if (ref["engines"].get<std::string>() == engines) {
-      const std::string base = ref_path.substr(0, ref_path.rfind('/') + 1);
-      for (const auto& r : ref["requests"]) {
-        const auto lab = r["labels"].get<std::vector<int64_t>>();
-        const Npy want = read_npy(base + r["images"].get<std::string>());
-        dit_sample_params q;
-        dit_sample_params_init(&q);
-        q.labels = lab.data();
-        q.num_images = lab.size();
-        q.seed = r["seed"].get<uint64_t>();
-        q.cfg_scale = r["cfg_scale"].get<float>();
-        q.steps = r["steps"].get<int>();
-        const std::string sampler = r["sampler"].get<std::string>();
-        q.sampler = sampler.c_str();
-        std::vector<uint8_t> got(want.numel());
-        CHECK(dit_sample(rt, &q, got.data()) == DIT_OK);
-        int worst = 0;
-        for (size_t i = 0; i < got.size(); ++i) worst = std::max(worst, std::abs(int(got[i]) - int(want.as<uint8_t>()[i])));
-        std::printf("TensorRT vs Python reference: max uint8 |delta| %d\n", worst);
-        CHECK(worst <= 8);  // TF32/fp16 kernels: close, not bit-equal
-      }
-    }
-  }
-  dit_close(rt);
+    t::skip("DIT_TEST_TRT_ENGINES is not set (scripts/test.sh sets it on a GPU + TensorRT machine: exported "
+            "folders with TensorRT plans for this GPU, ':'-separated)");
+  for (const auto& folder : split(engines, ':')) check_folder(folder);
   return t::finish("test_tensorrt");
 }

@@ -26,9 +26,9 @@ from dit_export.bench.timing import Clock, CpuClock, CudartEventClock, TorchEven
 from dit_export.engine import trt_api
 from dit_export.errors import UserError
 from dit_export.export.feeds import example_feeds
-from dit_export.export.manifest import Manifest
 from dit_export.lazy import optional_import
 from dit_export.runtime.backend import Buffer
+from dit_export.runtime.folder import ExportFolder
 from dit_export.runtime.ort_backend import default_providers
 from dit_export.runtime.sampler import Sampler
 
@@ -142,7 +142,9 @@ def peak_class(spec: BackendSpec, device: str) -> tuple[str | None, str]:
 # ------------------------------------------------------------------------------ one opened backend
 
 
-def open_sampler(spec: BackendSpec, folder: Path, *, threads: int = 0, torch: dict | None = None) -> Sampler:
+def open_sampler(
+    spec: BackendSpec, folder: Path | ExportFolder, *, threads: int = 0, torch: dict | None = None
+) -> Sampler:
     """The runtime sampler of a bench backend on its folder, with every graph it times loaded.
 
     `torch`: the torch backend's options (device, sdpa, compile_mode, modules).
@@ -154,9 +156,9 @@ def open_sampler(spec: BackendSpec, folder: Path, *, threads: int = 0, torch: di
         options = {"cuda_graph": True}
     elif threads:
         options = {"threads": threads}
-    has_vae = Manifest.read(folder, check_graphs=False).graphs.get("vae_decoder") is not None
-    graphs = ["dit", "dit_step"] + (["vae_decoder"] if has_vae else [])
-    return Sampler.load(folder, backend=spec.family, graphs=graphs, check_hashes=False, **options)
+    export = ExportFolder.of(folder)  # the manifest read once, for the sampler too
+    graphs = ["dit", *export.sampling_graphs()]
+    return Sampler.load(export, backend=spec.family, graphs=graphs, check_hashes=False, **options)
 
 
 def clock(sampler: Sampler) -> Clock:

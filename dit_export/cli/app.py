@@ -24,6 +24,7 @@ from dit_export.cli import (
     models,
     sample,
     sample_set,
+    schedules,
     score,
     triton_repo,
     verify,
@@ -33,7 +34,9 @@ from dit_export.errors import UserError
 from dit_export.lazy import install_hint
 
 # The order `--help` lists them: use first, then the pipeline's stages, then measurements.
-COMMANDS = (sample, models, info, build, export, inspect, aoti, verify, score, bench, sample_set, triton_repo)
+COMMANDS = (
+    sample, models, info, build, export, inspect, schedules, aoti, verify, score, bench, sample_set, triton_repo,
+)  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:

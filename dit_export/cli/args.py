@@ -11,17 +11,17 @@ Nothing here imports torch, onnx or a backend: `--help` works on a runtime-only 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 import sys
 from collections.abc import Mapping
 from pathlib import Path
 
-from dit_export.backends import BACKENDS, canonical_backend
+from dit_export.backends import BACKENDS, aliases_of, canonical_backend
 from dit_export.errors import UserError
 from dit_export.fileio import write_json
 from dit_export.models.spec import ModelSpec
-from dit_export.sampling.request import NOISE_KINDS, SAMPLER_HELP, SAMPLERS, SampleRequest
+from dit_export.sampling import samplers
+from dit_export.sampling.request import NOISE_KINDS, SampleRequest
 
 OFFICIAL_LABELS = (207, 360, 387, 974, 88, 979, 417, 279)  # the official sample.py grid
 PRECISIONS = ("fp16", "fp32")
@@ -171,7 +171,7 @@ class RequestArgs:
         if classes:
             g.add_argument("--classes", type=count, nargs="+", default=None, help=text["--classes"])
         g.add_argument("--steps", type=count, default=steps, help=text["--steps"])
-        g.add_argument("--sampler", choices=SAMPLERS, default="ddpm", help=SAMPLER_HELP)
+        g.add_argument("--sampler", choices=samplers.names(), default="ddpm", help=samplers.help_text())
         g.add_argument("--cfg-scale", type=float, default=4.0, help=text["--cfg-scale"])
         if seed:
             g.add_argument("--seed", type=count, default=0, help=text["--seed"])
@@ -204,7 +204,8 @@ def default_labels(num_classes: int) -> list[int]:
 
 
 class BackendArgs:
-    """`--backend ort|trt|torch|cpp|auto` (aliases onnxruntime, tensorrt, pytorch everywhere)."""
+    """`--backend ort|trt|torch|cpp|auto`: the words a command can run (`allowed`), each with its alias
+    (onnxruntime, tensorrt, pytorch, c++) — one vocabulary (`dit_export.backends`) for every command."""
 
     @staticmethod
     def add_to(
@@ -218,13 +219,14 @@ class BackendArgs:
     ) -> None:
         g = parser.add_argument_group("backend")
         words = "|".join((*allowed, "auto") if auto else allowed)
+        aliases = aliases_of(allowed)
+        said = f"; aliases {', '.join(aliases)}" if aliases else ""
         g.add_argument(
             "--backend",
             type=backend_type(allow_auto=auto, allowed=allowed),
             default=default,
             metavar=words,
-            help=(help or "the backend")
-            + f" (default {default}; onnxruntime/tensorrt/pytorch are accepted as aliases)",
+            help=(help or "the backend") + f" (default {default}{said})",
         )
         if runtime_options:
             g.add_argument(
@@ -244,7 +246,13 @@ class BackendArgs:
 
 
 class EnginesArgs:
-    """`--engines DIR`: always one export/engines folder (what `export --out` or `build --out` wrote)."""
+    """`--engines DIR`: always one export/engines folder (what `export --out` or `build --out` wrote).
+
+    With --engines the folder fixes the model: a command that also has the model flags (`sample`)
+    checks them against it (`check_model_flags`): --model, --image-size and --num-classes must say
+    what the folder holds (else one line naming both); --ckpt, --random-weights, --weights-seed,
+    --flavor and --vae are refused (the weights were fixed when the folder was exported).
+    """
 
     @staticmethod
     def add_to(parser: argparse.ArgumentParser, *, required: bool = False, help: str | None = None) -> None:
@@ -255,6 +263,54 @@ class EnginesArgs:
             metavar="DIR",
             help=help or "an exported/built folder (manifest.json, graphs, plans)",
         )
+
+    @staticmethod
+    def open(args: argparse.Namespace, *, model_flags: bool = False):
+        """The --engines folder as one `ExportFolder` (its manifest read once, here); with
+        `model_flags`, the command's model flags checked against it."""
+        from dit_export.runtime.folder import ExportFolder  # the runtime: numpy only
+
+        if model_flags:
+            refuse_weight_flags(args)  # cheap first: no folder needed
+        folder = ExportFolder.open(args.engines)
+        if model_flags:
+            check_model_flags(args, folder)
+        return folder
+
+
+# flags of ModelArgs that only choose weights: meaningless with --engines (the folder has its own)
+WEIGHT_FLAGS = {"ckpt": None, "random_weights": False, "weights_seed": 0, "flavor": None, "vae": None}
+
+
+def refuse_weight_flags(args: argparse.Namespace) -> None:
+    """--ckpt, --random-weights, --weights-seed, --flavor, --vae given with --engines: one line."""
+    for name, default in WEIGHT_FLAGS.items():
+        if getattr(args, name, default) != default:
+            flag = "--" + name.replace("_", "-")
+            raise UserError(
+                f"{flag} has no effect with --engines {args.engines}: the folder's weights and VAE were "
+                f"fixed when it was exported; drop {flag} (or export a folder with it)"
+            )
+
+
+def check_model_flags(args: argparse.Namespace, folder) -> None:
+    """The model flags given with --engines against the folder (`EnginesArgs`): one line on a contradiction."""
+    from dit_export.models.configs import canonical_name
+
+    refuse_weight_flags(args)
+    m, where = folder.manifest, f"--engines {folder.path}"
+    if getattr(args, "model", None) is not None:
+        want = canonical_name(args.model)
+        have = m.model.spec.get("model") or m.model.name
+        if want != have:
+            raise UserError(
+                f"--model {args.model} contradicts {where}, which holds {have}: drop --model (the folder "
+                f"fixes the model) or give a folder exported from {want}"
+            )
+    for flag, value in (("--image-size", m.image_size), ("--num-classes", m.num_classes)):
+        given = getattr(args, flag[2:].replace("-", "_"), None)
+        if given is not None and given != value:
+            raise UserError(f"{flag} {given} contradicts {where}, which has {value}: drop {flag}")
 
 
 def add_precision(parser: argparse.ArgumentParser) -> None:
@@ -307,12 +363,12 @@ def stderr_line(text: str) -> None:
     print(text, file=sys.stderr)
 
 
-def engines_backend(folder: str | os.PathLike, word: str) -> str:
-    """`auto` for a built folder: TensorRT when it holds plans and TensorRT imports, else ONNX Runtime
-    (what `build` made); any other word is already canonical."""
+def engines_backend(folder, word: str) -> str:
+    """The backend for a built folder (a path or an `ExportFolder`): `auto` by the folder's one rule
+    (`runtime.folder`: TensorRT when it works here and the folder has plans for this GPU, else ONNX
+    Runtime); any other word is already canonical."""
     if word != "auto":
         return word
-    plans = Path(folder) / "plans"
-    if plans.is_dir() and any(plans.glob("*.plan")):
-        return "trt" if importlib.util.find_spec("tensorrt") is not None else "ort"
-    return "ort"
+    from dit_export.runtime.folder import ExportFolder
+
+    return ExportFolder.of(folder).choose_backend("auto")[0]

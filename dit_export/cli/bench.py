@@ -166,6 +166,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = config_from_args(args).validate()
     for flag, out in (("--json", args.json), ("--markdown", args.markdown), ("--plot", args.plot)):
         check_output_file(out, flag)  # fail before an hour of timing, not after
+    cfg.model.check_available()  # a missing download is one line, not a "failed" row per backend
     res = run_bench(cfg)
     res["command"] = "python -m dit_export " + " ".join(
         sys.argv[1:] if sys.argv[1:2] == ["bench"] else ["bench", *sys.argv[1:]]

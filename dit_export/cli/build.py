@@ -71,6 +71,7 @@ def register(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     spec = ModelArgs.parse(args)  # cheap checks before torch loads
+    spec = spec.check_available()  # weights and VAE on disk (or fetched) before any folder or lock
     from dit_export.pipeline import BuildConfig, build, format_summary  # torch
 
     assert args.backend in (*BACKENDS, "auto")

@@ -6,9 +6,15 @@ import argparse
 from pathlib import Path
 
 from dit_export.cli.args import ModelArgs, add_precision, count, fields
+from dit_export.cli.schedules import schedule_arg
 from dit_export.export.trt_ops import DEFAULT_OPSET, OPSET_MAX, OPSET_MIN
 
-EXPORT_FIELDS = ("batch", "precision", "opset")  # the export's own flags (add_export_args), shared with build
+EXPORT_FIELDS = (
+    "batch",
+    "precision",
+    "opset",
+    "schedules",
+)  # the export's own flags (add_export_args), shared with build
 
 
 def register(sub) -> None:
@@ -30,7 +36,7 @@ def register(sub) -> None:
 
 
 def add_export_args(p: argparse.ArgumentParser) -> None:
-    """--batch, --precision, --opset: the export's own fields (shared with build)."""
+    """--batch, --precision, --opset, --schedules: the export's own fields (shared with build)."""
     p.add_argument(
         "--batch", type=count, default=1, help="images per call N (dit.onnx takes 2N rows; default 1)"
     )
@@ -41,10 +47,20 @@ def add_export_args(p: argparse.ArgumentParser) -> None:
         default=DEFAULT_OPSET,
         help=f"ONNX opset, {OPSET_MIN}–{OPSET_MAX} (default {DEFAULT_OPSET})",
     )
+    p.add_argument(
+        "--schedules",
+        nargs="+",
+        type=schedule_arg,
+        default=(),
+        metavar="SAMPLER:STEPS",
+        help="store these schedule tables too (e.g. dpm++2m:12 ddim:30): the C++ runtime samples only "
+        "stored step counts (`schedules --engines DIR --add` adds more to an existing folder)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     spec = ModelArgs.parse(args)  # cheap checks before torch loads
+    spec = spec.check_available()  # weights and VAE on disk (or fetched) before any folder is made
     from dit_export.export.exporter import ExportOptions, export  # torch
 
     opts = ExportOptions(

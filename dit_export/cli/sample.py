@@ -45,12 +45,22 @@ def register(sub) -> None:
         f"(default {DEFAULT_OUT}; none with --vae none)",
     )
     g.add_argument(
+        "--label-grid",
+        action="store_true",
+        help="draw each image's class under it in the grid (the default grid is torchvision's "
+        "save_image layout, pixel for pixel the official sample.py's)",
+    )
+    g.add_argument(
         "--save-latents", default=None, metavar="NPY", help="write final latents (N,4,L,L) float32"
     )
     g.add_argument("--save-images", default=None, metavar="NPZ", help="write uint8 images (arr_0: N×H×W×3)")
     add_progress(g)
     g = p.add_argument_group("runtime (an exported or built folder instead of PyTorch)")
-    EnginesArgs.add_to(g, help="sample from this folder's graphs/engines")
+    EnginesArgs.add_to(
+        g,
+        help="sample from this folder's graphs/engines; the folder fixes the model: --model, --image-size "
+        "and --num-classes must match it, --ckpt/--random-weights/--weights-seed/--flavor/--vae are refused",
+    )
     BackendArgs.add_to(
         p,
         default="auto",
@@ -70,8 +80,9 @@ def check_outputs(args: argparse.Namespace, *, has_vae: bool | None) -> Path | N
     check_output_file(args.save_latents, "--save-latents")
     check_output_file(args.save_images, "--save-images")
     if has_vae is False:
-        if args.out:
-            raise UserError("--out needs a VAE: drop --vae none (or use a folder exported with a VAE)")
+        if args.out or args.label_grid:
+            flag = "--out" if args.out else "--label-grid"
+            raise UserError(f"{flag} needs a VAE: drop --vae none (or use a folder exported with a VAE)")
         return None
     out = check_output_file(args.out or DEFAULT_OUT, "--out")
     assert out is not None
@@ -96,10 +107,15 @@ def write_outputs(
     if args.save_images:
         im.save_npz(args.save_images, uint8)
         print(f"wrote images {args.save_images}")
-    im.save_png(out, im.to_uint8_grid(images))
+    labels = [str(label) for label in request.labels]
+    grid = im.labelled_grid(uint8, labels) if args.label_grid else im.to_uint8_grid(images)
+    im.save_png(out, grid)
     folder = image_folder(out)
     im.save_labelled_pngs(folder, uint8, request.labels)
-    print(f"wrote grid {out} and {len(uint8)} images in {folder}/")
+    n = len(uint8)
+    print(
+        f"wrote {'labelled ' if args.label_grid else ''}grid {out} and {n} image{'s' * (n != 1)} in {folder}/"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -114,13 +130,15 @@ def run(args: argparse.Namespace) -> int:
 
 def run_engines(args: argparse.Namespace) -> int:
     out = check_outputs(args, has_vae=None)
-    backend = engines_backend(args.engines, args.backend)
+    folder = EnginesArgs.open(args, model_flags=True)  # the folder fixes the model: flags checked here
+    backend = engines_backend(folder, args.backend)
     with Sampler.load(
-        args.engines, backend=backend, providers=args.providers, **BackendArgs.options(args, backend)
+        folder, backend=backend, providers=args.providers, **BackendArgs.options(args, backend)
     ) as s:
         if not s.has_vae:
-            if args.out:
-                raise UserError("--out needs a VAE, and this export has none (exported with --vae none)")
+            if args.out or args.label_grid:
+                flag = "--out" if args.out else "--label-grid"
+                raise UserError(f"{flag} needs a VAE, and this export has none (exported with --vae none)")
             out = None
         request = RequestArgs.parse(args, s.num_classes)
         print(f"sampling {len(request.labels)} image(s) with {s.describe()}")

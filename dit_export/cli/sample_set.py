@@ -4,7 +4,7 @@
     python -m dit_export sample-set --out fid50k --merge          # → fid50k/samples.npz (ADM layout)
 
 The shard comes from `--shard I/N`, else from the launcher's variables (torchrun's RANK/WORLD_SIZE,
-Slurm's array or task ids). Layout, labels and resume rules: `dit_export.runtime.sample_set` and
+Slurm's array or task ids). Layout, labels and resume rules: `dit_export.sets` and
 docs/sample_sets.md.
 """
 
@@ -24,7 +24,7 @@ from dit_export.cli.args import (
     stderr_line,
 )
 from dit_export.errors import UserError
-from dit_export.runtime.sample_set import (
+from dit_export.sets import (
     SetRequest,
     merge_set,
     parse_shard,

@@ -20,7 +20,8 @@ from dit_export.cli.args import (
 )
 from dit_export.errors import UserError
 from dit_export.models.embedded import embedded_model
-from dit_export.sampling.request import SAMPLERS, SampleRequest
+from dit_export.sampling import samplers
+from dit_export.sampling.request import SampleRequest
 
 
 def register(sub) -> None:
@@ -37,7 +38,7 @@ def register(sub) -> None:
         "--cfg-scale", type=float, nargs="+", default=[4.0, 1.0], help="guidance scales (default 4 1)"
     )
     p.add_argument("--steps", type=count, default=50, help="sampling steps (default 50)")
-    p.add_argument("--sampler", choices=SAMPLERS, default="ddpm")
+    p.add_argument("--sampler", choices=samplers.names(), default="ddpm", help=samplers.help_text())
     p.add_argument("--seed", type=count, default=0, help="noise seed (default 0)")
     EnginesArgs.add_to(p, help="a built folder to score with the runtime (default: the PyTorch reference)")
     BackendArgs.add_to(

@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from dit_export.cli.args import EnginesArgs, Parser, fields, non_negative, positive
+from dit_export.cli.args import BackendArgs, EnginesArgs, Parser, fields, non_negative, positive
 from dit_export.errors import UserError
 from dit_export.serve.triton import DEFAULT_NAME, write_repository
 
@@ -21,6 +21,8 @@ REPO_FIELDS = (
     "name",
     "max_batch",
     "instances",
+    "workers",
+    "threads",
     "backend",
     "reference",
     "plan_models",
@@ -46,14 +48,37 @@ def register(sub) -> None:
         type=positive,
         default=None,
         metavar="N",
-        help="Triton max_batch_size: rows (images) per request and per batched call (default: the engine batch)",
+        help="Triton max_batch_size: the most rows (images) in a request and in a dynamic batch; a request "
+        "over the engine's rows runs in chunks, in order (default: 4 × the engine batch)",
     )
-    p.add_argument("--instances", type=positive, default=1, metavar="K", help="model instances (default 1)")
     p.add_argument(
-        "--backend",
-        choices=("auto", "trt", "ort"),
-        default="auto",
-        help="runtime inside the model: auto = trt on KIND_GPU when the folder has plans, else ort on KIND_CPU",
+        "--instances",
+        type=positive,
+        default=None,
+        metavar="K",
+        help="model instances, each its own process with its own row queue (default: 1 on CPU, 2 per GPU)",
+    )
+    p.add_argument(
+        "--workers",
+        type=positive,
+        default=None,
+        metavar="W",
+        help="Samplers per instance, fed by its one row queue (default on CPU: min(2, cores), fewer if memory "
+        "is short; on GPU 1)",
+    )
+    p.add_argument(
+        "--threads",
+        type=positive,
+        default=None,
+        metavar="T",
+        help="ONNX Runtime intra-op threads per worker, from the config (default: cores ÷ (instances × workers))",
+    )
+    BackendArgs.add_to(
+        p,
+        allowed=("trt", "ort"),
+        help="runtime inside the model: auto = trt on KIND_GPU when the folder has plans of every graph, "
+        "else ort on KIND_CPU",
+        runtime_options=False,
     )
     p.add_argument(
         "--reference",
@@ -68,8 +93,10 @@ def register(sub) -> None:
     p.add_argument(
         "--queue-delay-us",
         type=non_negative,
-        default=2000,
-        help="dynamic batching: max microseconds a request waits for others (default 2000)",
+        default=None,
+        metavar="US",
+        help="how long a free worker waits for rows to fill its engine run (default: a quarter of one "
+        "full-batch step, measured now with the chosen threads)",
     )
     p.add_argument("--force", action="store_true", help="replace the model folders if they exist")
     p.set_defaults(func=run)

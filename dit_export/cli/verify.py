@@ -25,6 +25,9 @@ def register(sub) -> None:
     p = sub.add_parser(
         "verify",
         help="compare a backend with the PyTorch fp32 reference, stage by stage (exit 1 on a failure)",
+        # --engines is required unless --thresholds: say so (argparse would show it as optional)
+        usage="%(prog)s --engines DIR [--backend B] [--seeds N ...] [--steps N] [--thorough] [options]\n"
+        "       %(prog)s --thresholds",
         description=textwrap.fill(
             "Run the chosen backend and the PyTorch fp32 reference (rebuilt from the weights the manifest "
             "records) on identical inputs and noise, and print per stage the measured error and its limit: "

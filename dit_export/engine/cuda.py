@@ -61,9 +61,8 @@ class GpuInfo:
         return "sm" + self.compute_capability.replace(".", "")
 
 
-# cudaGetDeviceCount errors that mean "no GPU here" (count 0) rather than a broken installation.
-NO_DEVICE_ERRORS = ("cudaErrorNoDevice",)
-# Errors that mean the driver and cuda-python's CUDA runtime do not fit together.
+# cudaGetDeviceCount errors that mean the driver and cuda-python's CUDA runtime do not fit together
+# (any other error, cudaErrorNoDevice included, means "no GPU here": count 0).
 DRIVER_MISMATCH_ERRORS = (
     "cudaErrorInsufficientDriver",
     "cudaErrorCallRequiresNewerDriver",
@@ -191,12 +190,20 @@ class Graph:
             rt.cudaStreamBeginCapture(stream.stream, rt.cudaStreamCaptureMode.cudaStreamCaptureModeGlobal),
             "cudaStreamBeginCapture",
         )
+        self.graph = self.exec = None
         try:
             fn()
-        finally:
-            graph = check(rt.cudaStreamEndCapture(stream.stream), "cudaStreamEndCapture")
-        self.graph = graph
-        self.exec = check(rt.cudaGraphInstantiate(graph, 0), "cudaGraphInstantiate")
+        except BaseException:  # end the capture whatever it holds, drop its graph, re-raise
+            err, *rest = rt.cudaStreamEndCapture(stream.stream)
+            if err == rt.cudaError_t.cudaSuccess and rest and rest[0] is not None:
+                rt.cudaGraphDestroy(rest[0])
+            raise
+        self.graph = check(rt.cudaStreamEndCapture(stream.stream), "cudaStreamEndCapture")
+        try:
+            self.exec = check(rt.cudaGraphInstantiate(self.graph, 0), "cudaGraphInstantiate")
+        except UserError:
+            self.close()
+            raise
 
     def launch(self, stream: Stream) -> None:
         check(cudart().cudaGraphLaunch(self.exec, stream.stream), "cudaGraphLaunch")

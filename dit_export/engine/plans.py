@@ -186,10 +186,11 @@ def build_plans(
     options,
     graphs: Sequence[str] | None = None,
     log: Callable[[str], None] = print,
+    manifest: Manifest | None = None,
 ) -> list[PlanRow]:
-    """Build (or reuse) the plan of every graph of the export."""
+    """Build (or reuse) the plan of every graph of the export (`manifest`: the one already read)."""
     folder = Path(folder)
-    manifest = read_export(folder)
+    manifest = read_export(folder) if manifest is None else manifest
     opts = options.to_dict()
     rows = []
     for graph in graphs or [g for g in PLAN_GRAPHS if manifest.graphs.get(g)]:

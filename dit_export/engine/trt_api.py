@@ -3,7 +3,7 @@
 Kept in one small file so that it can be checked without TensorRT: `scripts/check_trt_names.py`
 verifies that each attribute used here exists in the TensorRT 11.x Python bindings (names read
 from the real `tensorrt-cu13-bindings` wheel), that each runtime attribute exists on its class in
-the real TensorRT 11 lean runtime module (`tensorrt_lean_bindings`, imported; tests/test_trt_names.py),
+the real TensorRT 11 lean runtime module (`tensorrt_lean_bindings`, imported; tests/engine/test_trt_names.py),
 and mypy checks it against `tensorrt-stubs` (10.x).
 Only API that exists in both 10.x and 11.x is used, with two version-gated exceptions (see
 `NEEDS_10_1`): the shared scratch block needs `device_memory_size_v2` and `set_device_memory`,
@@ -28,21 +28,15 @@ from typing import TYPE_CHECKING, Any
 
 from dit_export.engine import cuda
 from dit_export.errors import UserError
+from dit_export.export.manifest import dtypes
 
 if TYPE_CHECKING:
     import tensorrt as trt
 
 # Attributes outside the 10.0 ∩ 11.x API that this file uses behind hasattr() checks.
 NEEDS_10_1 = ("device_memory_size_v2", "set_device_memory")
-# Manifest dtype names of TensorRT DataType members (the ones a DiT/VAE graph's I/O can have).
-DTYPE_NAMES = {
-    "FLOAT": "float32",
-    "HALF": "float16",
-    "INT64": "int64",
-    "INT32": "int32",
-    "BOOL": "bool",
-    "UINT8": "uint8",
-}
+# Manifest dtype names of TensorRT DataType members.
+DTYPE_NAMES: dict[str, str] = dtypes.names_by("tensorrt")  # "HALF" → "float16", from the one dtype table
 
 
 def require() -> None:

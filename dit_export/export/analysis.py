@@ -16,7 +16,7 @@ import numpy as np
 from dit_export.errors import UserError
 from dit_export.export import trt_ops
 from dit_export.export.graphs import SCOPE_KEY
-from dit_export.export.manifest import DTYPE_NAMES
+from dit_export.export.manifest.dtypes import DTYPE_NAMES, ITEMSIZE
 from dit_export.export.precision import FP16, POLICY, PrecisionPolicy
 
 # Ops that only move or view data: not "compute" for the island report.
@@ -75,10 +75,6 @@ class GraphReport:
         total = sum(self.gemm_flops.values())
         return self.gemm_flops.get("float16", 0.0) / total if total else 0.0
 
-    def islands_summary(self) -> dict | None:
-        """The manifest's compact form: region → node count and op histogram."""
-        return self.fp32_islands
-
     def to_dict(self) -> dict:
         return {
             "opset": self.opset,
@@ -91,22 +87,6 @@ class GraphReport:
             "fp32_islands": self.fp32_islands,
             "checks": [c.to_dict() for c in self.checks],
         }
-
-
-_ITEMSIZE = {
-    "float32": 4,
-    "uint8": 1,
-    "int8": 1,
-    "int16": 2,
-    "int32": 4,
-    "int64": 8,
-    "bool": 1,
-    "float16": 2,
-    "float64": 8,
-    "uint32": 4,
-    "uint64": 8,
-    "bfloat16": 2,
-}
 
 
 def _dtype_name(elem_type: int) -> str:
@@ -162,7 +142,7 @@ def analyze(path: str | Path, precision: str | None = None, policy: PrecisionPol
     pbytes: Counter[str] = Counter()
     for init in inits.values():
         dt = _dtype_name(init.data_type)
-        pbytes[dt] += int(np.prod(init.dims, dtype=np.int64)) * _ITEMSIZE.get(dt, 1)
+        pbytes[dt] += int(np.prod(init.dims, dtype=np.int64)) * ITEMSIZE.get(dt, 1)
 
     def node_dtype(n) -> str | None:
         for name in list(n.output) + list(n.input):

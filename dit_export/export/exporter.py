@@ -8,61 +8,58 @@ removed by the next export of the same folder. `--force` replaces only what dit_
 
 from __future__ import annotations
 
-import errno
 import gc
-import json
-import os
-import shutil
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import filelock
 import torch
 
 from dit_export import __version__, compare
 from dit_export.errors import UserError
 from dit_export.export import analysis, check, graphs, mixed, trt_ops
 from dit_export.export.manifest import (
-    FILENAME,
     GRAPH_NAMES,
-    STORED_SCHEDULES,
     FileRecord,
     GraphSpec,
     Manifest,
     ModelInfo,
-    ScheduleTable,
-    ScheduleTables,
     TensorSpec,
     VaeInfo,
 )
+from dit_export.export.outdir import (  # re-exported: the exporter's own API since round one
+    check_out_dir,
+    disk_errors,
+    export_lock,
+    lock_path,
+    remove_stale_partials,
+)
 from dit_export.export.precision import FP16, FP32, POLICY, PRECISIONS
+from dit_export.export.schedule_tables import export_tables
 from dit_export.fileio import atomic_dir, ensure_writable_dir
 from dit_export.lazy import optional_import
 from dit_export.models import hub
-from dit_export.models.embedded import is_embedded, resolve_embedded
+from dit_export.models.embedded import embedded_model, is_embedded
 from dit_export.models.spec import RANDOM_VAES, ModelSpec
 from dit_export.models.vae import VAEDecode, vae_factor
-from dit_export.sampling.schedule import COEF_NAMES, NUM_COEFS, NUM_TRAIN_STEPS, make_schedule, sampler_info
+from dit_export.sampling.schedule import NUM_COEFS
 from dit_export.sampling.step import STEP_INPUTS, STEP_OUTPUTS, SamplerStep
 from dit_export.sampling.step import example_inputs as step_example_inputs
 
-__all__ = ["RANDOM_VAES", "ExportOptions", "ExportResult", "check_out_dir", "export"]
+__all__ = [
+    "RANDOM_VAES",
+    "ExportOptions",
+    "ExportResult",
+    "check_out_dir",
+    "export",
+    "export_lock",
+    "lock_path",
+    "remove_stale_partials",
+]
 
 NOISE_DOC = "docs/noise.md"
-SCHEDULE_RULE = (
-    "IDDPM linear betas 1e-4..0.02 over 1000 steps, respaced ('N': even sections with Python round; "
-    "'ddimN': smallest integer stride giving N steps), coefficients recomputed on the kept chain in "
-    "float64 and cast to float32; rows in loop order (t high → 0); see dit_export/sampling/schedule.py"
-)
-SCHEMA_FAMILY = "dit_export.manifest/"
 SHARED_WEIGHTS = "dit.onnx.data"  # the DiT weights file dit.onnx and dit_step.onnx both reference
-# What a folder written by dit_export may hold besides the manifest's files (engine/ writes these),
-# so that `--force` can tell our folders from anyone else's.
-OURS = ("plans", "aoti", "build.json", ".lock")
-OUR_SUFFIXES = (".plan", ".pt2", ".cache", ".json", ".lock")
 
 
 @dataclass(frozen=True)
@@ -76,6 +73,7 @@ class ExportOptions:
     force: bool = False
     check_seed: int = 0
     external_data_threshold: int | None = None
+    schedules: tuple[tuple[str, int], ...] = ()  # extra (sampler, steps) tables to store (--schedules)
 
 
 @dataclass
@@ -129,7 +127,7 @@ def export(
     """
     spec = validate_options(o)
     out = Path(o.out)
-    with export_lock(out), _disk_errors(out):
+    with export_lock(out), disk_errors(out):
         remove_stale_partials(out)
         check_out_dir(out, o.force)
         stages = Stages(log, on_stage)
@@ -305,7 +303,7 @@ def make_manifest(o, spec: ModelSpec, cfg, vae, saved, reports, rows, tmp: Path)
         opset=o.opset,
         vae=vae,
         graphs={name: _graph_spec(name, saved, reports, tmp, o.precision) for name in GRAPH_NAMES},
-        schedule=schedule_tables(),
+        schedule=export_tables(o.schedules),  # every registered sampler, plus --schedules
         noise_default="philox",
         noise_doc=NOISE_DOC,
         precision_policy=POLICY.describe() if o.precision == FP16 else None,
@@ -347,19 +345,9 @@ def weights_source(spec: ModelSpec, image_size: int) -> str:
         return f"random weights (seed {spec.weights_seed}, adaLN-Zero perturbed)"
     if spec.ckpt:
         return spec.ckpt
-    if is_embedded(spec.model):
-        return str(resolve_embedded(str(spec.model))[0])
+    if is_embedded(spec.model):  # its name, not a path into wherever the package is installed
+        return embedded_model(str(spec.model)).name
     return hub.official_file_for(spec.model, image_size) or str(spec.model)
-
-
-def schedule_tables() -> ScheduleTables:
-    tables: dict = {}
-    for sampler, counts in STORED_SCHEDULES.items():
-        tables[sampler] = {}
-        for steps in counts:
-            s = make_schedule(steps, sampler)
-            tables[sampler][steps] = ScheduleTable(sampler, steps, s.spec, s.timesteps, s.coefs)
-    return ScheduleTables(tuple(COEF_NAMES), NUM_TRAIN_STEPS, SCHEDULE_RULE, tables, sampler_info())
 
 
 def _versions() -> dict:
@@ -371,102 +359,3 @@ def _versions() -> dict:
             if name == "onnx":
                 raise
     return v
-
-
-# --------------------------------------------------------------------------- the output folder
-
-
-def check_out_dir(out: Path, force: bool) -> None:
-    """Refuse to overwrite an export without --force, and anything that is not ours even with it."""
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out {out} exists and is not a folder")
-    if not out.is_dir() or not any(out.iterdir()):
-        return
-    if not _is_export(out):
-        hint = "pass --force to replace it" if not force else "choose another --out or move it away"
-        raise UserError(
-            f"--out {out} exists and is not empty, and it is not a dit_export export (no {FILENAME}); "
-            f"{'refusing to replace it even with --force: ' if force else ''}{hint}"
-        )
-    if not force:
-        raise UserError(f"{out} already holds an export; pass --force to replace it")
-    recorded = _recorded_files(out)
-    foreign = sorted(p.name for p in out.iterdir() if not _is_ours(p.name, recorded))
-    if foreign:
-        raise UserError(
-            f"--out {out} holds files dit_export did not write ({', '.join(foreign[:3])}"
-            f"{', ...' if len(foreign) > 3 else ''}); move them away first, --force replaces only an export"
-        )
-
-
-def _is_export(out: Path) -> bool:
-    """A manifest.json of ours (any schema version) — not just any file of that name."""
-    try:
-        raw = json.loads((out / FILENAME).read_text())
-    except (OSError, UnicodeDecodeError, ValueError):
-        return False
-    return isinstance(raw, dict) and str(raw.get("schema", "")).startswith(SCHEMA_FAMILY)
-
-
-def _recorded_files(out: Path) -> set[str] | None:
-    """The files an export's manifest records; None for a manifest this version cannot read."""
-    try:
-        return {rec.file for rec in Manifest.read(out, check_graphs=False).files()}
-    except UserError:
-        return None
-
-
-def _is_ours(name: str, recorded: set[str] | None) -> bool:
-    if name == FILENAME or name in OURS or name.endswith(OUR_SUFFIXES):
-        return True
-    if recorded is None:  # an export from an older dit_export
-        return name.endswith((".onnx", ".data"))
-    return name in recorded
-
-
-def lock_path(out: Path) -> Path:
-    return Path(out).with_name(f".{Path(out).name}.export.lock")
-
-
-@contextmanager
-def export_lock(out: Path) -> Iterator[None]:
-    """One export of a folder at a time: a second one fails at once with one line.
-
-    An OS file lock beside the folder (dropped by the kernel when the process dies, so a killed
-    export never leaves a stale lock). A build holds its own lock (`.<name>.lock`) around this.
-    """
-    path = lock_path(out)
-    lock = filelock.FileLock(str(path), timeout=0)
-    try:
-        lock.acquire()
-    except filelock.Timeout:
-        raise UserError(f"another export of {out} is running; wait for it to finish") from None
-    try:
-        yield
-    finally:
-        path.unlink(missing_ok=True)  # while still held: a waiting peer sees the inode gone and retries
-        lock.release()
-
-
-def remove_stale_partials(out: Path) -> list[Path]:
-    """Staging folders of killed exports of `out` (called while holding the export lock: a live
-    export of the same folder would hold it, so every `.<name>.*.partial` here is stale)."""
-    removed = []
-    for junk in Path(out).parent.glob(f".{Path(out).name}.*.partial"):
-        if junk.is_dir() and not junk.is_symlink():
-            shutil.rmtree(junk, ignore_errors=True)
-            removed.append(junk)
-    return removed
-
-
-@contextmanager
-def _disk_errors(out: Path) -> Iterator[None]:
-    """A write failing (disk full, permissions) is one line; atomic_dir has removed the partial."""
-    try:
-        yield
-    except OSError as e:
-        if os.environ.get("DIT_EXPORT_DEBUG"):
-            raise
-        why = "no space left on the device" if e.errno == errno.ENOSPC else (e.strerror or str(e))
-        raise UserError(f"export to {out} failed: {why}; nothing written") from None

@@ -12,6 +12,7 @@ from dit_export.errors import UserError
 from dit_export.export.analysis import Check, GraphReport, analyze
 from dit_export.export.manifest import GraphSpec, Manifest
 from dit_export.export.precision import POLICY
+from dit_export.export.schedule_tables import FolderSchedules
 
 
 def _mb(n: float) -> str:
@@ -40,6 +41,13 @@ def inspect_folder(folder: Path, verify: bool = True, out: Callable[[str], None]
         f"batch {m.batch}, {m.precision}, opset {m.opset}, schema {m.schema}"
     )
     out(f"  weights: {m.model.source}")
+    try:  # the samplers and stored tables both runtimes read (manifest + `schedules --add` sidecar)
+        out("  samplers (the C++ runtime samples stored step counts; `schedules --add` stores more):")
+        for line in FolderSchedules.of(folder, m).describe():
+            out(f"    {line}")
+    except UserError as e:
+        out(f"  FAIL schedules: {e}")
+        ok = False
     if verify:
         try:
             m.verify_hashes()

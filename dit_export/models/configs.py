@@ -199,7 +199,7 @@ def embedded_config(
     dit = m.meta().get("dit")
     if not isinstance(dit, dict):
         raise UserError(f"{m.meta_path} has no 'dit' config (reinstall dit_export)")
-    return DiTConfig.from_dict(dit).with_(flavor=flavor)
+    return DiTConfig.from_dict(dit).with_(flavor=flavor, name=m.name)  # printed, recorded: its own name
 
 
 def heads_of(model: str) -> int:

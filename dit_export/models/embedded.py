@@ -37,8 +37,6 @@ class EmbeddedModel:
     num_heads: int
     num_classes: int
     class_names: tuple[str, ...]
-    default_steps: int = 50
-    default_cfg_scale: float = 4.0
     description: str = ""
 
     @property

@@ -157,7 +157,7 @@ class ModelSpec:
         if self.vae in RANDOM_VAES:
             return f"{self.vae} (seed {self.weights_seed})"
         if is_embedded(self.vae):
-            return str(embedded_model(self.vae).vae_path)
+            return embedded_model(self.vae).name  # the shipped model's VAE, wherever it is installed
         return hub.VAE_HUB_IDS.get(self.vae, self.vae)
 
     def folder_name(self, precision: str, batch: int) -> str:

@@ -22,7 +22,6 @@ from __future__ import annotations
 import importlib
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +29,7 @@ import numpy as np
 from dit_export.backends import BACKENDS, canonical_backend
 from dit_export.errors import UserError
 from dit_export.export.manifest import GraphSpec, Manifest, TensorSpec
+from dit_export.runtime.folder import ExportFolder
 
 __all__ = [
     "BACKENDS",
@@ -160,11 +160,12 @@ class Backend(ABC):
             )
 
 
-def as_manifest(folder: Path, manifest: Manifest | dict) -> Manifest:
-    """The typed manifest (a parsed manifest.json dict is validated and typed here)."""
-    if isinstance(manifest, Manifest):
-        return manifest if manifest.folder is not None else replace(manifest, folder=Path(folder))
-    return Manifest.from_dict(manifest, Path(folder))
+def as_manifest(
+    folder: Path | ExportFolder, manifest: Manifest | dict | ExportFolder | None = None
+) -> Manifest:
+    """The typed manifest, through the folder object: a Manifest or an ExportFolder as is, a parsed
+    manifest.json dict validated and typed, None read from the folder (once per ExportFolder)."""
+    return ExportFolder.of(folder, manifest).manifest
 
 
 def make_backend(name: str, folder: Path, manifest: Manifest, graphs: Sequence[str], **options) -> Backend:

@@ -4,7 +4,7 @@ Two ways in, both on the same exported folder and manifest:
 
 - `CppSampler`: a `Sampler` whose loop is the C++ one (`dit_generate`): chunking, Philox noise,
   schedule rows, step graph and VAE all happen in C++. Everything else (the request and its
-  validation, `generate`/`sample`/`sample_latents`, defaults, uint8 conversion) is `Sampler`'s.
+  validation, `generate`/`sample`, defaults, uint8 conversion) is `Sampler`'s.
 
       with CppSampler.load("engines/s8", backend="cpu") as s:
           images = s.sample([207, 360], seed=0, cfg_scale=4.0, steps=25)   # (2, H, W, 3) uint8
@@ -35,10 +35,6 @@ from dit_export.runtime.backend import Backend, Buffer
 from dit_export.runtime.sampler import Sampler
 from dit_export.sampling.noise import make_noise
 from dit_export.sampling.request import SampleRequest
-from dit_export.sampling.schedule import SAMPLER_STATE
-
-# Whether cpp/src/runtime.cpp ping-pongs the solver-state tensors of dit_step (issue 11; S5).
-CPP_STATE_SUPPORT = True
 
 LIB_ENV = "DIT_RUNTIME_LIB"
 LIB_NAME = "libdit_runtime.so"
@@ -275,11 +271,6 @@ class CppSampler(Sampler):
         h = self.backend.handle
         if h.ptr is None:
             raise UserError("this CppSampler is closed")
-        if CPP_STATE_SUPPORT is False and (SAMPLER_STATE[req.sampler] or self.state_pairs()):
-            raise UserError(
-                f"the C++ runtime does not yet bind dit_step's solver state (sampler {req.sampler}, "
-                f"export {self.folder.name}): use --backend ort|trt|torch for dpm++2m/unipc"
-            )
         labels = np.ascontiguousarray(req.labels, dtype=np.int64)
         m = labels.size
         p = _Params()
@@ -291,9 +282,7 @@ class CppSampler(Sampler):
         p.steps = req.steps
         p.sampler = req.sampler.encode()
         keep: list = [labels]
-        if req.steps not in self.manifest.schedule.tables.get(
-            req.sampler, {}
-        ):  # else C++ reads the manifest's
+        if self.schedules.stored_table(req.sampler, req.steps) is None:  # else C++ reads the stored one
             ts, coefs = (np.ascontiguousarray(a) for a in self.schedule(req.steps, req.sampler))
             keep += [ts, coefs]
             p.timesteps = ts.ctypes.data_as(ctypes.POINTER(ctypes.c_int64))

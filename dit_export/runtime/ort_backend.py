@@ -17,21 +17,14 @@ from pathlib import Path
 
 import numpy as np
 
-from dit_export.backends import env_threads
+from dit_export.backends import default_ort_providers, env_threads
 from dit_export.errors import UserError
-from dit_export.export.manifest import GraphSpec
+from dit_export.export.manifest import GraphSpec, dtypes
 from dit_export.lazy import optional_import
 from dit_export.runtime.backend import Backend, Buffer
 
 GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
-ORT_TYPES = {
-    "tensor(float)": "float32",
-    "tensor(float16)": "float16",
-    "tensor(int64)": "int64",
-    "tensor(int32)": "int32",
-    "tensor(uint8)": "uint8",
-    "tensor(bool)": "bool",
-}
+ORT_TYPES = dtypes.names_by("ort")  # "tensor(float)" → "float32", from the one dtype table
 
 
 class OrtBuffer(Buffer):
@@ -57,9 +50,8 @@ class OrtBuffer(Buffer):
 
 
 def default_providers() -> list[str]:
-    """CUDA when onnxruntime-gpu provides it, else CPU (TensorRT EP only when asked for)."""
-    have = optional_import("onnxruntime").get_available_providers()
-    return (["CUDAExecutionProvider"] if "CUDAExecutionProvider" in have else []) + ["CPUExecutionProvider"]
+    """CUDA when onnxruntime-gpu provides it, else CPU (the rule: `backends.default_ort_providers`)."""
+    return default_ort_providers()
 
 
 def session_io(sess) -> dict[str, tuple[bool, tuple, str]]:

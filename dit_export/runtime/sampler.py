@@ -9,7 +9,10 @@ The loop does no arithmetic: per step it binds the step's row of the timestep ta
 coefficient table and the noise table, runs `dit_step` from one latent buffer into the other,
 and swaps the two (ping-pong). The multistep solvers' history (`schedule.STATE_NAMES`: inputs of
 dit_step whose next values are its `<name>_next` outputs) is ping-ponged the same way, zeroed at
-the start of each chunk; ODE samplers (ddim, dpm++2m, unipc) draw only the initial latent.
+the start of each chunk. Which samplers a folder runs, their table layout, state and whether they
+draw per-step noise come from the folder's record (`schedule.samplers` of the manifest plus the
+`schedules --add` sidecar), never from a list here; samplers that draw no noise (the ODE ones)
+draw only the initial latent and bind one zero noise row.
 Everything numeric happens inside the graph, so every backend runs the same math. Requests of
 any size are cut into chunks of the engine batch N (the last one padded with label 0 and zero
 noise; pad rows are discarded). Philox noise is keyed by the image's position in the request, so
@@ -33,27 +36,16 @@ from tqdm import tqdm
 from dit_export.backends import canonical_backend
 from dit_export.errors import UserError
 from dit_export.export.manifest import Manifest
+from dit_export.export.schedule_tables import FolderSchedules
 from dit_export.images import to_uint8
 from dit_export.runtime.backend import Backend, Buffer, as_manifest, make_backend
-from dit_export.sampling.noise import PhiloxNoise, make_noise
-from dit_export.sampling.request import SAMPLERS, SampleRequest
-from dit_export.sampling.schedule import (
-    NUM_LEGACY_COEFS,
-    SAMPLER_STATE,
-    STATE_NAMES,
-    make_schedule,
-    sampler_info,
-    state_output,
-)
-
-# Samplers whose per-step noise is multiplied by 0 (DDIM, eta 0) or never read (the multistep
-# ODE solvers): only the initial latent is drawn; the noise rows they bind are zeros.
-ODE_SAMPLERS = tuple(s for s, info in sampler_info().items() if info["kind"] == "ode")
+from dit_export.runtime.folder import ExportFolder
+from dit_export.sampling.batch_noise import ChunkNoise, pad_rows
+from dit_export.sampling.request import SampleRequest
+from dit_export.sampling.schedule import STATE_NAMES, state_output
 
 # Largest noise table held per chunk (host and backend memory); longer runs upload it in blocks.
 MAX_NOISE_TABLE_BYTES = 256 << 20
-# torch noise must draw the official stream for the whole request up front (it is sequential).
-MAX_TORCH_NOISE_BYTES = 4 << 30
 
 
 @dataclass
@@ -62,118 +54,12 @@ class SampleResult:
     images: np.ndarray | None  # (M, 3, H, W) float32 in ≈[-1, 1], or None without a VAE / decode
 
 
-def pad_rows(a: np.ndarray, n: int) -> np.ndarray:
-    """`a` with its first axis zero-padded to n rows (the last chunk of a request)."""
-    a = np.asarray(a)
-    out = np.zeros((n, *a.shape[1:]), dtype=a.dtype)
-    out[: len(a)] = a
-    return out
-
-
-class _RowsPhilox:
-    """Philox noise for rows that each carry their own (seed, global image index): rows of several
-    requests packed into one engine batch. Rows of one seed draw together, exactly as alone."""
-
-    def __init__(self, seeds: np.ndarray, indices: np.ndarray, shape: tuple[int, ...]):
-        self.rows, self.shape = len(indices), shape
-        self.parts = []
-        for seed in np.unique(seeds):
-            rows = np.flatnonzero(seeds == seed)
-            self.parts.append((rows, PhiloxNoise(int(seed), indices[rows], shape)))
-
-    def _gather(self, draw) -> np.ndarray:
-        out = np.empty((self.rows, *self.shape), dtype=np.float32)
-        for rows, src in self.parts:
-            out[rows] = draw(src)
-        return out
-
-    def initial(self) -> np.ndarray:
-        return self._gather(lambda src: src.initial())
-
-    def step(self, k: int) -> np.ndarray:
-        return self._gather(lambda src: src.step(k))
-
-
-class _ChunkNoise:
-    """Initial latents and per-step noise for chunk c of a request, padded to the engine batch.
-
-    Philox rows are keyed by (seeds[i], indices[i]): one seed and first_index + i for a request,
-    several seeds for the packed rows of `Sampler.generate_many`."""
-
-    def __init__(
-        self,
-        kind: str,
-        seeds: np.ndarray,
-        indices: np.ndarray,
-        n: int,
-        shape: tuple[int, ...],
-        guided: bool,
-        steps: int,
-    ):
-        m = len(indices)
-        self.kind, self.seed, self.m, self.n, self.shape, self.guided = (
-            kind,
-            int(seeds[0]),
-            m,
-            n,
-            shape,
-            guided,
-        )
-        self.seeds, self.indices = seeds, indices
-        self._philox: dict[int, object] = {}
-        self._torch: tuple[np.ndarray, np.ndarray] | None = None
-        if kind == "torch":
-            need = (steps + 1) * m * math.prod(shape) * 4
-            if need > MAX_TORCH_NOISE_BYTES:
-                raise UserError(
-                    f"torch noise for {m} images × {steps} steps needs {need / 2**30:.1f} GiB up front "
-                    "(it is one sequential stream); use philox noise or fewer images per call"
-                )
-            self.steps_total = steps
-
-    def _rows(self, c: int) -> tuple[int, int]:
-        return c * self.n, min(self.m, (c + 1) * self.n)
-
-    def _philox_source(self, c: int):
-        if c not in self._philox:
-            lo, hi = self._rows(c)
-            self._philox = {c: _RowsPhilox(self.seeds[lo:hi], self.indices[lo:hi], self.shape)}
-        return self._philox[c]
-
-    def _torch_stream(self) -> tuple[np.ndarray, np.ndarray]:
-        if self._torch is None:
-            src = make_noise("torch", self.seed, self.m, self.shape, self.guided)
-            first = src.initial()
-            rest = (
-                np.stack([src.step(k) for k in range(self.steps_total)]) if self.steps_total else first[None]
-            )
-            self._torch = (first, rest)
-        return self._torch
-
-    def initial(self, c: int) -> np.ndarray:
-        lo, hi = self._rows(c)
-        if self.kind == "torch":
-            return pad_rows(self._torch_stream()[0][lo:hi], self.n)
-        return pad_rows(self._philox_source(c).initial(), self.n)
-
-    def steps(self, c: int, k0: int, k1: int) -> np.ndarray:
-        """(k1 − k0, N, C, L, L) noise for steps k0..k1−1 of chunk c."""
-        lo, hi = self._rows(c)
-        out = np.zeros((k1 - k0, self.n, *self.shape), dtype=np.float32)
-        if self.kind == "torch":
-            out[:, : hi - lo] = self._torch_stream()[1][k0:k1, lo:hi]
-        else:
-            src = self._philox_source(c)
-            for k in range(k0, k1):
-                out[k - k0, : hi - lo] = src.step(k)
-        return out
-
-
 class Sampler:
     """Class-conditional DiT sampling from an exported folder on one backend (ort, trt, torch, cpp).
 
-    `generate(request)` is the entry point; `sample` and `sample_latents` are conveniences that
-    build the `SampleRequest` from keyword arguments.
+    `generate(request)` is the entry point (`decode=False`: latents only); `generate_many` packs
+    several requests into shared engine runs; `sample` is the convenience that builds the
+    `SampleRequest` from keyword arguments and returns uint8 images.
     """
 
     def __init__(self, folder: Path, manifest: Manifest, backend: Backend) -> None:
@@ -181,6 +67,9 @@ class Sampler:
         self.folder, self.manifest, self.backend = Path(folder), m, backend
         self.model_name, self.num_classes = m.model.name, m.num_classes
         self.num_train_steps = m.schedule.num_train_steps
+        # the samplers this folder supports and their stored tables: the manifest's record plus
+        # the tables `schedules --add` stored beside it (hash-checked)
+        self.schedules = FolderSchedules.of(self.folder, m)
         self.batch, self.image_size, self.precision = m.batch, m.image_size, m.precision
         self.latent_shape = (m.latent_channels, m.latent_size, m.latent_size)
         self._bufs: dict[str, Buffer] = {}
@@ -188,7 +77,7 @@ class Sampler:
     @classmethod
     def load(
         cls,
-        engines_dir: str | Path,
+        engines_dir: str | Path | ExportFolder,
         backend: str = "ort",
         providers: Sequence[str] | None = None,
         *,
@@ -204,16 +93,17 @@ class Sampler:
         options go to the backend: trt `cuda_graph`; torch `mode` (fp32 | tf32 | fp16 | compile),
         `device`; ort `optimization`, `threads`; cpp `cpp_backend`, `threads`.
         """
-        folder = Path(engines_dir)
-        # The graphs' real I/O is checked by the backend against what it loads (ORT session,
-        # TensorRT engine), so the manifest reader need not open the ONNX files as well.
-        manifest = Manifest.read(folder, check_graphs=False)
-        manifest.check_files_exist()
+        # One ExportFolder reads the manifest once (pass one in to share it: verify, build). The
+        # graphs' real I/O is checked by the backend against what it loads (ORT session, TensorRT
+        # engine), so the manifest reader need not open the ONNX files as well.
+        export = ExportFolder.of(engines_dir)
+        folder, manifest = export.path, export.manifest
+        export.check_files()
         name = canonical_backend(backend)
         if check_hashes if check_hashes is not None else name != "trt":
-            manifest.verify_hashes()
+            export.verify_hashes()
         if graphs is None:
-            graphs = ["dit_step"] + (["vae_decoder"] if manifest.has_vae else [])
+            graphs = export.sampling_graphs()
         if providers:
             if name != "ort":
                 raise UserError("providers apply to the ort backend only")
@@ -288,53 +178,22 @@ class Sampler:
         `fields`: the other `SampleRequest` fields (seed, cfg_scale, steps, sampler, noise).
         """
         if not self.has_vae:
-            raise UserError("this export has no VAE decoder (exported with --vae none): use sample_latents()")
+            raise UserError(
+                "this export has no VAE decoder (exported with --vae none): use generate(request, decode=False)"
+            )
         res = self.generate(self.request(labels, **fields), decode=True, progress=progress)
         assert res.images is not None
         images = to_uint8(res.images)
         return (images, res.latents) if return_latents else images
 
-    def sample_latents(self, labels: Sequence[int], *, progress: bool = False, **fields) -> np.ndarray:
-        """Final latents (M, C, L, L) float32, without decoding."""
-        return self.generate(self.request(labels, **fields), decode=False, progress=progress).latents
-
-    def decode(self, latents: np.ndarray) -> np.ndarray:
-        """Float images (M, 3, H, W) for latents (M, C, L, L), in chunks of the engine batch."""
-        if not self.has_vae:
-            raise UserError("this export has no VAE decoder (exported with --vae none)")
-        lat = np.asarray(latents, dtype=np.float32)
-        if lat.ndim != 4 or lat.shape[1:] != self.latent_shape:
-            raise UserError(f"latents have shape {lat.shape[1:]}, this export takes {self.latent_shape}")
-        n, be = self.batch, self.backend
-        inp = self._buf("latent_in", (n, *self.latent_shape), "float32")
-        out = self._buf("image", self._vae_out_shape(), "float32")
-        result = []
-        for lo in range(0, len(lat), n):
-            part = lat[lo : lo + n]
-            be.write(inp, pad_rows(part, n))
-            be.run("vae_decoder", {"latent": inp, "image": out})
-            result.append(be.read(out)[: len(part)])
-        if not result:
-            return np.empty((0, 3, self.image_size, self.image_size), np.float32)
-        return np.concatenate(result)
-
     def schedule(self, steps: int, sampler: str) -> tuple[np.ndarray, np.ndarray]:
-        """(timesteps int64 (S,), coefficient rows float32 (S, K)): stored in the manifest, else computed."""
-        if sampler not in SAMPLERS:
-            raise UserError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
-        self._check_state(sampler)
-        stored = self.manifest.schedule.tables.get(sampler, {}).get(int(steps))
-        if stored is not None:  # checked in range and shape by Manifest.read
-            return stored.timesteps, stored.coefs
-        s = make_schedule(int(steps), sampler)
-        coefs, want = s.coefs, self._coef_shape()
-        if want == (NUM_LEGACY_COEFS,) and not SAMPLER_STATE[sampler]:
-            coefs = np.ascontiguousarray(
-                coefs[:, :NUM_LEGACY_COEFS]
-            )  # a pre-multistep export: same first columns
-        if coefs.shape[1:] != want:
-            raise UserError(f"schedule rows have {coefs.shape[1]} values, dit_step takes coef {want}")
-        return s.timesteps, coefs
+        """(timesteps int64 (S,), coefficient rows float32 (S, K)) of a sampler this folder records:
+        its stored table (manifest or `schedules --add`), else the registry's rows in its layout."""
+        return self.schedules.rows(sampler, int(steps))  # one line naming the fix when not supported
+
+    def draws_noise(self, sampler: str) -> bool:
+        """Whether `sampler` binds fresh noise at every step (the folder's record says)."""
+        return self.schedules.draws_noise(sampler)
 
     def state_pairs(self) -> list[tuple[str, str]]:
         """(input, output) names of the solver-state tensors of this export's dit_step (maybe none)."""
@@ -343,16 +202,6 @@ class Sampler:
         return [
             (n, state_output(n)) for n in STATE_NAMES if n in names and state_output(n) in io.output_names
         ]
-
-    def _check_state(self, sampler: str) -> None:
-        """A sampler with history needs a dit_step exported with the state tensors."""
-        have = {i for i, _ in self.state_pairs()}
-        missing = [n for n in SAMPLER_STATE[sampler] if n not in have]
-        if missing:
-            raise UserError(
-                f"{self.folder} was exported before the multistep samplers (its dit_step has no solver state "
-                f"input {missing[0]!r}): re-export it to use {sampler}; ddpm and ddim still work"
-            )
 
     def close(self) -> None:
         self._bufs.clear()
@@ -385,8 +234,8 @@ class Sampler:
         timesteps, coefs = self.schedule(req.steps, req.sampler)
         num_steps, n, m = len(timesteps), self.batch, len(labels)
         chunks = -(-m // n)
-        ode = req.sampler in ODE_SAMPLERS
-        src = _ChunkNoise(req.noise, *rows, n, self.latent_shape, req.guided, 0 if ode else num_steps)
+        ode = not self.draws_noise(req.sampler)  # only the initial latent is drawn
+        src = ChunkNoise(req.noise, *rows, n, self.latent_shape, req.guided, 0 if ode else num_steps)
         be = self.backend
         block = max(1, min(num_steps, MAX_NOISE_TABLE_BYTES // (n * math.prod(self.latent_shape) * 4)))
         b = self._buffers(num_steps, 1 if ode else block, decode)
@@ -459,7 +308,7 @@ class Sampler:
     def _chunk(
         self,
         c: int,
-        src: _ChunkNoise,
+        src: ChunkNoise,
         steps: int,
         block: int,
         b: dict[str, Buffer],

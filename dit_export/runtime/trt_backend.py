@@ -18,7 +18,7 @@
   staging inputs keep every other address fixed.
 
 The TensorRT and CUDA calls go through `dit_export.engine.trt_api` and `dit_export.engine.cuda`,
-which import `tensorrt` and cuda-python at first use (tests/test_trt_sim.py replaces both there).
+which import `tensorrt` and cuda-python at first use (tests/runtime/test_trt_sim.py replaces both there).
 """
 
 from __future__ import annotations
@@ -171,16 +171,28 @@ class TrtBackend(Backend):
         return ", ".join(parts)
 
     def close(self) -> None:
-        for g in self._captured.values():
-            g.close()
-        self._captured.clear()
-        for eng in self.engines.values():
-            eng.close()
-        self.engines.clear()
-        for mem in self._memory:
-            mem.close()
-        self._memory.clear()
-        if self.scratch is not None:
-            self.scratch.close()
-            self.scratch = None
-        self.stream.close()
+        """Wait for the stream, then free graphs, contexts and engines, memory, the stream.
+
+        Work enqueued by `run` may still be executing (a caller need not read a result first):
+        a graph exec, a context or the memory it uses must not go away under it. The resources
+        are freed even when the wait reports an error (which is raised afterwards).
+        """
+        if self.stream.stream is None:  # closed already
+            return
+        try:
+            self.stream.synchronize()
+        finally:
+            for g in self._captured.values():
+                g.close()
+            self._captured.clear()
+            for eng in self.engines.values():
+                eng.close()
+            self.engines.clear()
+            for mem in self._memory:
+                mem.close()
+            self._memory.clear()
+            self._staging.clear()
+            if self.scratch is not None:
+                self.scratch.close()
+                self.scratch = None
+            self.stream.close()

@@ -18,9 +18,10 @@ from tqdm import tqdm
 
 from dit_export.errors import UserError
 from dit_export.models.dit import DiT
+from dit_export.sampling import samplers
 from dit_export.sampling.noise import NoiseSource
 from dit_export.sampling.request import SampleRequest
-from dit_export.sampling.schedule import STATE_NAMES, make_schedule
+from dit_export.sampling.schedule import STATE_NAMES
 from dit_export.sampling.step import SamplerStep
 
 
@@ -47,7 +48,8 @@ def sample_latents(
     """
     cfg = model.config
     check_request(cfg.num_classes, labels, cfg_scale)
-    schedule = make_schedule(steps, sampler)
+    spec = samplers.get(sampler)
+    schedule = spec.schedule(steps)
     total = schedule.num_steps
     step = SamplerStep(model, guided=cfg_scale > 1.0, with_state=True).eval()
     n = len(labels)
@@ -60,7 +62,9 @@ def sample_latents(
     for k in it:
         t_k = int(schedule.timesteps[k])
         t = torch.full((n,), t_k, dtype=torch.int64)
-        eps_noise = torch.from_numpy(np.ascontiguousarray(noise.step(k)))
+        eps_noise = torch.from_numpy(np.ascontiguousarray(noise.step(k)))  # drawn always: keeps a stream in step
+        if not spec.draws_noise:  # as the runtimes bind: zeros (0 · a non-finite draw would not be 0)
+            eps_noise = torch.zeros_like(eps_noise)
         x, *state = step(x, t, y, eps_noise, guidance, coefs[k], *state)
         if not bool(torch.isfinite(x).all()):
             bad = sorted({int(i) for i in torch.nonzero(~torch.isfinite(x))[:, 0]})

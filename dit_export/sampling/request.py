@@ -1,4 +1,5 @@
-"""`SampleRequest`: what to sample, the one request of the Python runtime (no numpy, no torch).
+"""`SampleRequest`: what to sample, the one request of the Python runtime (imports no numpy or torch;
+`validate` asks the numpy-only sampler registry).
 
 Field for field the C API's `dit_sample_params` (cpp/include/dit_runtime.h): `labels`, `seed`,
 `cfg_scale`, `steps`, `sampler`, and `noise` (the C side takes a `noise_fn` for non-Philox noise);
@@ -9,8 +10,8 @@ that names the field, the value and the limit:
 
     req = SampleRequest(labels=(207, 360), seed=0, cfg_scale=4.0, steps=50).validate(num_classes=1000)
 
-The vocabularies of samplers and noise kinds live here (the lowest sampling module), so the
-schedule, the noise generators, the runtime and the CLI all name the same words.
+Samplers are the registry's (`dit_export.sampling.samplers`: `validate` asks it, once); the
+noise kinds live here, so the noise generators, the runtime and the CLI name the same words.
 """
 
 from __future__ import annotations
@@ -21,12 +22,6 @@ from dataclasses import asdict, dataclass, replace
 
 from dit_export.errors import UserError
 
-SAMPLERS = ("ddpm", "ddim", "dpm++2m", "unipc")
-# Fewest steps each sampler takes: the multistep solvers are order 2 with a first-order final step.
-MIN_STEPS = {"ddpm": 1, "ddim": 1, "dpm++2m": 2, "unipc": 2}
-SAMPLER_HELP = (
-    "ddpm (p_sample), ddim (eta 0), dpm++2m (DPM-Solver++ 2M), unipc (UniPC bh2); the last two: ≥ 2 steps"
-)
 NOISE_KINDS = ("philox", "torch")
 NUM_TRAIN_STEPS = 1000  # the diffusion's training steps: the longest chain a sampler can take
 MAX_SEED = 2**64 - 1  # Philox key: two 32-bit words
@@ -50,7 +45,7 @@ class SampleRequest:
     seed: int = 0
     cfg_scale: float = 4.0
     steps: int = 250
-    sampler: str = "ddpm"  # SAMPLERS
+    sampler: str = "ddpm"  # a registered sampler (samplers.names())
     noise: str = "philox"  # NOISE_KINDS: philox (ours, every backend) | torch (the official stream)
     first_index: int = 0  # global index of labels[0]: its Philox noise is keyed by (seed, first_index)
 
@@ -94,13 +89,9 @@ class SampleRequest:
             raise UserError(f"steps {self.steps}: at least 1")
         if self.steps > num_train_steps:
             raise UserError(f"steps {self.steps}: at most {num_train_steps} (the training steps)")
-        if self.sampler not in SAMPLERS:
-            raise UserError(f"unknown sampler {self.sampler!r}; choose one of {', '.join(SAMPLERS)}")
-        if self.steps < MIN_STEPS[self.sampler]:
-            raise UserError(
-                f"steps {self.steps}: {self.sampler} needs at least {MIN_STEPS[self.sampler]} steps "
-                "(an order-2 multistep solver)"
-            )
+        from dit_export.sampling import samplers  # numpy: only when a request is checked
+
+        samplers.get(self.sampler).check_steps(self.steps)  # the name and its fewest steps
         if self.noise not in NOISE_KINDS:
             raise UserError(f"unknown noise kind {self.noise!r}; choose one of {', '.join(NOISE_KINDS)}")
         if not _is_int(self.first_index):

@@ -6,7 +6,8 @@ that graph, so all backends run the same arithmetic. Inputs (N images):
     x      (N,C,L,L) fp32   current latent
     t      (N,)      int64  ORIGINAL timestep fed to the network (0..999)
     y      (N,)      int64  class labels
-    noise  (N,C,L,L) fp32   this step's noise (only used by DDPM, scaled by 0 at the last step)
+    noise  (N,C,L,L) fp32   this step's noise (DDPM: scaled by 0 at the last step; multistep:
+                            by the row's `pred_noise`, 0 for the ODE solvers)
     guidance (1,)    fp32   classifier-free guidance scale s ≥ 1 (exactly 1 → the conditional ε)
     coef   (K,)      fp32   one row of ``Schedule.coefs`` (layout ``schedule.COEF_NAMES``)
     hist_x0, hist_x0_prev, hist_x (N,C,L,L) fp32   solver history (``with_state=True`` only)
@@ -16,8 +17,10 @@ Output: the next latent (N,C,L,L) fp32; with state also the next history
 corrected sample), which the loop feeds back at the next step (zeros at the first). The
 operation order of DDPM/DDIM mirrors the IDDPM reference (`p_sample`, `ddim_sample` with eta 0)
 so fp32 results agree to rounding; the multistep solvers are the linear combinations of
-``schedule`` (their row has ``multistep`` = 1). The exported graph always has the state I/O
-(``STEP_INPUTS`` / ``STEP_OUTPUTS``); DDPM and DDIM ignore it.
+``schedule`` (their row has ``multistep`` = 1), including a per-step noise term ``pred_noise·noise``
+so a stochastic multistep solver is a new row table, not a new graph. The exported graph always
+has the state I/O (``STEP_INPUTS`` / ``STEP_OUTPUTS``); DDPM and DDIM ignore it. Which sampler
+writes which columns is the registry's (``dit_export.sampling.samplers``).
 """
 
 from __future__ import annotations
@@ -26,7 +29,10 @@ import torch
 from torch import nn
 
 from dit_export.models.dit import DiT
-from dit_export.sampling.schedule import NUM_COEFS, NUM_LEGACY_COEFS, STATE_NAMES, state_output
+from dit_export.sampling.schedule import COEF_NAMES, NUM_COEFS, STATE_NAMES, state_output
+
+# forward() unpacks the row by position: the multistep block starts at column 10, 20 columns in all.
+assert COEF_NAMES.index("multistep") == 10 and NUM_COEFS == 20, "update SamplerStep.forward with COEF_NAMES"
 
 STEP_INPUTS = ("x", "t", "y", "noise", "guidance", "coef", *STATE_NAMES)
 STEP_OUTPUTS = ("x_next", *(state_output(n) for n in STATE_NAMES))
@@ -99,7 +105,9 @@ class SamplerStep(nn.Module):
     ) -> torch.Tensor | tuple[torch.Tensor, ...]:
         out = self.denoiser(x, t, y, guidance)
         eps = out[:, : self.c]
-        s1, s2, c1, c2, min_log, max_log, nonzero, ab_prev, sigma, is_ddpm = coef[:NUM_LEGACY_COEFS].unbind(0)
+        # one value per schedule.COEF_NAMES column, in order
+        s1, s2, c1, c2, min_log, max_log, nonzero, ab_prev, sigma, is_ddpm = coef[:10].unbind(0)
+        ms, cx, chx, cx0, ch0, ch1, px, px0, ph0, pn = coef[10:].unbind(0)
         x0 = s1 * x - s2 * eps  # predicted x̂0, no clipping
         # DDPM: posterior mean plus learned-range noise.
         mean = c1 * x0 + c2 * x
@@ -115,15 +123,13 @@ class SamplerStep(nn.Module):
         ddim = x0 * torch.sqrt(ab_prev) + torch.sqrt(1 - ab_prev - sigma * sigma) * eps_ddim
         ddim = ddim + nonzero * sigma * noise
         x_next = torch.where(is_ddpm > 0.5, ddpm, ddim)
-        if coef.shape[0] == NUM_LEGACY_COEFS and not self.with_state:  # a pre-multistep row: DDPM/DDIM
-            return x_next
         h0 = torch.zeros_like(x) if hist_x0 is None else hist_x0
         h1 = torch.zeros_like(x) if hist_x0_prev is None else hist_x0_prev
         hx = torch.zeros_like(x) if hist_x is None else hist_x
-        ms, cx, chx, cx0, ch0, ch1, px, px0, ph0 = coef[NUM_LEGACY_COEFS:].unbind(0)
-        # Multistep solvers: UniC corrector (identity for DPM-Solver++ and UniPC's first step), predictor.
+        # Multistep solvers: corrector (identity for DPM-Solver++ and UniPC's first step), predictor
+        # with its noise term (0 · noise for the ODE solvers).
         xc = cx * x + chx * hx + cx0 * x0 + ch0 * h0 + ch1 * h1
-        x_ms = px * xc + px0 * x0 + ph0 * h0
+        x_ms = px * xc + px0 * x0 + ph0 * h0 + pn * noise
         x_next = torch.where(ms > 0.5, x_ms, x_next)
         if not self.with_state:
             return x_next

@@ -29,11 +29,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
 
-from dit_export.engine.plans import list_plans
 from dit_export.errors import UserError
-from dit_export.export.manifest import Manifest
+from dit_export.export.manifest import Manifest, dtypes
 from dit_export.lazy import optional_import
-from dit_export.sampling.request import SAMPLERS
+from dit_export.runtime.folder import ExportFolder
+from dit_export.sampling import samplers
+from dit_export.serve import sizing
 
 MODEL_SOURCE = Path(__file__).with_name("triton_model.py")
 DEFAULT_NAME = "dit_sampler"
@@ -47,16 +48,11 @@ SAMPLER_INPUTS = (
     ("seed", "TYPE_UINT64", False, "Philox noise seed, 0..2**64-1"),
     ("cfg_scale", "TYPE_FP32", True, "guidance scale ≥ 1 (default: parameter default_cfg_scale)"),
     ("steps", "TYPE_INT32", True, "sampling steps (default: parameter default_steps)"),
-    ("sampler", "TYPE_STRING", True, f"{' | '.join(SAMPLERS)} (default: parameter default_sampler)"),
+    ("sampler", "TYPE_STRING", True, f"{' | '.join(samplers.names())} (default: parameter default_sampler)"),
     ("first_index", "TYPE_INT64", True, "image index of the group's first row under its seed (default 0)"),
 )
 OUTPUT_NAME = "image"  # uint8 (H, W, 3) per row
-_TRITON_DTYPES = {
-    "float32": "TYPE_FP32",
-    "float16": "TYPE_FP16",
-    "int64": "TYPE_INT64",
-    "int32": "TYPE_INT32",
-}
+_TRITON_DTYPES = dtypes.to("triton")  # "float16" → "TYPE_FP16", from the one dtype table
 
 
 def model_config_pb2() -> ModuleType:
@@ -114,7 +110,10 @@ class SamplerModel:
     kind: str  # "KIND_GPU" | "KIND_CPU"
     backend: str  # runtime backend inside model.py: "trt" | "ort"
     engines: str  # relative to the version directory, or an absolute path (--reference)
-    queue_delay_us: int = 2000
+    queue_delay_us: int = 2000  # the row scheduler's fill delay (parameters.fill_delay_us)
+    threads: int = 0  # ONNX Runtime intra-op threads per worker (0: the library's default)
+    workers: int = 1  # Samplers per instance sharing its row queue
+    preferred: tuple[int, ...] = ()  # default: the engine batch and max_batch
     defaults: dict = field(default_factory=lambda: {"cfg_scale": 4.0, "steps": 250, "sampler": "ddpm"})
 
 
@@ -125,14 +124,19 @@ def sampler_config(m: SamplerModel):
     for name, dtype, optional, _ in SAMPLER_INPUTS:
         c.input.add(name=name, data_type=pb2.DataType.Value(dtype), dims=[1], optional=optional)
     c.output.add(name=OUTPUT_NAME, data_type=pb2.TYPE_UINT8, dims=[m.image_size, m.image_size, 3])
-    preferred = sorted({b for b in (m.engine_batch, m.max_batch) if 0 < b <= m.max_batch})
+    preferred = sorted(set(m.preferred) or {b for b in (m.engine_batch, m.max_batch) if 0 < b <= m.max_batch})
     c.dynamic_batching.preferred_batch_size.extend(preferred)
-    c.dynamic_batching.max_queue_delay_microseconds = m.queue_delay_us
+    # Triton hands requests over at once: model.py's row scheduler waits (fill_delay_us) for rows to
+    # fill an engine run, counted from when the engine is free, not from a request's arrival.
+    c.dynamic_batching.max_queue_delay_microseconds = 0
     c.instance_group.add(count=m.instances, kind=pb2.ModelInstanceGroup.Kind.Value(m.kind))
     params = {
         "engines": m.engines,
         "backend": m.backend,
         "engine_batch": str(m.engine_batch),
+        "threads": str(m.threads),
+        "workers": str(m.workers),
+        "fill_delay_us": str(m.queue_delay_us),
         "default_cfg_scale": str(m.defaults["cfg_scale"]),
         "default_steps": str(m.defaults["steps"]),
         "default_sampler": m.defaults["sampler"],
@@ -170,10 +174,11 @@ class RepoResult:
 
 
 def choose_runtime(folder: Path, backend: str = "auto") -> tuple[str, str, dict[Path, dict]]:
-    """(runtime backend, instance kind, plans) — trt + KIND_GPU when the folder holds recorded plans."""
-    plans = list_plans(folder)
-    if backend == "auto":
-        backend = "trt" if plans else "ort"
+    """(runtime backend, instance kind, plans) — trt + KIND_GPU when the folder holds recorded plans
+    (`auto`: the folder's rule for a runtime on another machine, `runtime.folder.choose_backend`)."""
+    export = ExportFolder.of(folder)
+    backend, _ = export.choose_backend(backend, allowed=("trt", "ort"), elsewhere=True)
+    plans = export.plans
     if backend == "trt" and not plans:
         raise UserError(
             f"{folder} has no TensorRT plans (plans/*.plan with records): build --backend trt first"
@@ -213,14 +218,19 @@ def write_repository(
     *,
     name: str = DEFAULT_NAME,
     max_batch: int | None = None,
-    instances: int = 1,
+    instances: int | None = None,
+    workers: int | None = None,
+    threads: int | None = None,
     backend: str = "auto",
     reference: bool = False,
     plan_models: bool = False,
-    queue_delay_us: int = 2000,
+    queue_delay_us: int | None = None,
     force: bool = False,
 ) -> RepoResult:
-    """Write REPO/<name>/ (config.pbtxt, 1/model.py, 1/engines/) for the engines folder."""
+    """Write REPO/<name>/ (config.pbtxt, 1/model.py, 1/engines/) for the engines folder.
+
+    instances, workers, threads, max_batch, queue_delay_us: None = chosen for the folder and this machine
+    (`sizing.choose`; the reasons are in the result's lines)."""
     folder = Path(engines).resolve()
     manifest = Manifest.read(folder, check_graphs=False)
     manifest.check_files_exist()
@@ -228,14 +238,22 @@ def write_repository(
         raise UserError(f"{folder} has no VAE decoder (exported with --vae none): the server returns images")
     if not name or not all(ch.isalnum() or ch in "_-" for ch in name):
         raise UserError(f"--name {name!r}: use letters, digits, '_' and '-' (a folder name)")
-    if instances < 1:
-        raise UserError(f"--instances {instances}: at least 1")
-    max_batch = manifest.batch if max_batch is None else int(max_batch)
-    if max_batch < 1:
-        raise UserError(f"--max-batch {max_batch}: at least 1")
+    for flag, v, least in (
+        ("instances", instances, 1),
+        ("workers", workers, 1),
+        ("threads", threads, 1),
+        ("max-batch", max_batch, 1),
+        ("queue-delay-us", queue_delay_us, 0),
+    ):
+        if v is not None and v < least:
+            raise UserError(f"--{flag} {v}: at least {least}")
     runtime, kind, plans = choose_runtime(folder, backend)
     if plan_models and not plans:
         raise UserError(f"--plan-models: {folder} has no TensorRT plans")
+    sz = sizing.choose(
+        manifest, runtime, kind, instances=instances, workers=workers, threads=threads, max_batch=max_batch,
+        queue_delay_us=queue_delay_us,
+    )  # fmt: skip
 
     out = Path(out)
     model_dir = out / name
@@ -245,7 +263,7 @@ def write_repository(
         shutil.rmtree(model_dir)
     version = model_dir / "1"
     version.mkdir(parents=True)
-    lines = [f"{model_dir}: Python-backend sampler, {runtime} on {kind}, {instances} instance(s)"]
+    lines = [f"{model_dir}: Python-backend sampler, {runtime} on {kind}"]
     if reference:
         engines_param = str(folder)
         lines.append(f"  engines referenced at {folder} (not copied: the server must see this path)")
@@ -256,17 +274,22 @@ def write_repository(
             f"  engines placed in {version / ENGINES_DIR} ({size / 2**20:.1f} MiB, hard links where possible)"
         )
     shutil.copy2(MODEL_SOURCE, version / "model.py")
+    lines += [f"  {line}" for line in sz.lines]
+    max_batch = sz.max_batch
 
     spec = SamplerModel(
         name=name,
         image_size=manifest.image_size,
         max_batch=max_batch,
         engine_batch=manifest.batch,
-        instances=instances,
+        instances=sz.instances,
         kind=kind,
         backend=runtime,
         engines=engines_param,
-        queue_delay_us=queue_delay_us,
+        queue_delay_us=sz.queue_delay_us,
+        threads=sz.threads,
+        workers=sz.workers,
+        preferred=sz.preferred,
     )
     config = sampler_config(spec)
     text = config_text(config)

@@ -8,10 +8,12 @@ Request rows (Triton's batch dimension) are images: `class_label`, `seed` (+ opt
 `cfg_scale`, `steps`, `sampler`, `first_index`). The rows of one request that share (seed,
 cfg_scale, steps, sampler, first_index) form one `SampleRequest`, so a request is exactly
 `dit_export sample --classes <its labels> --seed S …`: row i is image first_index + i of that
-seed, whatever else the server is doing. Each
-such group runs in chunks of the engine batch. Requests that Triton's dynamic batcher hands over
-together share engine runs through `Sampler.generate_many` (each row keeps its own Philox key:
-seed and image index, so each response equals its request run alone).
+seed, whatever else the server is doing. Rows are not run by `execute`: it queues them, and the
+instance's worker thread fills each engine run with up to the engine's rows from the queue (of
+any requests; a request larger than the free rows is split across runs) through
+`Sampler.generate_many`; each row keeps its own Philox key (seed and image index), so each
+response equals its request run alone. Responses go through each request's response sender
+(Triton ≥ 24.06 allows it for non-decoupled models); the order of a request's rows is kept.
 
 A bad request (unknown class, steps 0, a wrong sampler) gets a Triton error response; the model
 and the other requests carry on.
@@ -21,6 +23,10 @@ from __future__ import annotations
 
 import json
 import os
+import threading
+import time
+from collections import deque
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -97,8 +103,28 @@ def _groups(request, defaults: dict) -> list[tuple[SampleRequest, list[int]]]:
     return out
 
 
+class _Job:
+    """One Triton request in flight: its row groups, its response sender and its images so far."""
+
+    def __init__(self, sender, groups: list[tuple[SampleRequest, list[int]]]) -> None:
+        self.sender, self.groups = sender, groups
+        self.left = sum(len(rows) for _, rows in groups)
+        self.out: np.ndarray | None = None
+        self.done = False
+
+
 class TritonPythonModel:
-    """One instance: a `Sampler` on the engines folder, loaded once."""
+    """One instance: `workers` Samplers on the engines folder, loaded once, fed by a row scheduler.
+
+    `execute` only validates and queues: each request's rows go to the instance's queue and its
+    response sender answers once all its rows have run. Each worker thread owns one Sampler
+    (ONNX Runtime releases the GIL while it computes); when it is free it takes up to the engine's
+    rows from the queue, oldest first (rows with the oldest row's cfg scale, steps and sampler), waiting at most `fill_delay_us` for more rows
+    when fewer are queued, so a run is full whenever enough rows wait. A request may be split
+    across runs and a run may hold rows of many requests; each row keeps its Philox key (seed,
+    image index), so every response equals its request run alone. Runs and their filled rows
+    are counted (`engine_runs`; Triton custom metric `dit_sampler_engine_runs{rows=...}`).
+    """
 
     def initialize(self, args: dict) -> None:
         if pb_utils is None:
@@ -115,12 +141,150 @@ class TritonPythonModel:
         options: dict = {}
         if backend == "ort" and args.get("model_instance_kind") != "GPU":
             options["providers"] = ["CPUExecutionProvider"]  # KIND_CPU even where CUDA is there
+        threads = int(_param(config, "threads", "0") or 0)
+        if backend == "ort" and threads > 0:  # the config decides, not the server's OMP_NUM_THREADS
+            options["threads"] = threads
         self.defaults = {
             "cfg_scale": float(_param(config, "default_cfg_scale", "4.0")),
             "steps": int(_param(config, "default_steps", "250")),
             "sampler": _param(config, "default_sampler", "ddpm"),
         }
-        self.sampler = Sampler.load(self.engines, backend, **options)
+        self.fill_delay = int(_param(config, "fill_delay_us", "2000") or 0) / 1e6
+        workers = max(1, int(_param(config, "workers", "1") or 1))
+        # One Sampler per worker (its own sessions / CUDA stream); the first also validates requests.
+        self.samplers = [Sampler.load(self.engines, backend, **options) for _ in range(workers)]
+        self.sampler = self.samplers[0]
+        self.rows = self.sampler.batch
+        self.engine_runs: dict[int, int] = {}  # filled rows → runs
+        self._metrics = _metrics(args.get("model_name", "dit_sampler"), args.get("model_instance_name", ""))
+        self._queue: deque[list] = deque()  # [job, group index, next row] per row group, oldest first
+        self._cond = threading.Condition()
+        self._stopping = False
+        self._workers = [
+            threading.Thread(target=self._work, args=(s,), name=f"dit_sampler_rows_{i}", daemon=True)
+            for i, s in enumerate(self.samplers)
+        ]
+        for w in self._workers:
+            w.start()
+
+    # -- requests in ---------------------------------------------------------------------------------
+    def execute(self, requests: list):
+        """Queue the rows of each request; a bad request is answered with its error at once."""
+        jobs = []
+        for request in requests:
+            sender = request.get_response_sender()
+            try:
+                groups = [(self.sampler.request(req), rows) for req, rows in _groups(request, self.defaults)]
+            except Exception as e:  # noqa: BLE001 — a bad request must not take the model down
+                self._send(sender, error=e)
+                continue
+            jobs.append(_Job(sender, groups))
+        with self._cond:  # all at once: a worker sees the whole batch Triton handed over
+            self._queue.extend([job, g, 0] for job in jobs for g in range(len(job.groups)))
+            self._cond.notify_all()
+        return None  # the responses go through each request's response sender
+
+    # -- the worker ------------------------------------------------------------------------------------
+    @staticmethod
+    def _key(entry: list) -> tuple:
+        req = entry[0].groups[entry[1]][0]
+        return (req.cfg_scale, req.steps, req.sampler, req.noise)
+
+    def _rows_like_head(self) -> int:
+        key = self._key(self._queue[0])
+        return sum(len(e[0].groups[e[1]][0].labels) - e[2] for e in self._queue if self._key(e) == key)
+
+    def _take(self) -> list[tuple[_Job, int, int, int]]:
+        """Up to the engine's rows from the queue: (job, group, first row, end row), oldest first."""
+        key, free, parts = self._key(self._queue[0]), self.rows, []
+        for entry in list(self._queue):
+            if self._key(entry) != key:
+                continue
+            job, g, lo = entry
+            hi = min(len(job.groups[g][0].labels), lo + free)
+            parts.append((job, g, lo, hi))
+            free -= hi - lo
+            entry[2] = hi
+            if hi == len(job.groups[g][0].labels):
+                self._queue.remove(entry)
+            if not free:
+                break
+        return parts
+
+    def _work(self, sampler: Sampler) -> None:
+        while True:
+            with self._cond:
+                while not self._queue and not self._stopping:
+                    self._cond.wait()
+                if self._stopping:
+                    return
+                deadline = time.monotonic() + self.fill_delay
+                while self._queue and self._rows_like_head() < self.rows and not self._stopping:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        break
+                    self._cond.wait(left)
+                if not self._queue:  # another worker took the rows meanwhile
+                    continue
+                parts = self._take()
+            self._run(parts, sampler)
+
+    def _run(self, parts: list[tuple[_Job, int, int, int]], sampler: Sampler) -> None:
+        subs = []
+        for job, g, lo, hi in parts:
+            req = job.groups[g][0]
+            subs.append(replace(req, labels=req.labels[lo:hi], first_index=req.first_index + lo))
+        try:
+            images: list = self._generate(subs, sampler)
+        except Exception:  # noqa: BLE001 — run each alone to give the failure to its own request
+            images = []
+            for sub in subs:
+                try:
+                    images.append(self._generate([sub], sampler)[0])
+                except Exception as e:  # noqa: BLE001
+                    images.append(e)
+        rows = sum(hi - lo for _, _, lo, hi in parts)
+        finished: list[tuple[_Job, Exception | None]] = []
+        with self._cond:  # parts of one request may finish on two workers at once
+            self.engine_runs[rows] = self.engine_runs.get(rows, 0) + 1
+            self._metrics(rows)
+            for (job, g, lo, hi), img in zip(parts, images):
+                if job.done:
+                    continue
+                if isinstance(img, Exception):
+                    finished.append((job, self._drop(job, img)))
+                    continue
+                if job.out is None:
+                    job.out = np.empty((sum(len(r) for _, r in job.groups), *img.shape[1:]), dtype=np.uint8)
+                job.out[job.groups[g][1][lo:hi]] = img
+                job.left -= hi - lo
+                if job.left == 0:
+                    job.done = True
+                    finished.append((job, None))
+        for job, error in finished:
+            self._send(job.sender, out=job.out, error=error)
+
+    @staticmethod
+    def _generate(reqs: list[SampleRequest], sampler: Sampler) -> list[np.ndarray]:
+        """uint8 images per request; rows of compatible requests share engine runs (`generate_many`)."""
+        if len(reqs) > 1:
+            return [to_uint8(r.images) for r in sampler.generate_many(reqs)]
+        return [to_uint8(sampler.generate(reqs[0]).images)]
+
+    # -- responses out ---------------------------------------------------------------------------------
+    def _drop(self, job: _Job, error: Exception) -> Exception:
+        """Mark a failed request done and drop its rows still queued (call with the lock held)."""
+        job.done = True
+        for entry in [e for e in self._queue if e[0] is job]:
+            self._queue.remove(entry)
+        return error
+
+    def _send(self, sender, out: np.ndarray | None = None, error: Exception | None = None) -> None:
+        if error is not None:
+            resp = pb_utils.InferenceResponse(error=self._error(error))
+        else:
+            resp = pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor("image", out)])
+        sender.send(resp, flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
 
     def _error(self, e: Exception):
         if isinstance(e, UserError):  # the client's mistake: INVALID_ARG (HTTP 400) where the stub has codes
@@ -128,47 +292,46 @@ class TritonPythonModel:
             return pb_utils.TritonError(str(e), code) if code is not None else pb_utils.TritonError(str(e))
         return pb_utils.TritonError(f"{type(e).__name__}: {e}")
 
-    def _generate(self, reqs: list[SampleRequest]) -> list[np.ndarray]:
-        """uint8 images per request. A runtime with `generate_many` packs the rows of compatible
-        requests into shared engine runs; otherwise each request runs on its own."""
-        many = getattr(self.sampler, "generate_many", None)
-        if many is not None and len(reqs) > 1:
-            return [to_uint8(r.images) for r in many(reqs)]
-        return [to_uint8(self.sampler.generate(r).images) for r in reqs]
-
-    def execute(self, requests: list) -> list:
-        """One response per request, in order; a bad request gets an error response, the rest run."""
-        parsed: list = []  # per request: [(validated SampleRequest, its rows)] or the exception
-        for request in requests:
-            try:
-                parsed.append(
-                    [(self.sampler.request(req), rows) for req, rows in _groups(request, self.defaults)]
-                )
-            except Exception as e:  # noqa: BLE001 — a failed request must not take the model down
-                parsed.append(e)
-        todo = [g for p in parsed if not isinstance(p, Exception) for g in p]
-        try:
-            images = dict(zip(map(id, todo), self._generate([req for req, _ in todo])))
-        except Exception:  # noqa: BLE001 — run alone to give the failure to its own request
-            images = {}
-        responses = []
-        for p in parsed:
-            try:
-                if isinstance(p, Exception):
-                    raise p
-                rows = sum(len(r) for _, r in p)
-                out = None
-                for g in p:
-                    img = images[id(g)] if id(g) in images else self._generate([g[0]])[0]
-                    if out is None:
-                        out = np.empty((rows, *img.shape[1:]), dtype=np.uint8)
-                    out[g[1]] = img
-                responses.append(pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor("image", out)]))
-            except Exception as e:  # noqa: BLE001
-                responses.append(pb_utils.InferenceResponse(error=self._error(e)))
-        return responses
-
     def finalize(self) -> None:
-        sampler = getattr(self, "sampler", None)
-        if sampler is not None:
+        workers = getattr(self, "_workers", [])
+        if workers:
+            with self._cond:
+                self._stopping = True
+                self._cond.notify_all()
+            for w in workers:
+                w.join(timeout=60)
+        for entry in list(getattr(self, "_queue", ())):
+            if not entry[0].done:
+                entry[0].done = True
+                self._send(entry[0].sender, error=RuntimeError("the model is being unloaded"))
+        for sampler in getattr(self, "samplers", []):
             sampler.close()
+
+
+def _metrics(model: str, instance: str):
+    """A counter of engine runs per filled rows as a Triton custom metric (a no-op without metrics)."""
+    family_cls = getattr(pb_utils, "MetricFamily", None)
+    if family_cls is None:
+        return lambda rows: None
+    try:
+        family = family_cls(
+            name="dit_sampler_engine_runs",
+            description="sampler engine runs (one step loop over one engine batch) by rows filled",
+            kind=family_cls.COUNTER,
+        )
+    except Exception:  # noqa: BLE001 — metrics disabled in this server
+        return lambda rows: None
+    metrics: dict[int, object] = {}
+
+    def count(rows: int) -> None:
+        try:
+            if rows not in metrics:
+                metrics[rows] = family.Metric(
+                    labels={"model": model, "instance": instance, "rows": str(rows)}
+                )
+            metrics[rows].increment(1)
+        except Exception:  # noqa: BLE001 — counting must never fail a request
+            pass
+
+    count.family = family  # keep the family alive as long as its metrics
+    return count

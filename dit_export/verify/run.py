@@ -24,11 +24,12 @@ import numpy as np
 from dit_export import compare
 from dit_export.backends import canonical_backend
 from dit_export.compare import Row
-from dit_export.engine.plans import Target, plan_status
+from dit_export.engine.plans import Target
 from dit_export.export.check import guided_eps
 from dit_export.export.feeds import example_feeds
 from dit_export.export.manifest import Manifest
 from dit_export.images import to_uint8
+from dit_export.runtime.folder import ExportFolder
 from dit_export.runtime.sampler import Sampler
 from dit_export.sampling.noise import make_noise
 from dit_export.sampling.request import SampleRequest
@@ -115,13 +116,13 @@ def summary_line(report: Report) -> str:
     return f"verify FAILED at stage '{fail.stage}': {fail.describe()}{more}"
 
 
-def _phases(folder: Path, manifest: Manifest, backend: str) -> tuple[list[list[str]], list[str]]:
+def _phases(folder: ExportFolder, backend: str) -> tuple[list[list[str]], list[str]]:
     """The graphs of each phase (dit, then dit_step + VAE), loaded one phase at a time, and what is
     skipped: a TensorRT folder built without a `dit` plan skips the dit stages."""
-    want = [g for g in ("dit", "dit_step", "vae_decoder") if manifest.graphs.get(g)]
+    want = [g for g in ("dit", "dit_step", "vae_decoder") if folder.manifest.graphs.get(g)]
     skipped = []
     if backend == "trt" and "dit" in want:
-        status, why = plan_status(folder, manifest, "dit", Target.current(), check_hash=False)
+        status, why = folder.plan_status("dit", Target.current(), check_hash=False)
         if status != "fresh":
             want.remove("dit")
             skipped.append(f"dit and guided_eps: {why}")
@@ -195,7 +196,7 @@ def _check_loop(pair: _Pair, seed: int, progress: bool) -> None:
 
 
 def verify(
-    folder: str | Path,
+    folder: str | Path | ExportFolder,
     backend: str = "ort",
     seeds: Sequence[int] | None = None,
     steps: int | None = None,
@@ -217,10 +218,10 @@ def verify(
     plan = THOROUGH if thorough else QUICK
     seeds = list(plan["seeds"] if seeds is None else seeds)
     steps = int(plan["steps"] if steps is None else steps)
-    folder = Path(folder)
+    export = ExportFolder.of(folder)  # one read of the manifest for both samplers of every phase
+    folder, manifest = export.path, export.manifest
     backend = canonical_backend(backend)
-    manifest = Manifest.read(folder, check_graphs=False)  # Sampler.load checks the graphs
-    phases, skipped = _phases(folder, manifest, backend)
+    phases, skipped = _phases(export, backend)
     from dit_export.runtime.torch_backend import load_reference  # torch: the reference needs it
 
     # The reference modules are built once; the backend under test loads one phase's graphs at a
@@ -231,10 +232,10 @@ def verify(
     report: Report | None = None
     for graphs in phases:
         denoiser = "dit" in graphs
-        sut = Sampler.load(folder, backend, providers, graphs=graphs, **options)
+        sut = Sampler.load(export, backend, providers, graphs=graphs, **options)
         ref = None
         try:
-            ref = Sampler.load(folder, "torch", graphs=graphs, check_hashes=False, modules=modules)
+            ref = Sampler.load(export, "torch", graphs=graphs, check_hashes=False, modules=modules)
             if report is None:
                 report = Report(str(folder), sut.backend.describe(), ref.backend.describe(), sut.precision,
                                 seeds, steps, sampler, float(cfg_scale), skipped=skipped)  # fmt: skip

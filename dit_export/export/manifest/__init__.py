@@ -1,0 +1,54 @@
+"""`manifest.json`: the typed record of an exported folder, and everything a runtime needs from it.
+
+Torch-free on purpose (json, numpy, fastjsonschema, pathlib): the numpy runtime and the C++
+runtime read the same file. Its shape is one committed JSON schema (`manifest.schema.json`,
+validated with fastjsonschema here and held against the C++ reader by the C++ tests); then the
+rules a schema cannot say: the graphs' I/O agree with batch / latent size / classes (against the
+ONNX files themselves when `onnx` is importable), timesteps lie in 0..num_train_steps-1 and
+coefficient rows are finite. Every path a manifest or record names follows one rule
+(`rules.inside_path`, the same in C++). tests/data/bad_manifests/ is the corpus of faults both
+readers must refuse with the same words.
+
+The package: `records` (typed records, to/from dict), `schedules` (the sampler tables), `dtypes`
+(the one dtype table), `schema` (JSON-Schema validation), `rules` (contract rules), `core`
+(`Manifest`), `disk` (read once, write once, hashes).
+
+The manifest is written once, by `export`, and never rewritten: compiled artifacts (TensorRT
+plans, AOTI packages) are separate files with their own records (engine/).
+"""
+
+from dit_export.export.manifest.core import Manifest
+from dit_export.export.manifest.dtypes import DTYPE_NAMES, DTYPES
+from dit_export.export.manifest.records import (
+    FILENAME,
+    GRAPH_NAMES,
+    SCHEMA,
+    FileRecord,
+    GraphSpec,
+    ModelInfo,
+    TensorSpec,
+    VaeInfo,
+)
+from dit_export.export.manifest.rules import inside_path
+from dit_export.export.manifest.schedules import ScheduleTable, ScheduleTables
+from dit_export.export.manifest.schema import SCHEMA_FILE, schema, validate_schema
+
+__all__ = [
+    "DTYPES",
+    "DTYPE_NAMES",
+    "FILENAME",
+    "GRAPH_NAMES",
+    "SCHEMA",
+    "SCHEMA_FILE",
+    "FileRecord",
+    "GraphSpec",
+    "Manifest",
+    "ModelInfo",
+    "ScheduleTable",
+    "ScheduleTables",
+    "TensorSpec",
+    "VaeInfo",
+    "inside_path",
+    "schema",
+    "validate_schema",
+]

@@ -1,0 +1,148 @@
+"""Shared helpers for the runtime / build / verify tests (this module holds no tests).
+
+The exported folders are made once per test run (the first test that asks, in any xdist worker,
+builds them through the real `build` command under a file lock) and reused by the others: DiT-S/8
+at 256 px with random weights, batch 2, a tiny random VAE, fp32 and mixed fp16.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+from conftest import assert_user_error as assert_one_line_error  # noqa: F401  (the runtime tests import it from here)
+from conftest import run_dit_export as run_cli
+from filelock import FileLock
+
+from dit_export.fileio import sha256_file
+
+MODEL_ARGS = ["--model", "S/8", "--random-weights", "--vae", "random-tiny", "--batch", "2"]
+_FOLDERS: dict[str, Path] = {}
+BUILD_OUTPUT: dict[str, str] = {}  # stdout of the build that made each folder
+
+
+def shared_root(tmp_path_factory) -> Path:
+    """A folder every pytest-xdist worker of this run sees (the parent of the workers' base temps)."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
+def shared_folder(tmp_path_factory, name: str, make) -> tuple[Path, str]:
+    """`make(out) -> str` (a log) run once per test run for `name`, across all xdist workers.
+
+    The first worker that asks builds it under a file lock; the others wait and reuse it (and its
+    log). A failed build leaves no `.done` mark, so the next asker tries again and sees the error.
+    """
+    root = shared_root(tmp_path_factory)
+    out, done, log = root / name, root / f"{name}.done", root / f"{name}.log"
+    with FileLock(str(root / f"{name}.lock")):
+        if not done.exists():
+            if out.exists():
+                shutil.rmtree(out)
+            log.write_text(make(out))
+            done.touch()
+    return out, log.read_text()
+
+
+def s8_folder(tmp_path_factory, precision: str = "fp32") -> Path:
+    """The S/8 folder of a precision, built once per test run with `build --backend onnxruntime`.
+
+    Shared by every module and xdist worker: tests that change a folder work on a `link_copy`.
+    fp16 is made by re-building a copy of the fp32 folder with --precision fp16 (a changed
+    request: the staleness path), whose output the test of that path checks; its short verify
+    is skipped (the fp16 tests compare against torch themselves).
+    """
+    if precision in _FOLDERS:
+        return _FOLDERS[precision]
+
+    def make(out: Path) -> str:
+        if precision == "fp32":
+            proc = run_cli("build", *MODEL_ARGS, "--precision", "fp32", "--backend", "onnxruntime",
+                           "--out", str(out), "--verify-steps", "1")  # fmt: skip
+        else:
+            link_copy(s8_folder(tmp_path_factory, "fp32"), out)
+            proc = run_cli("build", *MODEL_ARGS, "--precision", precision, "--backend", "onnxruntime",
+                           "--out", str(out), "--no-verify")  # fmt: skip
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        assert "Traceback" not in proc.stderr and "Exception ignored" not in proc.stderr, proc.stderr
+        return proc.stdout
+
+    out, BUILD_OUTPUT[precision] = shared_folder(tmp_path_factory, f"s8-{precision}", make)
+    _FOLDERS[precision] = out
+    return out
+
+
+def link_copy(src: Path, dst: Path, copy: tuple[str, ...] = ()) -> Path:
+    """A copy of a folder made of hard links (files named in `copy` are real copies to edit)."""
+    if dst.exists():
+        shutil.rmtree(dst)
+    dst.mkdir(parents=True)
+    for p in src.iterdir():
+        if p.is_file():
+            if p.name in copy or p.name == "manifest.json":
+                shutil.copy2(p, dst / p.name)
+            else:
+                os.link(p, dst / p.name)
+    return dst
+
+
+def rehash(folder: Path, graph: str) -> None:
+    """Make a hand-edited graph "valid": record its new sha256 and size in the manifest."""
+    path = folder / "manifest.json"
+    m = json.loads(path.read_text())
+    g = m["graphs"][graph]
+    f = folder / g["file"]
+    g["sha256"], g["bytes"] = sha256_file(f), f.stat().st_size
+    path.write_text(json.dumps(m, indent=1) + "\n")
+
+
+def replace_graph(folder: Path, graph: str, model) -> None:
+    """Write an edited ONNX model in place of a graph (a new file: hard-linked copies stay intact)."""
+    import onnx
+
+    f = folder / f"{graph}.onnx"
+    f.unlink()
+    onnx.save(model, str(f))
+    rehash(folder, graph)
+
+
+def perturb_weight(model, scale: float = 1.05) -> str:
+    """Scale the largest float initializer of an ONNX model; returns its name."""
+    from onnx import numpy_helper
+
+    inits = [i for i in model.graph.initializer if i.data_type == 1]
+    big = max(inits, key=lambda i: int(np.prod(i.dims)))
+    arr = numpy_helper.to_array(big) * np.float32(scale)
+    big.CopyFrom(numpy_helper.from_array(arr.astype(np.float32), big.name))
+    return big.name
+
+
+def inject_nan(model, at_t: int):
+    """dit_step that outputs NaN wherever its timestep input equals `at_t` (x_next otherwise)."""
+    from onnx import TensorProto, helper
+
+    g = model.graph
+    out = "x_next"  # the first output (the solver-state outputs follow it)
+    assert g.output[0].name == out
+    for node in g.node:
+        for i, name in enumerate(node.output):
+            if name == out:
+                node.output[i] = "x_next_before_nan"
+    g.initializer.extend(
+        [
+            helper.make_tensor("nan_at_t", TensorProto.INT64, [], [at_t]),
+            helper.make_tensor("nan_value", TensorProto.FLOAT, [], [float("nan")]),
+            helper.make_tensor("nan_shape", TensorProto.INT64, [4], [-1, 1, 1, 1]),
+        ]
+    )
+    g.node.extend(
+        [
+            helper.make_node("Equal", ["t", "nan_at_t"], ["nan_hit"]),
+            helper.make_node("Reshape", ["nan_hit", "nan_shape"], ["nan_hit4"]),
+            helper.make_node("Where", ["nan_hit4", "nan_value", "x_next_before_nan"], [out]),
+        ]
+    )
+    return model

@@ -258,7 +258,10 @@ def cmd_summary(a: argparse.Namespace) -> int:
         lines += [f"- {f['model']} {f['precision']} b{f['batch']}: {f['status']}"
                   + (f" in {f['seconds']} s" if f.get("seconds") is not None else "")
                   + (f" ({f['reason']})" if f.get("reason") else "") for f in plans["folders"]]  # fmt: skip
-    for verify in sorted(stem.parent.glob(f"{stem.name}.verify-*.json")):
+    verifies = sorted(stem.parent.glob(f"{stem.name}.verify-*.json"))
+    if verifies:
+        lines += ["", "## verify", ""]
+    for verify in verifies:
         v = _read(verify, {})
         lines.append(f"- {verify.name}: {'passed' if v.get('passed') else 'FAILED'}")
     aoti = _read(Path(f"{stem}.aoti.json"), None)

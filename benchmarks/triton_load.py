@@ -46,6 +46,9 @@ from dit_export.serve.launch import LOOPBACK, LocalTriton, engine_runs  # noqa: 
 from dit_export.serve.sizing import cpu_cores  # noqa: E402
 from dit_export.serve.triton import DEFAULT_NAME, write_repository  # noqa: E402
 
+sys.path.insert(0, str(ROOT / "scripts"))
+from triton_client import request_images, send_request  # noqa: E402  (scripts/triton_client.py)
+
 MODEL = DEFAULT_NAME
 
 
@@ -76,31 +79,10 @@ def parse_load(text: str) -> tuple[int, tuple[int, ...]]:
         raise argparse.ArgumentTypeError(f"load {text!r}: use CxS or CxA-B (e.g. 16x1, 8x1-7)") from None
 
 
-def make_inputs(labels, seed: int, steps: int, cfg: float, sampler: str):
-    import tritonclient.http as http
-
-    n = len(labels)
-    cols = [
-        ("class_label", np.asarray(labels, np.int64).reshape(n, 1), "INT64"),
-        ("seed", np.full((n, 1), seed, np.uint64), "UINT64"),
-        ("cfg_scale", np.full((n, 1), cfg, np.float32), "FP32"),
-        ("steps", np.full((n, 1), steps, np.int32), "INT32"),
-        ("sampler", np.full((n, 1), sampler.encode(), dtype=object), "BYTES"),
-    ]
-    out = []
-    for name, data, dtype in cols:
-        i = http.InferInput(name, list(data.shape), dtype)
-        i.set_data_from_numpy(data)
-        out.append(i)
-    return out
-
-
 def infer(client, labels, seed: int, a: argparse.Namespace) -> np.ndarray:
-    import tritonclient.http as http
-
-    outs = [http.InferRequestedOutput("image", binary_data=True)]
-    res = client.infer(MODEL, make_inputs(labels, seed, a.steps, a.cfg_scale, a.sampler), outputs=outs)
-    return res.as_numpy("image")
+    return request_images(
+        client, labels, seed, model=MODEL, cfg_scale=a.cfg_scale, steps=a.steps, sampler=a.sampler
+    )
 
 
 def server_stats(client) -> dict:
@@ -424,7 +406,7 @@ def main(argv: list[str] | None = None) -> int:
             import tritonclient.http as http
 
             warm = http.InferenceServerClient(server.http_url, concurrency=cfg.instance_group[0].count)
-            pend = [warm.async_infer(MODEL, make_inputs([0] * manifest.batch, 0, 2, a.cfg_scale, a.sampler))
+            pend = [send_request(warm, [0] * manifest.batch, 0, model=MODEL, steps=2)
                     for _ in range(cfg.instance_group[0].count)]  # fmt: skip
             for q in pend:
                 q.get_result()

@@ -143,7 +143,7 @@ def smoke(args: argparse.Namespace) -> int:
     stats = client.get_inference_statistics(args.model)["model_stats"][0]
     print(
         f"server statistics: {stats.get('inference_count', 0)} rows in {stats.get('execution_count', 0)} "
-        f"execute() call(s) for {len(cases)} requests (dynamic batching)"
+        f"execute() call(s) for {len(cases)} requests (execute() queues rows; the model's workers fill the engine runs)"
     )
     print(
         f"2 concurrent requests ({sum(len(lab) for lab, _ in cases)} images, {steps} steps) in "

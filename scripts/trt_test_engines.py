@@ -25,7 +25,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-MODEL_ARGS = ["--model", "S/8", "--random-weights", "--vae", "random-tiny", "--batch", "2"]  # tests/folders.py
+# the tests' S/8 (tests/folders.py MODEL_ARGS)
+MODEL_ARGS = ["--model", "S/8", "--random-weights", "--vae", "random-tiny", "--batch", "2"]
 LABELS = (207, 360, 387)
 SEED = 3
 
@@ -45,13 +46,19 @@ def reference(folder: Path) -> Path:
             if not stored.get(name):
                 continue  # test_tensorrt fails on a recorded sampler without stored steps
             steps = min(stored[name])
-            images = s.sample(list(LABELS), seed=SEED, cfg_scale=4.0, steps=steps, sampler=name, progress=False)
+            images = s.sample(
+                list(LABELS), seed=SEED, cfg_scale=4.0, steps=steps, sampler=name, progress=False
+            )
             npy = f"{folder.name}.{name}.{steps}.npy"
             np.save(folder.parent / npy, images)
-            meta["requests"].append(
-                {"labels": list(LABELS), "seed": SEED, "cfg_scale": 4.0, "steps": steps, "sampler": name,
-                 "images": npy}  # fmt: skip
-            )
+            request = {
+                "labels": list(LABELS),
+                "seed": SEED,
+                "cfg_scale": 4.0,
+                "steps": steps,
+                "sampler": name,
+            }
+            meta["requests"].append({**request, "images": npy})
     path = folder.parent / f"{folder.name}.trt_reference.json"
     path.write_text(json.dumps(meta, indent=1))
     return path
@@ -66,7 +73,10 @@ def main() -> int:
 
     ok, why = trt_api.probe()
     if not ok:
-        print(f"trt_test_engines: TensorRT is not usable here ({why}): no TensorRT test folders", file=sys.stderr)
+        print(
+            f"trt_test_engines: TensorRT is not usable here ({why}): no TensorRT test folders",
+            file=sys.stderr,
+        )
         return 0
     out = Path(a.out).resolve()
     out.mkdir(parents=True, exist_ok=True)

@@ -38,6 +38,7 @@ def shared_folder(tmp_path_factory, name: str, make) -> tuple[Path, str]:
     """
     root = shared_root(tmp_path_factory)
     out, done, log = root / name, root / f"{name}.done", root / f"{name}.log"
+    out.parent.mkdir(parents=True, exist_ok=True)  # `name` may be `group/folder`
     with FileLock(str(root / f"{name}.lock")):
         if not done.exists():
             if out.exists():
@@ -73,6 +74,60 @@ def s8_folder(tmp_path_factory, precision: str = "fp32") -> Path:
     out, BUILD_OUTPUT[precision] = shared_folder(tmp_path_factory, f"s8-{precision}", make)
     _FOLDERS[precision] = out
     return out
+
+
+EXPORT_ARGS = [
+    "--model",
+    "S/8",
+    "--random-weights",
+    "--vae",
+    "random-tiny",
+    "--image-size",
+    "256",
+    "--batch",
+    "2",
+]
+
+
+def s8_export_folder(tmp_path_factory) -> tuple[Path, str]:
+    """The plain `export` (not `build`) of S/8 fp32, batch 2, with its check, every weight-carrying
+    graph forced to external data (1 MB threshold); made once per test run. Returns the folder and
+    the export's stdout. Used by tests/export/test_export.py and tests/export/test_manifest.py; read
+    only (copy it to change it)."""
+
+    def make(out: Path) -> str:
+        proc = run_cli("export", *EXPORT_ARGS, "--precision", "fp32", "--out", str(out),
+                       env={"DIT_EXPORT_EXTERNAL_DATA_THRESHOLD": str(1 << 20)}, timeout=600)  # fmt: skip
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        return proc.stdout
+
+    # in a folder of its own: test_export checks that the export left nothing hidden beside it
+    # (the base temp holds pytest's own `.lock`)
+    return shared_folder(tmp_path_factory, "s8-export/s8_fp32", make)
+
+
+def tiny_digits_folder(tmp_path_factory) -> Path:
+    """The shipped tiny-digits model built for ONNX Runtime: fp32, batch 10, no verify; made once
+    per test run (the `build` API) and read only. Used by tests/serve/test_triton.py (its sizing
+    and row-scheduler checks are written for 10-row runs) and tests/verify/test_verify.py."""
+
+    def make(out: Path) -> str:
+        from dit_export.models.spec import ModelSpec
+        from dit_export.pipeline import BuildConfig, build
+
+        lines: list[str] = []
+        cfg = BuildConfig(
+            model=ModelSpec(model="tiny-digits"),
+            out=out,
+            batch=10,
+            precision="fp32",
+            backend="ort",
+            verify=False,
+        )
+        build(cfg, log=lambda *a, **k: lines.append(" ".join(map(str, a))))
+        return "\n".join(lines)
+
+    return shared_folder(tmp_path_factory, "tiny-digits-fp32-b10", make)[0]
 
 
 def link_copy(src: Path, dst: Path, copy: tuple[str, ...] = ()) -> Path:

@@ -209,11 +209,15 @@ def test_light_paths_import_no_torch(code: str) -> None:
 
 
 def test_help_of_every_command_without_torch() -> None:
+    """Every command's `--help` on a runtime-only install: no torch, onnx, diffusers, TensorRT, nor
+    (for the parsers) onnxruntime or matplotlib (was also tests/cli/test_cli_sample.py's `sample --help`)."""
     code = BLOCK_TORCH + (
+        "sys.modules['onnxruntime'] = sys.modules['matplotlib'] = None\n"
         "from dit_export.cli import COMMANDS, build_parser\n"
         "p = build_parser()\n"
         "names = [a for a in p._subparsers._group_actions[0].choices]\n"
         "for name in names:\n"
+        "    print('=== ' + name)\n"
         "    try:\n"
         "        p.parse_args([name, '--help'])\n"
         "    except SystemExit as e:\n"
@@ -223,3 +227,5 @@ def test_help_of_every_command_without_torch() -> None:
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert r.returncode == 0, r.stderr[-2000:]
     assert int(r.stdout.strip().splitlines()[-1]) >= 12
+    sample_help = r.stdout.split("=== sample\n", 1)[1].split("\n=== ", 1)[0]
+    assert "--engines" in sample_help, sample_help

@@ -125,7 +125,8 @@ typedef struct dit_sample_params {
   int32_t steps;         /* a step count stored for the sampler (manifest or `schedules --add`), e.g. ddpm 250 */
   const char* sampler;   /* NULL: "ddpm"; any sampler the folder records (dit_describe_samplers) */
   /* Optional schedule of your own (both or neither): `steps` timesteps and steps x coef_size
-   * coefficients in loop order (dit_export.sampling.schedule.make_schedule). NULL: the manifest's. */
+   * coefficients in loop order, in the folder's coef_names layout (SamplerSpec.table of
+   * dit_export.sampling.samplers). NULL: the stored table (manifest or `schedules --add`). */
   const int64_t* timesteps;
   const float* coefs;
   dit_noise_fn noise_fn; /* NULL: Philox noise (docs/noise.md) */

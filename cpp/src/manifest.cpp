@@ -173,7 +173,7 @@ std::vector<TensorSpec> parse_specs(const Validator& v, const json& g, const std
       const std::string dim = lab + "shape[" + std::to_string(d) + "]";
       if (!is_integer(shape[d])) v.fail("field '" + dim + "' should be int, got " + json_type(shape[d]));
       s.shape.push_back(as_int(shape[d]));
-      if (s.shape.back() < 0) v.fail("field '" + dim + "' must be non-negative");
+      if (s.shape.back() < 0) v.fail("field '" + dim + "' must be non-negative (static graph: every dimension a non-negative integer)");
     }
     s.dtype = parse_dtype(v.choice(t, "dtype", lab, {"float32", "float16", "int64", "int32", "uint8", "bool"}));
     v.only(t, label + "." + side + "[" + std::to_string(i) + "]", {"name", "shape", "dtype"});
@@ -350,8 +350,7 @@ SamplerRecord parse_sampler_record(const Validator& v, const std::string& name, 
   v.only(info, lab, {"kind", "spacing", "min_steps", "state", "multistep", "draws_noise", "coefs"});
   SamplerRecord r;
   r.name = name;
-  r.kind = v.str(info, "kind", lab + ".");
-  if (!one_of(r.kind, {"ancestral", "sde", "ode"})) v.fail("field '" + lab + ".kind' must be ancestral, sde or ode");
+  r.kind = v.choice(info, "kind", lab + ".", {"ancestral", "sde", "ode"});
   v.str(info, "spacing", lab + ".");
   r.min_steps = v.integer(info, "min_steps", lab + ".");
   if (r.min_steps < 1) v.fail("field '" + lab + ".min_steps' must be >= 1");

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 from dit_export.bench import backends as bk
 from dit_export.engine import trt_api
 from dit_export.engine.plans import Target, build_plans
-from dit_export.errors import UserError
+from dit_export.errors import UserError, first_line
 from dit_export.export.exporter import ExportOptions, export
 from dit_export.export.trt_ops import DEFAULT_OPSET
 from dit_export.models.spec import ModelSpec
@@ -32,9 +32,8 @@ Log = Callable[[str], None]
 
 
 def _first_line(e: BaseException) -> str:
-    text = (str(e).strip().splitlines() or [type(e).__name__])[0].strip()
-    text = text if len(text) <= 300 else text[:297] + "..."
-    return text if isinstance(e, UserError) else f"{type(e).__name__}: {text}"
+    """The error's first line; its type named too unless it is a UserError (already our words)."""
+    return first_line(e) if isinstance(e, UserError) else f"{type(e).__name__}: {first_line(e)}"
 
 
 def folder_name(model: ModelSpec, precision: str, batch: int) -> str:

@@ -30,8 +30,6 @@ import numpy as np
 
 from dit_export.bench import backends as bk
 from dit_export.bench.exports import Exports, _first_line, prepare_exports
-from dit_export.bench.exports import folder_name as folder_name  # re-exported: benchmarks/gpu_check_prep.py
-from dit_export.bench.exports import prepare_folder as prepare_folder
 from dit_export.bench.machine import OtherLoad, device_peak, machine_info, versions
 from dit_export.bench.timing import CpuClock, Memory, Stats
 from dit_export.errors import UserError

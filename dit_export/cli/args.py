@@ -294,10 +294,10 @@ def refuse_weight_flags(args: argparse.Namespace) -> None:
 
 
 def check_model_flags(args: argparse.Namespace, folder) -> None:
-    """The model flags given with --engines against the folder (`EnginesArgs`): one line on a contradiction."""
+    """The model flags given with --engines against the folder (`EnginesArgs.open`, which has refused
+    the weight flags already): one line on a contradiction."""
     from dit_export.models.configs import canonical_name
 
-    refuse_weight_flags(args)
     m, where = folder.manifest, f"--engines {folder.path}"
     if getattr(args, "model", None) is not None:
         want = canonical_name(args.model)

@@ -11,12 +11,11 @@ from __future__ import annotations
 import argparse
 
 from dit_export.errors import UserError
+from dit_export.sampling import samplers
 
 
 def parse_schedule(text: str) -> tuple[str, int]:
-    """ "dpm++2m:12" → ("dpm++2m", 12), checked by the sampler registry (name, fewest steps)."""
-    from dit_export.sampling import samplers
-
+    """SAMPLER:STEPS, e.g. dpm++2m:12 → ("dpm++2m", 12), checked by the sampler registry (name, fewest steps)."""
     name, sep, steps = str(text).rpartition(":")
     if not sep or not name or not steps.strip().isdigit() or int(steps) < 1:
         raise UserError(f"bad schedule {text!r}: expected SAMPLER:STEPS, e.g. dpm++2m:12")
@@ -33,8 +32,6 @@ def schedule_arg(text: str) -> tuple[str, int]:
 
 
 def register(sub) -> None:
-    from dit_export.sampling import samplers
-
     p = sub.add_parser(
         "schedules",
         help="list or add the schedule tables of an exported folder (what the C++ runtime can sample)",

@@ -4,6 +4,8 @@
     docker run --gpus all --rm -p 8000:8000 -v $PWD/triton_repo:/models nvcr.io/nvidia/tritonserver:<yy.mm>-py3 \\
         tritonserver --model-repository /models
 
+Every size (instances × workers × threads, max batch, the row scheduler's fill delay) is chosen
+for the folder and this machine unless given, and printed with its reason (dit_export/serve/sizing.py).
 Layout, inputs and deployment notes: dit_export/serve/triton.py and docs/triton.md.
 """
 

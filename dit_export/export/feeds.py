@@ -12,7 +12,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from dit_export.sampling.schedule import STATE_NAMES, make_schedule
+from dit_export.sampling.samplers import make_schedule
+from dit_export.sampling.schedule import STATE_NAMES
 
 GRAPHS = ("dit", "dit_step", "vae_decoder")
 

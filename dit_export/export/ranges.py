@@ -14,7 +14,7 @@ from collections import defaultdict
 import numpy as np
 import torch
 
-from dit_export.sampling.schedule import make_schedule
+from dit_export.sampling.samplers import make_schedule
 from dit_export.sampling.step import SamplerStep
 
 FP16_MAX = 65504.0

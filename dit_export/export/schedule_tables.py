@@ -32,6 +32,7 @@ import numpy as np
 from dit_export.errors import UserError
 from dit_export.export.manifest import FILENAME, Manifest, ScheduleTable, ScheduleTables
 from dit_export.export.manifest.schedules import _schedule_problems
+from dit_export.export.outdir import export_lock
 from dit_export.fileio import read_json_object, sha256_file, write_json
 from dit_export.sampling import samplers
 from dit_export.sampling.schedule import COEF_NAMES, NUM_TRAIN_STEPS, STATE_NAMES
@@ -207,8 +208,13 @@ def read_sidecar(folder: str | Path, manifest: Manifest) -> ScheduleTables | Non
 def add_tables(folder: str | Path, wanted: Iterable[tuple[str, int]]) -> list[tuple[str, int]]:
     """Store the (sampler, steps) tables the folder lacks in its sidecar; returns the ones added.
     A sampler its dit_step cannot run (a state input or coef column it lacks) is refused in one line
-    ("re-export"); the manifest is never rewritten."""
+    ("re-export"); the manifest is never rewritten. Holds the folder's export lock (one writer)."""
     folder = Path(folder)
+    with export_lock(folder):
+        return _add_tables(folder, wanted)
+
+
+def _add_tables(folder: Path, wanted: Iterable[tuple[str, int]]) -> list[tuple[str, int]]:
     m = Manifest.read(folder, check_graphs=False)
     have = FolderSchedules.of(folder, m)
     side = read_sidecar(folder, m)

@@ -22,10 +22,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file
 
 from dit_export.errors import UserError
+from dit_export.lazy import optional_import
 from dit_export.models import sniff
 from dit_export.models.configs import canonical_name
 from dit_export.models.diffusers_keys import (
@@ -185,9 +184,12 @@ def _allow_namespace() -> contextlib.AbstractContextManager:
 
 
 def load_safetensors(path: Path) -> Tensors:
+    """Lazy: random-weight and pickle checkpoints load without safetensors installed."""
+    safetensors = optional_import("safetensors")
+    load_file = optional_import("safetensors.torch").load_file
     try:
         return load_file(str(path))
-    except (SafetensorError, OSError, ValueError) as e:
+    except (safetensors.SafetensorError, OSError, ValueError) as e:
         raise UserError(
             f"{path} is not a readable safetensors file ({str(e).splitlines()[0][:200]})"
         ) from None

@@ -24,7 +24,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from dit_export.errors import UserError
+from dit_export.errors import UserError, first_line
 from dit_export.fileio import atomic_path, ensure_writable_dir, read_json_or_none, write_json
 from dit_export.lazy import optional_import
 from dit_export.models.embedded import embedded_model, is_embedded, resolve_embedded
@@ -210,7 +210,7 @@ def _download(url: str, dest: Path, progress: bool, sha256: str | None) -> tuple
     except urllib.error.URLError as e:
         raise UserError(f"cannot download {url} ({e.reason}); {where}") from None
     except (OSError, ValueError) as e:  # connection reset, timeout, disk full, bad URL
-        raise UserError(f"download of {url} failed ({_one_line(e)}); {where}") from None
+        raise UserError(f"download of {url} failed ({first_line(e, 200)}); {where}") from None
     return dest, digest
 
 
@@ -397,7 +397,9 @@ def hub_snapshot(
     except errors.RepositoryNotFoundError:
         raise UserError(f"{what} is neither a local path nor a repository on the Hugging Face Hub") from None
     except Exception as e:  # network, HTTP, disk: the same advice
-        raise UserError(f"cannot get {what} from the Hugging Face Hub ({_one_line(e)}); {hint}") from None
+        raise UserError(
+            f"cannot get {what} from the Hugging Face Hub ({first_line(e, 200)}); {hint}"
+        ) from None
     if found is None:
         raise UserError(f"{what} on the Hugging Face Hub has no diffusers weights ({WEIGHTS}.*); {hint}")
     check_snapshot_files(found, cache_root(cache_dir), what=what)
@@ -424,9 +426,3 @@ def shipped_files_present(name: str) -> bool:
     """Whether a shipped model's files are installed (a broken install lacks them)."""
     m = embedded_model(name)
     return m.ckpt_path.is_file() and (m.vae_path / "config.json").is_file()
-
-
-def _one_line(e: BaseException) -> str:
-    lines = str(e).strip().splitlines()
-    text = lines[0].strip() if lines else type(e).__name__
-    return text if len(text) <= 200 else text[:197] + "..."

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from dit_export.errors import UserError
+from dit_export.errors import UserError, first_line
 from dit_export.images import to_uint8
 from dit_export.lazy import optional_import
 from dit_export.models import hub
@@ -126,7 +126,7 @@ def _load_folder(folder: Path) -> AutoencoderKL:
     try:
         cfg = json.loads(cfg_path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise UserError(f"cannot read VAE config {cfg_path}: {_one_line(e)}") from None
+        raise UserError(f"cannot read VAE config {cfg_path}: {first_line(e)}") from None
     if not isinstance(cfg, dict):
         raise UserError(f"VAE config {cfg_path} is not a JSON object")
     cls = cfg.get("_class_name", "AutoencoderKL")
@@ -144,7 +144,7 @@ def _load_folder(folder: Path) -> AutoencoderKL:
     except KeyboardInterrupt:
         raise
     except Exception as e:  # user files: a bad config value, truncated or mismatched weights
-        raise UserError(f"cannot load VAE from {folder}: {_one_line(e)}") from None
+        raise UserError(f"cannot load VAE from {folder}: {first_line(e)}") from None
     # A decoder-only folder is fine; a decoder weight left at random init is not.
     missing = sorted(
         k for k in info.get("missing_keys", []) if k.startswith(("decoder.", "post_quant_conv."))
@@ -167,12 +167,6 @@ def _quiet_diffusers() -> Iterator[None]:
             yield
     finally:
         dlogging.set_verbosity(level)
-
-
-def _one_line(e: BaseException) -> str:
-    lines = str(e).strip().splitlines()
-    text = lines[0].strip() if lines else type(e).__name__
-    return text if len(text) <= 300 else text[:297] + "..."
 
 
 # --------------------------------------------------------------------------- the decode module

@@ -76,22 +76,26 @@ class TrtBackend(Backend):
             self.check_loaded_io(
                 g, {t.name: (t.is_input, t.shape, t.dtype) for t in eng.tensors()}, eng.label
             )
-        self.stream = cuda.Stream()
         self._memory: list = []
         self.scratch = None
-        sizes = [e.scratch_bytes() for e in self.engines.values()]
-        if shared_scratch and trt_api.shared_scratch_supported() and all(s is not None for s in sizes):
-            size = max(int(s or 0) for s in sizes)
-            self.scratch = cuda.DeviceMemory(size)
-            for eng in self.engines.values():
-                eng.create_context(self.scratch.ptr, size)
-        else:
-            for eng in self.engines.values():
-                eng.create_context(None, 0)
-        self.cuda_graph = bool(cuda_graph)
-        self._bound: dict[str, dict[str, int]] = {g: {} for g in self.graphs}
         self._staging: dict[tuple[str, str], TrtBuffer] = {}
         self._captured: dict[tuple, cuda.Graph] = {}
+        self.stream = cuda.Stream()
+        try:
+            sizes = [e.scratch_bytes() for e in self.engines.values()]
+            if shared_scratch and trt_api.shared_scratch_supported() and all(s is not None for s in sizes):
+                size = max(int(s or 0) for s in sizes)
+                self.scratch = cuda.DeviceMemory(size)
+                for eng in self.engines.values():
+                    eng.create_context(self.scratch.ptr, size)
+            else:
+                for eng in self.engines.values():
+                    eng.create_context(None, 0)
+        except BaseException:  # a context TensorRT refused (out of memory): free the scratch and stream
+            self.close()
+            raise
+        self.cuda_graph = bool(cuda_graph)
+        self._bound: dict[str, dict[str, int]] = {g: {} for g in self.graphs}
         self._warm: set[str] = set()
         self._capture_failed: str | None = None
 

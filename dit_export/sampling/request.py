@@ -21,9 +21,9 @@ import numbers
 from dataclasses import asdict, dataclass, replace
 
 from dit_export.errors import UserError
+from dit_export.sampling import NUM_TRAIN_STEPS
 
 NOISE_KINDS = ("philox", "torch")
-NUM_TRAIN_STEPS = 1000  # the diffusion's training steps: the longest chain a sampler can take
 MAX_SEED = 2**64 - 1  # Philox key: two 32-bit words
 MAX_IMAGES = 2**32  # Philox image-index counter word: global indices 0..2**32-1
 

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from dit_export.errors import UserError
-from dit_export.sampling.request import NUM_TRAIN_STEPS
+from dit_export.sampling import NUM_TRAIN_STEPS
 
 __all__ = [
     "COEF_NAMES",
@@ -40,7 +40,6 @@ __all__ = [
     "Schedule",
     "iddpm_schedule",
     "linspace_timesteps",
-    "make_schedule",
     "multistep_schedule",
     "state_output",
 ]
@@ -81,13 +80,6 @@ STATE_NAMES = ("hist_x0", "hist_x0_prev", "hist_x")
 def state_output(name: str) -> str:
     """The dit_step output that carries the next value of state input `name`."""
     return f"{name}_next"
-
-
-def make_schedule(steps: int | str, sampler: str = "ddpm") -> Schedule:
-    """The schedule of a registered sampler (`samplers.get(sampler).schedule(steps)`)."""
-    from dit_export.sampling import samplers  # the registry builds on this module
-
-    return samplers.get(sampler).schedule(steps)
 
 
 def linear_betas(n: int = NUM_TRAIN_STEPS) -> np.ndarray:

@@ -23,6 +23,7 @@ import urllib.request
 from pathlib import Path
 
 from dit_export.errors import UserError
+from dit_export.fileio import atomic_path
 
 LOOPBACK = "127.0.0.1"  # the only address the server ever listens on
 
@@ -98,7 +99,8 @@ class LocalTriton:
             src = ts / "python_backend_stubs" / pyver / "triton_python_backend_stub"
             if not src.exists():
                 raise UserError(f"nvidia-pytriton has no Python-backend stub for Python {pyver}")
-            shutil.copy2(src, stub)
+            with atomic_path(stub) as tmp:  # two servers starting at once never see half a stub
+                shutil.copy2(src, tmp)
         self.http_port, self.grpc_port, self.metrics_port = _free_ports(3)
         env = {**os.environ, **self.extra_env}
         env["PATH"] = f"{self.venv / 'bin'}:{env.get('PATH', '')}"  # the stub runs this python
@@ -125,18 +127,22 @@ class LocalTriton:
             self.proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
         t0 = time.monotonic()
         url = f"http://{self.http_url}/v2/health/ready"
-        while time.monotonic() - t0 < ready_timeout:
-            if self.proc.poll() is not None:
-                raise RuntimeError(
-                    f"tritonserver exited ({self.proc.returncode}) before ready:\n{self.log_tail()}"
-                )
-            try:
-                with urllib.request.urlopen(url, timeout=2) as r:
-                    if r.status == 200:
-                        return time.monotonic() - t0
-            except OSError:
-                pass
-            time.sleep(0.25)
+        try:
+            while time.monotonic() - t0 < ready_timeout:
+                if self.proc.poll() is not None:
+                    raise RuntimeError(
+                        f"tritonserver exited ({self.proc.returncode}) before ready:\n{self.log_tail()}"
+                    )
+                try:
+                    with urllib.request.urlopen(url, timeout=2) as r:
+                        if r.status == 200:
+                            return time.monotonic() - t0
+                except OSError:
+                    pass
+                time.sleep(0.25)
+        except BaseException:  # Ctrl-C while waiting (`with` never reaches __exit__): no orphan server
+            self.stop()
+            raise
         self.stop()
         raise RuntimeError(f"tritonserver not ready after {ready_timeout:.0f} s:\n{self.log_tail()}")
 

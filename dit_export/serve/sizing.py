@@ -31,16 +31,17 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from dit_export.errors import first_line
 from dit_export.export.manifest import Manifest
 
 GPU_INSTANCES = 2
 CPU_WORKERS = 2
 BATCHES_PER_REQUEST = 4  # default max_batch_size = this × the engine's rows
-DELAY_FRACTION = 0.25  # queue delay = this × one measured full-batch step
+DELAY_FRACTION = 0.25  # fill delay = this × one measured full-batch step
 DELAY_BOUNDS_US = (100, 100_000)
 FALLBACK_DELAY_US = 2000
-MEMORY_SHARE = 0.5  # instances may use at most this share of the available memory
-MEMORY_PER_WEIGHT_BYTE = 3  # per instance: weights + ORT's arena and activations (rough)
+MEMORY_SHARE = 0.5  # all workers together may use at most this share of the available memory
+MEMORY_PER_WEIGHT_BYTE = 3  # per worker: weights + ORT's arena and activations (rough)
 MEASURE_STEPS = 4
 
 
@@ -48,7 +49,7 @@ MEASURE_STEPS = 4
 class Sizing:
     instances: int
     workers: int  # Samplers per instance sharing its row queue
-    threads: int  # ONNX Runtime intra-op threads per instance (0: not applicable, TensorRT)
+    threads: int  # ONNX Runtime intra-op threads per worker (0: not applicable, TensorRT)
     max_batch: int
     preferred: tuple[int, ...]
     queue_delay_us: int
@@ -57,7 +58,7 @@ class Sizing:
 
 
 def cpu_cores() -> int:
-    """The cores this process may run on (affinity / cgroup cpusets), not the host's count."""
+    """The cores this process may run on (affinity, cpusets; not CPU quotas), not the host's count."""
     try:
         return max(1, len(os.sched_getaffinity(0)))
     except (AttributeError, OSError):
@@ -161,8 +162,7 @@ def choose(
             sampler = load_for_timing(manifest.folder, runtime, threads)
         except Exception as e:  # noqa: BLE001 — no GPU here for trt, or a backend that cannot load
             queue_delay_us = FALLBACK_DELAY_US
-            first = (str(e).strip().splitlines() or [type(e).__name__])[0][:120]
-            lines.append(f"fill delay {queue_delay_us} µs (step not measured here: {first})")
+            lines.append(f"fill delay {queue_delay_us} µs (step not measured here: {first_line(e, 120)})")
         else:
             with sampler:
                 step_ms = measure_step_ms(sampler)

@@ -11,7 +11,9 @@
 
 A sampler is a loop (one step graph per step), not a DAG, so it cannot be a Triton ensemble, and
 one Triton call per step would add its ~0.6 ms overhead to every step: the Python-backend model
-owns its engines and runs `dit_export.runtime.Sampler` in its own process (one per instance).
+owns its engines and runs `dit_export.runtime.Sampler` in its own process (one per instance;
+`workers` Samplers in it, fed by one row queue that fills each engine run). The sizes are chosen
+for the folder and the machine by `serve/sizing.py` unless given.
 
 Configs are `inference.ModelConfig` protobuf messages (tritonclient's `model_config_pb2`, the
 schema tritonserver itself parses) written with `google.protobuf.text_format`; `parse_config`
@@ -31,6 +33,7 @@ from types import ModuleType
 
 from dit_export.errors import UserError
 from dit_export.export.manifest import Manifest, dtypes
+from dit_export.fileio import atomic_dir
 from dit_export.lazy import optional_import
 from dit_export.runtime.folder import ExportFolder
 from dit_export.sampling import samplers
@@ -257,25 +260,10 @@ def write_repository(
 
     out = Path(out)
     model_dir = out / name
-    if model_dir.exists():
-        if not force:
-            raise UserError(f"{model_dir} exists; pass --force to replace it")
-        shutil.rmtree(model_dir)
-    version = model_dir / "1"
-    version.mkdir(parents=True)
-    lines = [f"{model_dir}: Python-backend sampler, {runtime} on {kind}"]
-    if reference:
-        engines_param = str(folder)
-        lines.append(f"  engines referenced at {folder} (not copied: the server must see this path)")
-    else:
-        engines_param = ENGINES_DIR
-        size = copy_engines(manifest, plans if runtime == "trt" else {}, version / ENGINES_DIR)
-        lines.append(
-            f"  engines placed in {version / ENGINES_DIR} ({size / 2**20:.1f} MiB, hard links where possible)"
-        )
-    shutil.copy2(MODEL_SOURCE, version / "model.py")
-    lines += [f"  {line}" for line in sz.lines]
+    if model_dir.exists() and not force:
+        raise UserError(f"{model_dir} exists; pass --force to replace it")
     max_batch = sz.max_batch
+    engines_param = str(folder) if reference else ENGINES_DIR
 
     spec = SamplerModel(
         name=name,
@@ -294,7 +282,23 @@ def write_repository(
     config = sampler_config(spec)
     text = config_text(config)
     parse_config(text)  # what tritonserver reads must round-trip through the schema
-    (model_dir / "config.pbtxt").write_text(text)
+    lines = [f"{model_dir}: Python-backend sampler, {runtime} on {kind}"]
+    # Built under a temporary name, swapped in whole: a failure or Ctrl-C leaves no half model
+    # (and, with --force, the old one in place).
+    with atomic_dir(model_dir) as tmp:
+        version = tmp / "1"
+        version.mkdir()
+        if reference:
+            lines.append(f"  engines referenced at {folder} (not copied: the server must see this path)")
+        else:
+            size = copy_engines(manifest, plans if runtime == "trt" else {}, version / ENGINES_DIR)
+            lines.append(
+                f"  engines placed in {model_dir / '1' / ENGINES_DIR} ({size / 2**20:.1f} MiB, "
+                "hard links where possible)"
+            )
+        shutil.copy2(MODEL_SOURCE, version / "model.py")
+        (tmp / "config.pbtxt").write_text(text)
+    lines += [f"  {line}" for line in sz.lines]
     lines.append(
         f"  inputs {', '.join(n for n, *_ in SAMPLER_INPUTS)} → {OUTPUT_NAME} uint8 "
         f"{manifest.image_size}×{manifest.image_size}×3; max batch {max_batch}, engine batch {manifest.batch}"
@@ -315,15 +319,14 @@ def _write_plan_models(
     written = []
     for graph, files in sorted(by_graph.items()):
         d = out / f"{name}_{graph}"
-        if d.exists():
-            if not force:
-                raise UserError(f"{d} exists; pass --force to replace it")
-            shutil.rmtree(d)
-        for path in files.values():
-            _link_or_copy(path, d / "1" / path.name)
+        if d.exists() and not force:
+            raise UserError(f"{d} exists; pass --force to replace it")
         cfg = plan_config(d.name, manifest.graph(graph), {cc: p.name for cc, p in files.items()})
         text = config_text(cfg)
         parse_config(text)
-        (d / "config.pbtxt").write_text(text)
+        with atomic_dir(d) as tmp:  # whole or not at all, as the sampler model
+            for path in files.values():
+                _link_or_copy(path, tmp / "1" / path.name)
+            (tmp / "config.pbtxt").write_text(text)
         written.append(d)
     return written

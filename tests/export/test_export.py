@@ -19,6 +19,7 @@ import torch
 from conftest import assert_user_error as assert_one_line_error
 from conftest import hidden_names as leftovers
 from conftest import run_dit_export
+from folders import s8_export_folder
 
 from dit_export import compare
 from dit_export.compare import psnr, rel_l2
@@ -28,7 +29,8 @@ from dit_export.export.exporter import ExportOptions, check_out_dir, export
 from dit_export.export.manifest import FILENAME, Manifest
 from dit_export.models.checkpoints import random_dit
 from dit_export.models.spec import ModelSpec
-from dit_export.sampling.schedule import COEF_NAMES, STATE_NAMES, make_schedule, state_output
+from dit_export.sampling.samplers import make_schedule
+from dit_export.sampling.schedule import COEF_NAMES, STATE_NAMES, state_output
 from dit_export.sampling.step import SamplerStep
 
 REPO = Path(__file__).resolve().parents[2]
@@ -42,14 +44,8 @@ run_cli = functools.partial(run_dit_export, cwd=REPO, timeout=600)
 @pytest.fixture(scope="module")
 def fp32_dir(tmp_path_factory) -> Path:
     """CLI export, fp32, with every weight-carrying graph forced to external data (1 MB threshold)."""
-    out = tmp_path_factory.mktemp("export32") / "s8_fp32"
-    proc = run_cli(
-        "export", "--model", "S/8", "--random-weights", "--vae", "random-tiny", "--image-size", "256",
-        "--batch", str(N), "--precision", "fp32", "--out", str(out),
-        env={"DIT_EXPORT_EXTERNAL_DATA_THRESHOLD": str(1 << 20)},
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "guided_eps" in proc.stdout and "FAIL" not in proc.stdout  # compare.format_table names the stage
+    out, stdout = s8_export_folder(tmp_path_factory)  # shared with tests/export/test_manifest.py
+    assert "guided_eps" in stdout and "FAIL" not in stdout  # compare.format_table names the stage
     return out
 
 

@@ -20,6 +20,7 @@ import torch
 from conftest import assert_user_error as assert_one_line_error
 from conftest import hidden_names as hidden
 from conftest import run_dit_export
+from folders import s8_export_folder
 
 from dit_export.compare import rel_l2
 from dit_export.errors import UserError
@@ -41,10 +42,9 @@ run_cli = functools.partial(run_dit_export, cwd=REPO, timeout=600)
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("manifest") / "s8"
-    opts = ExportOptions(model=SPEC, out=out, batch=1, check=False, external_data_threshold=1 << 20)
-    export(opts, log=lambda s: None)
-    return out
+    """S/8 fp32, batch 2, external data (1 MB threshold): the export tests/export/test_export.py
+    checks too, made once per test run (read only: the tests edit copies)."""
+    return s8_export_folder(tmp_path_factory)[0]
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +76,7 @@ def expect_error(folder: Path, *needles: str, check_graphs: bool = True) -> str:
 
 def test_typed_manifest(exported):
     m = Manifest.read(exported)
-    assert m.schema == SCHEMA and m.folder == exported and m.batch == 1 and m.num_classes == 1000
+    assert m.schema == SCHEMA and m.folder == exported and m.batch == 2 and m.num_classes == 1000
     assert ModelSpec.from_dict(dict(m.model.spec)) == SPEC.validate()  # the weights source as data
     assert m.model.source.startswith("random weights (seed 0")
     step = m.graph("dit_step")
@@ -107,8 +107,11 @@ def test_dit_graphs_share_one_weights_file(exported, torch_model):
     weights = sum(p.numel() * 4 for p in torch_model.parameters())
     assert m.graph("dit_step").file.bytes < weights / 100  # the step graph itself holds no weights
     rng = np.random.default_rng(0)
-    x = rng.standard_normal((2, 4, 32, 32), dtype=np.float32)
-    t, y = np.array([500, 500], dtype=np.int64), np.array([7, 1000], dtype=np.int64)
+    x = rng.standard_normal((2 * m.batch, 4, 32, 32), dtype=np.float32)  # conditional + null rows
+    t, y = (
+        np.full(2 * m.batch, 500, dtype=np.int64),
+        np.array([7] * m.batch + [1000] * m.batch, dtype=np.int64),
+    )
     (got,) = ort_session(m.path(m.graph("dit").file)).run(None, {"x": x, "t": t, "y": y})
     with torch.no_grad():
         want = torch_model(torch.from_numpy(x), torch.from_numpy(t), torch.from_numpy(y)).numpy()
@@ -201,7 +204,7 @@ def _set_coef(m: dict) -> None:
 @pytest.mark.parametrize(
     "edit,needles",
     [
-        (lambda m: m.__setitem__("batch", 2), ("graphs.dit", "batch 2")),
+        (lambda m: m.__setitem__("batch", 3), ("graphs.dit", "batch 3")),
         (lambda m: m["model"]["config"].__setitem__("num_classes", 10), ("null_class", "10 classes")),
         (lambda m: m.__setitem__("latent_size", 16), ("latent",)),
         (lambda m: m.__setitem__("image_size", 512), ("image_size",)),
@@ -260,7 +263,7 @@ def test_schema_file_and_validator(exported):
     raw["batch"] = float(raw["batch"])
     validate_schema(raw)
     m = Manifest.from_dict(raw, exported)
-    assert type(m.batch) is int and m.batch == 1
+    assert type(m.batch) is int and m.batch == 2
 
 
 def test_jsonschema_agrees_with_fastjsonschema(exported):

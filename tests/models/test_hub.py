@@ -140,6 +140,8 @@ def test_hub_refuses_a_tampered_or_truncated_download(local_hub, tmp_path, how, 
     )
     error_line(r, "tester/tiny-dit", needle)
     assert not (tmp_path / "z.npy").exists()
+    if how != "flip":
+        return  # the VAE case below does not depend on `how`: run once
     # the VAE config (a small, non-LFS file) served with other bytes: its git blob sha1 refuses it
     local_hub.corrupt("tester/tiny-vae", "config.json", "flip")
     r = run(

@@ -84,13 +84,14 @@ def test_build_onnxruntime_makes_a_verified_folder(fp32):
     assert b'"build"' not in manifest and b'"engines"' not in manifest  # the export's manifest is untouched
 
 
-def test_rebuild_unchanged_reuses_everything(fp32):
-    before = {p.name: p.stat().st_mtime_ns for p in fp32.iterdir() if p.suffix == ".onnx"}
+def test_rebuild_unchanged_reuses_everything(fp32, tmp_path):
+    folder = link_copy(fp32, tmp_path / "f")  # the shared folder is read by other workers meanwhile
+    before = {p.name: p.stat().st_mtime_ns for p in folder.iterdir() if p.suffix == ".onnx"}
     proc = run_cli("build", *MODEL_ARGS, "--precision", "fp32", "--backend", "onnxruntime",
-                   "--out", str(fp32), "--no-verify")  # fmt: skip
+                   "--out", str(folder), "--no-verify")  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     assert stage_result(proc.stdout, "export") == "reused" and "unchanged, sha256 checked" in proc.stdout
-    assert before == {p.name: p.stat().st_mtime_ns for p in fp32.iterdir() if p.suffix == ".onnx"}
+    assert before == {p.name: p.stat().st_mtime_ns for p in folder.iterdir() if p.suffix == ".onnx"}
 
 
 def test_changed_request_rebuilds(tmp_path_factory):
@@ -150,7 +151,8 @@ def test_plans_survive_a_re_export_when_their_graph_did_not_change(fp32, tmp_pat
 def test_auto_backend_says_which_and_why(fp32, tmp_path, monkeypatch):
     """Without TensorRT (hidden here, so this runs on a TensorRT machine too) auto picks ONNX Runtime."""
     hide_tensorrt(tmp_path, monkeypatch)
-    proc = run_cli("build", *MODEL_ARGS, "--precision", "fp32", "--out", str(fp32), "--no-verify")
+    folder = link_copy(fp32, tmp_path / "f")  # a rebuild writes the build record: not in the shared folder
+    proc = run_cli("build", *MODEL_ARGS, "--precision", "fp32", "--out", str(folder), "--no-verify")
     assert proc.returncode == 0, proc.stderr
     first = proc.stdout.splitlines()[0]
     assert first.startswith(f"backend auto → onnxruntime ({default_providers()[0]}): ")
@@ -159,11 +161,11 @@ def test_auto_backend_says_which_and_why(fp32, tmp_path, monkeypatch):
 
 
 @pytest.mark.gpu
-def test_auto_backend_picks_tensorrt_where_it_works(fp32, tmp_path):
+def test_auto_backend_picks_tensorrt_where_it_works(request, tmp_path):
     ok, why = trt_api.probe()
-    if not ok:
+    if not ok:  # before the folder: gpu_check.sh runs this on a GPU machine without diffusers
         pytest.skip(f"TensorRT is not usable here: {why}")
-    folder = link_copy(fp32, tmp_path / "f")
+    folder = link_copy(request.getfixturevalue("fp32"), tmp_path / "f")
     proc = run_cli("build", *MODEL_ARGS, "--precision", "fp32", "--out", str(folder), "--no-verify")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert proc.stdout.splitlines()[0].startswith("backend auto → tensorrt: ")
@@ -176,10 +178,11 @@ def test_backend_tensorrt_without_tensorrt_is_one_line_error(tmp_path, monkeypat
     assert not (tmp_path / "x").exists()
 
 
-def test_second_build_of_a_folder_is_refused_while_one_runs(fp32):
-    with BuildLock(fp32):
+def test_second_build_of_a_folder_is_refused_while_one_runs(fp32, tmp_path):
+    folder = link_copy(fp32, tmp_path / "f")  # the lock file is not left in the shared folder meanwhile
+    with BuildLock(folder):
         proc = run_cli("build", *MODEL_ARGS, "--precision", "fp32", "--backend", "onnxruntime",
-                       "--out", str(fp32), "--no-verify")  # fmt: skip
+                       "--out", str(folder), "--no-verify")  # fmt: skip
     assert_one_line_error(proc, "another build of", f"(pid {os.getpid()})")
 
 

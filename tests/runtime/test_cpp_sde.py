@@ -2,18 +2,15 @@
 record alone (no C++ names them): its images equal the Python runtime's (ort) for stored step
 counts, with the per-step Philox noise drawn in C++, a padded second chunk and a 64-bit seed.
 
-Reuses test_cpp's toolchain check and build; the export with AOTI packages is test_cpp's folder
-when that module already made it in this session (same base temp), else one made here.
+Reuses test_cpp's toolchain check, build and exported folder (one per test run, shared across
+xdist workers).
 """
 
 from __future__ import annotations
 
-import time
-from pathlib import Path
-
 import numpy as np
 import pytest
-from test_cpp import _MISSING, THREADS, _max_delta, cpp_build  # noqa: F401  (cpp_build: the incremental build)
+from test_cpp import _MISSING, THREADS, _max_delta, cpp_build, engines  # noqa: F401  (fixtures: the build, the shared folder)
 
 pytestmark = pytest.mark.skipif(_MISSING is not None, reason=f"C++ toolchain: {_MISSING}")
 
@@ -24,33 +21,7 @@ CASES = [
 ]
 
 
-def _test_cpp_folder(tmp_path_factory) -> Path | None:
-    base = tmp_path_factory.getbasetemp()
-    for d in sorted(base.glob("cpp*/s8")):
-        if (d / "aoti" / "dit_step.pt2.json").is_file() and (d / "aoti" / "vae_decoder.pt2.json").is_file():
-            return d
-    return None
-
-
-@pytest.fixture(scope="module")
-def sde_engines(tmp_path_factory) -> Path:
-    reuse = _test_cpp_folder(tmp_path_factory)
-    if reuse is not None:
-        return reuse
-    from dit_export.engine.aoti import add_aoti_packages
-    from dit_export.export.exporter import ExportOptions, export
-    from dit_export.models.spec import ModelSpec
-
-    folder = tmp_path_factory.mktemp("cpp_sde") / "s8"
-    t0 = time.perf_counter()
-    spec = ModelSpec(model="S/8", random_weights=True, vae="random-tiny", image_size=256)
-    export(ExportOptions(model=spec, out=folder, batch=2, precision="fp32", check=False), log=lambda s: None)
-    add_aoti_packages(folder, log=lambda s: None)
-    print(f"\nexport + AOTI compile {time.perf_counter() - t0:.1f} s")
-    return folder
-
-
-def test_cpp_sde_equals_python_runtime(cpp_build, sde_engines, monkeypatch):  # noqa: F811
+def test_cpp_sde_equals_python_runtime(cpp_build, engines, monkeypatch):  # noqa: F811
     monkeypatch.setenv("DIT_RUNTIME_LIB", str(cpp_build / "libdit_runtime.so"))
     from dit_export.runtime import cpp_backend
     from dit_export.runtime.sampler import Sampler
@@ -58,8 +29,8 @@ def test_cpp_sde_equals_python_runtime(cpp_build, sde_engines, monkeypatch):  # 
     monkeypatch.setattr(cpp_backend, "_lib", None)
     labels = [10, 20, 30]  # batch 2: a padded second chunk
     with (
-        Sampler.load(sde_engines, backend="ort", providers=["CPUExecutionProvider"]) as python,
-        cpp_backend.CppSampler.load(sde_engines, backend="cpu", threads=int(THREADS)) as cpp,
+        Sampler.load(engines, backend="ort", providers=["CPUExecutionProvider"]) as python,
+        cpp_backend.CppSampler.load(engines, backend="cpu", threads=int(THREADS)) as cpp,
     ):
         latents = []
         for kw in CASES:

@@ -169,7 +169,7 @@ def test_nan_names_the_first_step(fp32, tmp_path):
     import onnx
 
     from dit_export.runtime import Sampler
-    from dit_export.sampling.schedule import make_schedule
+    from dit_export.sampling.samplers import make_schedule
 
     folder = link_copy(fp32, tmp_path / "nan")
     ts = make_schedule(STEPS, "ddpm").timesteps
@@ -278,9 +278,9 @@ def test_manifest_io_against_the_session_is_one_line(fp32, tmp_path):
     path.write_text(json.dumps(m, indent=1))
     with pytest.raises(UserError) as e:
         Sampler.load(folder, backend="ort")
-    msg = str(e.value)
-    assert "dit_step.onnx does not match the manifest's dit_step I/O: y is input int64" in msg, msg
-    assert "input int32 (2,) in manifest.json" in msg and "\n" not in msg
+    msg = str(e.value)  # the manifest's own rules catch it first (the runtimes feed y int64), as in C++
+    assert "graphs.dit_step.inputs[2] is y int32 [2]" in msg and "need y int64 [2]" in msg, msg
+    assert "\n" not in msg
 
 
 def test_backend_checks_bindings_once_in_run(ort32):
@@ -401,22 +401,15 @@ def _without_solver_state(fp32: Path, folder: Path) -> Path:
     return folder
 
 
-def test_folder_exported_before_the_solvers(fp32, tmp_path, ort32):
-    """Old folder: DDPM/DDIM still sample the same images; the solvers are a one-line error."""
+def test_folder_without_solver_state_is_refused(fp32, tmp_path):
+    """A dit_step without the solver state (never written under schema /2, which came with it; the
+    legacy path is gone, issue 20): refused on load in one line, by the API and the CLI alike."""
     from dit_export.runtime import Sampler
 
     folder = _without_solver_state(fp32, tmp_path / "old")
-    with Sampler.load(folder, backend="ort") as s:
-        assert s.state_pairs() == []
-        for sampler in ("ddpm", "ddim"):
-            got = latents(s, LABELS, seed=4, steps=3, sampler=sampler)
-            np.testing.assert_array_equal(got, latents(ort32, LABELS, seed=4, steps=3, sampler=sampler))
-        with pytest.raises(
-            UserError, match="cannot run unipc: its dit_step has no solver-state input 'hist_x0'; re-export it to use unipc"
-        ):
-            latents(s, [1], steps=5, sampler="unipc")
+    want = "graphs.dit_step has 6 inputs, this runtime feeds 9 (x, t, y, noise, guidance, coef, hist_x0"
+    with pytest.raises(UserError, match=re.escape(want)):
+        Sampler.load(folder, backend="ort")
     proc = run_cli("sample", "--engines", str(folder), "--classes", "1", "--steps", "5",
-                   "--sampler", "dpm++2m", "--no-progress", "--out", str(tmp_path / "g.png"))  # fmt: skip
-    assert_one_line_error(proc, "no solver-state input", "re-export it to use dpm++2m")
-    proc = run_cli("schedules", "--engines", str(folder), "--add", "dpm++2m:12")
-    assert_one_line_error(proc, "cannot run dpm++2m", "re-export")
+                   "--sampler", "ddim", "--no-progress", "--out", str(tmp_path / "g.png"))  # fmt: skip
+    assert_one_line_error(proc, want)

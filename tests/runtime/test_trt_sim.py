@@ -437,6 +437,24 @@ def test_capture_failure_falls_back_to_plain_execution(planned, gpu, reference, 
     assert gpu.captures == fail_at  # no capture is tried after a failure
 
 
+def test_the_fake_cuda_runtime_uses_only_real_names():
+    """Every name the fake cudart provides exists in cuda-python's runtime module (the list of
+    tests/engine/test_cuda_names.py): the simulation cannot hide a misspelt CUDA call."""
+    real = {
+        ln.strip()
+        for ln in (Path(__file__).parents[1] / "data" / "cudart_names.txt").read_text().splitlines()
+        if ln.strip() and not ln.startswith("#")
+    }
+    fake = fake_cudart(FakeDevice(size=1 << 12))
+    names = set()
+    for name in dir(fake):
+        if name.startswith("cuda"):
+            names.add(name)
+            if isinstance(getattr(fake, name), _Enum):
+                names |= {f"{name}.{m}" for m in vars(getattr(fake, name))}
+    assert len(names) > 20 and names <= real, names - real
+
+
 def test_fresh_device_memory_is_not_zero(planned, gpu):
     """The simulation's premise: what cudaMalloc returns reads as NaN until written."""
     with Sampler.load(planned, backend="trt") as s:

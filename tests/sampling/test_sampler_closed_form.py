@@ -13,7 +13,8 @@ from torch import nn
 
 from dit_export.models.configs import DiTConfig
 from dit_export.sampling.reference import sample_latents
-from dit_export.sampling.schedule import COEF_NAMES, linear_betas, make_schedule
+from dit_export.sampling.samplers import make_schedule
+from dit_export.sampling.schedule import COEF_NAMES, linear_betas
 
 MU, S2 = 0.5, 0.25
 

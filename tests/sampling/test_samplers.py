@@ -12,7 +12,8 @@ import pytest
 from dit_export.errors import UserError
 from dit_export.sampling import samplers
 from dit_export.sampling.request import SampleRequest
-from dit_export.sampling.schedule import COEF_NAMES, make_schedule, multistep_schedule
+from dit_export.sampling.samplers import make_schedule
+from dit_export.sampling.schedule import COEF_NAMES, multistep_schedule
 
 MULTISTEP_BASE = ("sqrt_recip_alphas_cumprod", "sqrt_recipm1_alphas_cumprod", "alpha_bar_prev", "multistep")
 

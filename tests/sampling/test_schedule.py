@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from dit_export.errors import UserError
-from dit_export.sampling.schedule import COEF_NAMES, make_schedule, space_timesteps
+from dit_export.sampling.samplers import make_schedule
+from dit_export.sampling.schedule import COEF_NAMES, space_timesteps
 
 
 def test_respacing_250_matches_official_rounding():

@@ -25,8 +25,9 @@ from dit_export.sampling import samplers
 from dit_export.sampling.noise import make_noise
 from dit_export.sampling.reference import sample_latents
 from dit_export.sampling.request import SampleRequest
+from dit_export.sampling.samplers import make_schedule
 from dit_export.sampling.samplers.dpmpp_sde import diffusers_alphas_cumprod, karras_points
-from dit_export.sampling.schedule import COEF_NAMES, linear_betas, make_schedule
+from dit_export.sampling.schedule import COEF_NAMES, linear_betas
 
 diffusers = pytest.importorskip("diffusers")
 

@@ -28,12 +28,12 @@ from dit_export.sampling import samplers
 from dit_export.sampling.noise import make_noise
 from dit_export.sampling.reference import sample_latents
 from dit_export.sampling.request import SampleRequest
+from dit_export.sampling.samplers import make_schedule
 from dit_export.sampling.schedule import (
     COEF_NAMES,
     STATE_NAMES,
     linear_betas,
     linspace_timesteps,
-    make_schedule,
 )
 from dit_export.sampling.step import STEP_INPUTS, STEP_OUTPUTS, SamplerStep, example_inputs
 

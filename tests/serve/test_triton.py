@@ -37,15 +37,9 @@ def engines(tmp_path_factory) -> Path:
     """The shipped tiny-digits model exported for ONNX Runtime (batch 10, fp32, no verify)."""
     pytest.importorskip("torch")
     pytest.importorskip("onnxruntime")
-    from dit_export.models.spec import ModelSpec
-    from dit_export.pipeline import BuildConfig, build
+    from folders import tiny_digits_folder
 
-    out = tmp_path_factory.mktemp("triton") / "tiny"
-    cfg = BuildConfig(
-        model=ModelSpec(model="tiny-digits"), out=out, batch=10, precision="fp32", backend="ort", verify=False
-    )
-    build(cfg, log=lambda *a, **k: None)
-    return out
+    return tiny_digits_folder(tmp_path_factory)  # shared with tests/verify/test_verify.py; read only
 
 
 @pytest.fixture(scope="module")
@@ -434,7 +428,10 @@ def test_served_config_carries_the_chosen_sizes(served):
     params = cfg["parameters"]
     for key in ("threads", "workers", "fill_delay_us", "engine_batch"):
         assert params[key] == chosen.parameters[key].string_value, key
-    assert int(params["workers"]) * int(params["threads"]) * chosen.instance_group[0].count >= 1
+    from dit_export.serve.sizing import cpu_cores
+
+    used, workers = int(params["workers"]) * int(params["threads"]), int(params["workers"])
+    assert cpu_cores() - workers < used * chosen.instance_group[0].count <= cpu_cores()  # all cores, rounded
     assert int(params["fill_delay_us"]) > 0 and [
         int(b) for b in cfg["dynamic_batching"]["preferred_batch_size"]
     ] == [10]

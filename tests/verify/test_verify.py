@@ -6,7 +6,7 @@ import json
 
 import onnx
 import pytest
-from folders import link_copy, perturb_weight, replace_graph, run_cli, s8_folder
+from folders import link_copy, perturb_weight, replace_graph, run_cli, s8_folder, tiny_digits_folder
 
 from dit_export import compare
 from dit_export.verify.run import QUICK, THOROUGH, summary_line, verify
@@ -76,16 +76,10 @@ def test_limits_hold_for_every_step_count(request, precision, steps, sampler):
     assert report.steps == steps and report.precision == precision
 
 
-def test_trained_model_two_steps_passes(tmp_path):
+def test_trained_model_two_steps_passes(tmp_path_factory):
     """The case of issue 15.5: a trained model's first big jump amplifies ε's error ~14× (tiny-digits
     fp32 at 2 steps: step rel-L2 1.7e-5, over the old fixed 1e-5); correct builds must pass."""
-    from dit_export.export.exporter import ExportOptions, export
-    from dit_export.models.spec import ModelSpec
-
-    out = tmp_path / "digits"
-    export(
-        ExportOptions(model=ModelSpec(model="tiny-digits"), out=out, batch=2, check=False), log=lambda s: None
-    )
+    out = tiny_digits_folder(tmp_path_factory)  # batch 10, shared with tests/serve/test_triton.py
     report = verify(out, backend="ort", seeds=[0, 1], steps=2)
     assert report.passed, summary_line(report)
     step = max(r.value for r in report.rows if r.stage == "step")

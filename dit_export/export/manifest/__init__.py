@@ -10,7 +10,7 @@ coefficient rows are finite. Every path a manifest or record names follows one r
 readers must refuse with the same words.
 
 The package: `records` (typed records, to/from dict), `schedules` (the sampler tables), `dtypes`
-(the one dtype table), `schema` (JSON-Schema validation), `rules` (contract rules), `core`
+(the one dtype table), `validation` (JSON-Schema validation), `rules` (contract rules), `core`
 (`Manifest`), `disk` (read once, write once, hashes).
 
 The manifest is written once, by `export`, and never rewritten: compiled artifacts (TensorRT
@@ -31,7 +31,7 @@ from dit_export.export.manifest.records import (
 )
 from dit_export.export.manifest.rules import inside_path
 from dit_export.export.manifest.schedules import ScheduleTable, ScheduleTables
-from dit_export.export.manifest.schema import SCHEMA_FILE, schema, validate_schema
+from dit_export.export.manifest.validation import SCHEMA_FILE, schema, validate_schema
 
 __all__ = [
     "DTYPES",

@@ -23,7 +23,7 @@ from dit_export.export.manifest.records import (
     VaeInfo,
 )
 from dit_export.export.manifest.schedules import ScheduleTables, _check_table_sizes, _schedule_problems
-from dit_export.export.manifest.schema import validate_schema
+from dit_export.export.manifest.validation import validate_schema
 
 
 @dataclass(frozen=True)

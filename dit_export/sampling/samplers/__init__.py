@@ -36,7 +36,18 @@ from dit_export.sampling.schedule import (
     state_output,
 )
 
-__all__ = ["KINDS", "SamplerSpec", "get", "help_text", "names", "records", "register", "unregister"]
+__all__ = [
+    "KINDS",
+    "SamplerSpec",
+    "all_specs",
+    "get",
+    "help_text",
+    "make_schedule",
+    "names",
+    "records",
+    "register",
+    "unregister",
+]
 
 # ancestral: a fresh noise draw per step (DDPM); sde: a stochastic solver (noise per step too);
 # ode: only the initial latent is drawn.
@@ -188,6 +199,11 @@ def _variant_hint(name: object) -> str:
     if base not in _REGISTRY or not have:
         return ""
     return f": {base} has no -{suffix} variant (those are {', '.join(have)})"
+
+
+def make_schedule(steps: int | str, sampler: str = "ddpm") -> Schedule:
+    """The `Schedule` of a registered sampler for `steps` (`get(sampler).schedule(steps)`)."""
+    return get(sampler).schedule(steps)
 
 
 def all_specs() -> Iterator[SamplerSpec]:

@@ -74,12 +74,12 @@ def message(e) -> str:  # noqa: C901  (one branch per JSON Schema keyword the sc
     if rule == "enum":
         return f"field {label!r} is {v!r}, not one of {', '.join(map(str, d['enum']))}"
     if rule in ("minimum", "exclusiveMinimum"):
-        bound = d[rule]
+        bound, hint = d[rule], f" ({d['description']})" if "description" in d else ""
         if (rule, bound) in (("minimum", 1), ("exclusiveMinimum", 0)):
-            return f"field {label!r} must be positive"
+            return f"field {label!r} must be positive{hint}"
         if (rule, bound) == ("minimum", 0):
-            return f"field {label!r} must be non-negative"
-        return f"field {label!r} is {v}, {'below' if rule == 'minimum' else 'not above'} {bound}"
+            return f"field {label!r} must be non-negative{hint}"
+        return f"field {label!r} is {v}, {'below' if rule == 'minimum' else 'not above'} {bound}{hint}"
     if rule in ("minItems", "minLength"):
         return f"field {label!r} is empty"
     if rule == "pattern":

@@ -71,6 +71,9 @@ COEF_NAMES = (
 )
 NUM_COEFS = len(COEF_NAMES)
 COLUMN = {n: i for i, n in enumerate(COEF_NAMES)}
+# What every multistep row sets besides its solver's own columns: x̂0's two factors, ᾱ of the next
+# step and the switch to the linear-combination update.
+MULTISTEP_COLUMNS = ("sqrt_recip_alphas_cumprod", "sqrt_recipm1_alphas_cumprod", "alpha_bar_prev", "multistep")
 
 # The solver history: extra inputs of dit_step, each (N,C,L,L) fp32, whose next value is the
 # output `state_output(name)`; the loop ping-pongs each pair like the latent, zeroed per chunk.

@@ -126,55 +126,24 @@ def test_hub_refuses_a_tampered_or_truncated_download(local_hub, tmp_path, how, 
     only the length: our digest check refuses them), or a short body (the client's length check)."""
     local_hub.corrupt("tester/tiny-dit", f"transformer/{WEIGHTS}", how)
     env = network_environ(local_hub.endpoint, local_hub.files_url, tmp_path)
-    r = run(
-        env,
-        "sample",
-        "--ckpt",
-        "tester/tiny-dit",
-        "--vae",
-        "none",
-        *SAMPLE,
-        "--save-latents",
-        "z.npy",
-        cwd=tmp_path,
-    )
+    r = run(env, "sample", "--ckpt", "tester/tiny-dit", "--vae", "none", *SAMPLE, "--save-latents",
+        "z.npy", cwd=tmp_path)
     error_line(r, "tester/tiny-dit", needle)
     assert not (tmp_path / "z.npy").exists()
     if how != "flip":
         return  # the VAE case below does not depend on `how`: run once
     # the VAE config (a small, non-LFS file) served with other bytes: its git blob sha1 refuses it
     local_hub.corrupt("tester/tiny-vae", "config.json", "flip")
-    r = run(
-        env,
-        "sample",
-        "--model",
-        "S/8",
-        "--random-weights",
-        "--vae",
-        "tester/tiny-vae",
-        "--image-size",
-        "64",
-        *SAMPLE,
-        cwd=tmp_path,
-    )
+    r = run(env, "sample", "--model", "S/8", "--random-weights", "--vae", "tester/tiny-vae",
+        "--image-size", "64", *SAMPLE, cwd=tmp_path)
     error_line(r, "VAE tester/tiny-vae", "git-sha1", "config.json")
 
 
 def test_hub_pipeline_subfolder_vae(local_hub, tmp_path) -> None:
     """`--vae owner/name/vae`: a pipeline's VAE subfolder; only the files the loaders read are fetched."""
     env = network_environ(local_hub.endpoint, local_hub.files_url, tmp_path)
-    r = run(
-        env,
-        "sample",
-        "--ckpt",
-        "tester/tiny-dit",
-        "--vae",
-        "tester/tiny-dit/vae",
-        *SAMPLE,
-        "--out",
-        "p.png",
-        cwd=tmp_path,
-    )
+    r = run(env, "sample", "--ckpt", "tester/tiny-dit", "--vae", "tester/tiny-dit/vae", *SAMPLE, "--out",
+        "p.png", cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
     got = {p for m, p in local_hub.requests if m == "GET" and "/resolve/" in p}
     assert {p.rsplit("/", 2)[-2] + "/" + p.rsplit("/", 1)[-1] for p in got} == {
@@ -268,19 +237,8 @@ def test_the_issue_command_downloads_the_default_vae(local_hub, vae_files, tmp_p
     default VAE (`mse` = stabilityai/sd-vae-ft-mse, here a tiny stand-in under that id) is fetched."""
     local_hub.add_repo("stabilityai/sd-vae-ft-mse", vae_files)
     env = network_environ(local_hub.endpoint, local_hub.files_url, tmp_path)
-    r = run(
-        env,
-        "sample",
-        "--model",
-        "S/8",
-        "--random-weights",
-        "--steps",
-        "2",
-        "--out",
-        "x.png",
-        "--no-progress",
-        cwd=tmp_path,
-    )
+    r = run(env, "sample", "--model", "S/8", "--random-weights", "--steps", "2", "--out", "x.png",
+        "--no-progress", cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "wrote grid x.png and 8 images in x/" in r.stdout
     assert ("GET", "/api/models/stabilityai/sd-vae-ft-mse/revision/main") in local_hub.requests

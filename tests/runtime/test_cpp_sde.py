@@ -21,7 +21,7 @@ CASES = [
 ]
 
 
-def test_cpp_sde_equals_python_runtime(cpp_build, engines, monkeypatch):  # noqa: F811
+def test_cpp_sde_equals_python_runtime(cpp_build, engines, monkeypatch):
     monkeypatch.setenv("DIT_RUNTIME_LIB", str(cpp_build / "libdit_runtime.so"))
     from dit_export.runtime import cpp_backend
     from dit_export.runtime.sampler import Sampler

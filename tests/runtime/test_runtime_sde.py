@@ -9,7 +9,7 @@ import json
 
 import numpy as np
 import pytest
-from folders import s8_folder
+from test_runtime import fp32, latents, ort32, reference_model, torch32  # noqa: F401  (shared fixtures)
 
 from dit_export.compare import rel_l2
 from dit_export.errors import UserError
@@ -17,40 +17,6 @@ from dit_export.sampling.request import SampleRequest
 
 LABELS = [207, 360, 387]  # 3 images on a batch-2 export: two chunks, the last one padded
 NEW = ("dpm++2m-sde", "dpm++2m-sde-karras", "dpm++2m-karras")
-
-
-def latents(runner, labels, **fields) -> np.ndarray:
-    """Final latents of a request built from keywords (`generate` without decoding)."""
-    return runner.generate(runner.request(labels, **fields), decode=False).latents
-
-
-@pytest.fixture(scope="module")
-def fp32(tmp_path_factory):
-    return s8_folder(tmp_path_factory, "fp32")
-
-
-@pytest.fixture(scope="module")
-def ort32(fp32):
-    from dit_export.runtime import Sampler
-
-    with Sampler.load(fp32, backend="ort") as s:
-        yield s
-
-
-@pytest.fixture(scope="module")
-def torch32(fp32):
-    from dit_export.runtime import Sampler
-
-    with Sampler.load(fp32, backend="torch") as s:
-        yield s
-
-
-@pytest.fixture(scope="module")
-def reference_model():
-    from dit_export.models.checkpoints import random_dit
-
-    model, _ = random_dit("S/8", 256, seed=0)
-    return model
 
 
 @pytest.mark.parametrize(

@@ -13,9 +13,7 @@ from dit_export.errors import UserError
 from dit_export.sampling import samplers
 from dit_export.sampling.request import SampleRequest
 from dit_export.sampling.samplers import make_schedule
-from dit_export.sampling.schedule import COEF_NAMES, multistep_schedule
-
-MULTISTEP_BASE = ("sqrt_recip_alphas_cumprod", "sqrt_recipm1_alphas_cumprod", "alpha_bar_prev", "multistep")
+from dit_export.sampling.schedule import COEF_NAMES, MULTISTEP_COLUMNS, multistep_schedule
 
 
 def toy_row(k: int, steps: int, alpha, sigma, lam) -> dict[str, float]:
@@ -37,7 +35,7 @@ def toy_spec(name: str = "toy-ddim-eta1", **kw) -> samplers.SamplerSpec:
         spacing="linspace",
         state=(),
         draws_noise=True,
-        columns=(*MULTISTEP_BASE, "corr_x", "pred_x", "pred_x0", "pred_noise"),
+        columns=(*MULTISTEP_COLUMNS, "corr_x", "pred_x", "pred_x0", "pred_noise"),
         rows=lambda steps: multistep_schedule(steps, name, toy_row),
         stored_steps=(6,),
     )

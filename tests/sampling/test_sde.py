@@ -100,7 +100,7 @@ def _ours(model, sampler: str, steps: int, cfg_scale: float, noise=None):
 @pytest.mark.parametrize("sampler", NEW)
 @pytest.mark.parametrize("steps", [6, 15])
 @pytest.mark.parametrize("cfg_scale", [1.0, 4.0])
-def test_latents_equal_diffusers_pipeline(diffusers_pair, sampler, steps, cfg_scale):  # noqa: F811
+def test_latents_equal_diffusers_pipeline(diffusers_pair, sampler, steps, cfg_scale):
     ours, theirs = diffusers_pair
     got, noise = _ours(ours, sampler, steps, cfg_scale)
     step_noise = [noise.read.get(k, np.full((3, 4, 32, 32), np.nan, np.float32)) for k in range(steps)]
@@ -109,7 +109,7 @@ def test_latents_equal_diffusers_pipeline(diffusers_pair, sampler, steps, cfg_sc
     assert _rel(got, ref) <= PARITY_REL_L2, _rel(got, ref)
 
 
-def test_parity_is_sensitive(diffusers_pair):  # noqa: F811
+def test_parity_is_sensitive(diffusers_pair):
     """Far above the tolerance: Karras vs linspace, SDE vs ODE, other per-step noise, other steps."""
     ours, theirs = diffusers_pair
     got, noise = _ours(ours, "dpm++2m-sde-karras", 6, 4.0)

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from dit_export.sampling.samplers import SamplerSpec, register
-from dit_export.sampling.schedule import multistep_schedule, phi
+from dit_export.sampling.schedule import MULTISTEP_COLUMNS, multistep_schedule, phi
 
 
 def dpmpp2m_row(k: int, steps: int, alpha, sigma, lam) -> dict[str, float]:
@@ -22,6 +22,9 @@ def dpmpp2m_row(k: int, steps: int, alpha, sigma, lam) -> dict[str, float]:
     return out
 
 
+# The columns a DPM-Solver++(2M) row sets (the SDE variants add pred_noise).
+COLUMNS = (*MULTISTEP_COLUMNS, "corr_x", "pred_x", "pred_x0", "pred_hist_x0")
+
 register(
     SamplerSpec(
         name="dpm++2m",
@@ -32,16 +35,7 @@ register(
         spacing="linspace",
         state=("hist_x0",),
         draws_noise=False,
-        columns=(
-            "sqrt_recip_alphas_cumprod",
-            "sqrt_recipm1_alphas_cumprod",
-            "alpha_bar_prev",
-            "multistep",
-            "corr_x",
-            "pred_x",
-            "pred_x0",
-            "pred_hist_x0",
-        ),
+        columns=COLUMNS,
         rows=lambda steps: multistep_schedule(steps, "dpm++2m", dpmpp2m_row),
         stored_steps=(25, 20, 10),
     )

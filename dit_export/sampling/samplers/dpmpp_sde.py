@@ -26,7 +26,7 @@ from __future__ import annotations
 import numpy as np
 
 from dit_export.sampling.samplers import SamplerSpec, register
-from dit_export.sampling.samplers.dpmpp2m import dpmpp2m_row
+from dit_export.sampling.samplers.dpmpp2m import COLUMNS, dpmpp2m_row
 from dit_export.sampling.schedule import NUM_TRAIN_STEPS, multistep_schedule
 
 KARRAS_RHO = 7.0  # Karras et al. (2022), diffusers' value
@@ -90,17 +90,7 @@ def karras_points(steps: int) -> tuple[np.ndarray, np.ndarray]:
 
 def _spec(name: str, help: str, sde: bool, karras: bool) -> SamplerSpec:
     derive = dpmpp2m_sde_row if sde else dpmpp2m_row
-    columns = (
-        "sqrt_recip_alphas_cumprod",
-        "sqrt_recipm1_alphas_cumprod",
-        "alpha_bar_prev",
-        "multistep",
-        "corr_x",
-        "pred_x",
-        "pred_x0",
-        "pred_hist_x0",
-        *(("pred_noise",) if sde else ()),
-    )
+    columns = (*COLUMNS, "pred_noise") if sde else COLUMNS
     points = karras_points if karras else None
     return SamplerSpec(
         name=name,

@@ -7,35 +7,24 @@ from dit_export.sampling.schedule import COEF_NAMES, iddpm_schedule
 
 _COLUMNS = COEF_NAMES[: COEF_NAMES.index("multistep")]  # the DDPM / DDIM columns
 
-register(
-    SamplerSpec(
-        name="ddpm",
-        help="p_sample",
-        kind="ancestral",
+
+def _spec(name: str, help: str, ddim: bool, stored_steps: tuple[int, ...]) -> SamplerSpec:
+    """DDPM draws noise at every step but the last; DDIM (eta 0) is the deterministic ODE step."""
+    return SamplerSpec(
+        name=name,
+        help=help,
+        kind="ode" if ddim else "ancestral",
         multistep=False,
         min_steps=1,
-        spacing="iddpm",
+        spacing="ddim" if ddim else "iddpm",
         state=(),
-        draws_noise=True,
+        draws_noise=not ddim,
         columns=_COLUMNS,
-        rows=lambda steps: iddpm_schedule(steps, "ddpm", ddim=False),
+        rows=lambda steps: iddpm_schedule(steps, name, ddim=ddim),
         respacing=True,
-        stored_steps=(250, 100, 50, 25),
+        stored_steps=stored_steps,
     )
-)
-register(
-    SamplerSpec(
-        name="ddim",
-        help="eta 0",
-        kind="ode",
-        multistep=False,
-        min_steps=1,
-        spacing="ddim",
-        state=(),
-        draws_noise=False,
-        columns=_COLUMNS,
-        rows=lambda steps: iddpm_schedule(steps, "ddim", ddim=True),
-        respacing=True,
-        stored_steps=(50, 25, 10),
-    )
-)
+
+
+register(_spec("ddpm", "p_sample", ddim=False, stored_steps=(250, 100, 50, 25)))
+register(_spec("ddim", "eta 0", ddim=True, stored_steps=(50, 25, 10)))

@@ -7,7 +7,13 @@ from __future__ import annotations
 import numpy as np
 
 from dit_export.sampling.samplers import SamplerSpec, register
-from dit_export.sampling.schedule import STATE_NAMES, multistep_schedule
+from dit_export.sampling.schedule import (
+    COEF_NAMES,
+    COLUMN,
+    MULTISTEP_COLUMNS,
+    STATE_NAMES,
+    multistep_schedule,
+)
 
 
 def _unipc_b(h: float, order: int) -> tuple[float, float, list[float]]:
@@ -76,20 +82,7 @@ register(
         spacing="linspace",
         state=STATE_NAMES,
         draws_noise=False,
-        columns=(
-            "sqrt_recip_alphas_cumprod",
-            "sqrt_recipm1_alphas_cumprod",
-            "alpha_bar_prev",
-            "multistep",
-            "corr_x",
-            "corr_hist_x",
-            "corr_x0",
-            "corr_hist_x0",
-            "corr_hist_x0_prev",
-            "pred_x",
-            "pred_x0",
-            "pred_hist_x0",
-        ),
+        columns=(*MULTISTEP_COLUMNS, *COEF_NAMES[COLUMN["corr_x"] : COLUMN["pred_noise"]]),  # all but noise
         rows=lambda steps: multistep_schedule(steps, "unipc", unipc_row),
         stored_steps=(25, 20, 10),
     )

@@ -131,3 +131,19 @@ def test_console_script_is_declared_and_runs(tmp_path) -> None:
         pytest.skip("dit_export is not pip-installed in this environment (no dit-export on PATH)")
     r = subprocess.run([exe, "--version"], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and r.stdout.startswith("dit_export "), r.stderr
+
+
+def test_readme_commands_write_only_ignored_paths() -> None:
+    """Every output path of the README's shell commands is one git ignores (issue 24: a user who
+    runs them leaves no untracked files in the clone)."""
+    import re
+    import subprocess
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    blocks = re.findall(r"```bash\n(.*?)```", (root / "README.md").read_text(), re.S)
+    outs = re.findall(r"--(?:out|save-latents|save-images|json|markdown|plot) (\S+)", "\n".join(blocks))
+    assert outs, "the README has no command that writes a file"
+    for o in outs:
+        r = subprocess.run(["git", "check-ignore", "-q", o], cwd=root)
+        assert r.returncode == 0, f"README writes {o}, which git does not ignore"

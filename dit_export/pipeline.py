@@ -217,7 +217,6 @@ class EnsureExport:
             detail = graph_sizes(self.folder) + " (unchanged, sha256 checked)"
             if self.cfg.schedules:  # tables the reused export lacks go to its schedules sidecar
                 added = add_tables(self.out, self.cfg.schedules)
-                self.folder.forget("schedules")  # changed here: read again if asked
                 detail += f"; {len(added)} schedule table(s) added" if added else ""
             return StageRow("export", "reused", time.perf_counter() - t0, detail)
         self.log(f"exporting to {self.out} ({why}) ...")

@@ -138,12 +138,22 @@ class DiTBlock(nn.Module):
         self.mlp = Mlp(cfg)
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(d, 6 * d))
 
+    def modulation(self, c: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """(shift, scale, gate) of the attention branch, then of the MLP branch: (N, D) each."""
+        return self.adaLN_modulation(c).chunk(6, dim=1)
+
+    def attn_branch(self, x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        """The attention branch's output before its gate (what the step cache stores)."""
+        return self.attn(modulate(self.norm1(x), shift, scale))
+
+    def mlp_branch(self, x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        """The MLP branch's output before its gate (what the step cache stores)."""
+        return self.mlp(modulate(self.norm2(x), shift, scale))
+
     def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.adaLN_modulation(c).chunk(
-            6, dim=1
-        )
-        x = x + gate_msa.unsqueeze(1) * self.attn(modulate(self.norm1(x), shift_msa, scale_msa))
-        x = x + gate_mlp.unsqueeze(1) * self.mlp(modulate(self.norm2(x), shift_mlp, scale_mlp))
+        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.modulation(c)
+        x = x + gate_msa.unsqueeze(1) * self.attn_branch(x, shift_msa, scale_msa)
+        x = x + gate_mlp.unsqueeze(1) * self.mlp_branch(x, shift_mlp, scale_mlp)
         return x
 
 
@@ -213,9 +223,16 @@ class DiT(nn.Module):
         x = x.reshape(-1, g, g, p, p, c).permute(0, 5, 1, 3, 2, 4)
         return x.reshape(-1, c, g * p, g * p)
 
+    def embed(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Tokens with positions (N, T, D) and the conditioning vector c (N, D)."""
+        return self.x_embedder(x) + self.pos_embed, self.t_embedder(t) + self.y_embedder(y)
+
+    def head(self, h: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        """Final layer and unpatchify: tokens → (N, out_channels, L, L)."""
+        return self.unpatchify(self.final_layer(h, c))
+
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        h = self.x_embedder(x) + self.pos_embed
-        c = self.t_embedder(t) + self.y_embedder(y)
+        h, c = self.embed(x, t, y)
         for block in self.blocks:
             h = block(h, c)
-        return self.unpatchify(self.final_layer(h, c))
+        return self.head(h, c)

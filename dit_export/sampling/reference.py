@@ -19,10 +19,11 @@ from tqdm import tqdm
 from dit_export.errors import UserError
 from dit_export.models.dit import DiT
 from dit_export.sampling import samplers
+from dit_export.sampling.cache import DEFAULT_ORDER, cache_plan, cache_shape, check_cache
 from dit_export.sampling.noise import NoiseSource
 from dit_export.sampling.request import SampleRequest
 from dit_export.sampling.schedule import STATE_NAMES
-from dit_export.sampling.step import SamplerStep
+from dit_export.sampling.step import CachedSamplerStep, SamplerStep
 
 
 def check_request(num_classes: int, labels: Sequence[int], cfg_scale: float) -> None:
@@ -40,19 +41,33 @@ def sample_latents(
     sampler: str = "ddpm",
     cfg_scale: float = 4.0,
     progress: bool = True,
+    cache_interval: int = 1,
+    cache_order: int = DEFAULT_ORDER,
+    cache_slots: int | None = None,
 ) -> torch.Tensor:
     """Final latents (N,C,L,L) fp32 for `labels`: the official p_sample / ddim loop.
 
     cfg_scale 1 runs no guidance branch (N rows, as the official sample_ddp.py); above 1 the
-    batch is doubled with null labels inside the step (as forward_with_cfg).
+    batch is doubled with null labels inside the step (as forward_with_cfg). `cache_interval` > 1
+    runs the forecast cache (`sampling.cache`: the full and forecast steps the runtimes export,
+    always on the doubled batch; `cache_slots` defaults to order + 1, the graphs' may be larger).
     """
     cfg = model.config
     check_request(cfg.num_classes, labels, cfg_scale)
     spec = samplers.get(sampler)
     schedule = spec.schedule(steps)
     total = schedule.num_steps
-    step = SamplerStep(model, guided=cfg_scale > 1.0, with_state=True).eval()
     n = len(labels)
+    check_cache(cache_interval, cache_order)
+    plan = cache_plan(total, cache_interval, cache_order, cache_slots or cache_order + 1)
+    if cache_interval > 1:
+        steps_of = {m: CachedSamplerStep(model, m).eval() for m in ("full", "forecast")}
+        d = model.config
+        shape = cache_shape(d.depth, n, d.num_tokens, d.hidden_size, plan.slots)
+        cache = torch.zeros(shape, dtype=torch.float32)
+        cache_coefs = torch.from_numpy(plan.coefs)
+    else:
+        step = SamplerStep(model, guided=cfg_scale > 1.0, with_state=True).eval()
     y = torch.tensor([int(c) for c in labels], dtype=torch.int64)
     guidance = torch.tensor([cfg_scale], dtype=torch.float32)
     x = torch.from_numpy(np.ascontiguousarray(noise.initial()))
@@ -62,10 +77,21 @@ def sample_latents(
     for k in it:
         t_k = int(schedule.timesteps[k])
         t = torch.full((n,), t_k, dtype=torch.int64)
-        eps_noise = torch.from_numpy(np.ascontiguousarray(noise.step(k)))  # drawn always: keeps a stream in step
+        eps_noise = torch.from_numpy(
+            np.ascontiguousarray(noise.step(k))
+        )  # drawn always: keeps a stream in step
         if not spec.draws_noise:  # as the runtimes bind: zeros (0 · a non-finite draw would not be 0)
             eps_noise = torch.zeros_like(eps_noise)
-        x, *state = step(x, t, y, eps_noise, guidance, coefs[k], *state)
+        if cache_interval == 1:
+            x, *state = step(x, t, y, eps_noise, guidance, coefs[k], *state)
+        elif plan.full[k]:
+            x, *state, cache = steps_of["full"](
+                x, t, y, eps_noise, guidance, coefs[k], *state, cache, cache_coefs[k]
+            )
+        else:
+            x, *state = steps_of["forecast"](
+                x, t, y, eps_noise, guidance, coefs[k], *state, cache, cache_coefs[k]
+            )
         if not bool(torch.isfinite(x).all()):
             bad = sorted({int(i) for i in torch.nonzero(~torch.isfinite(x))[:, 0]})
             raise UserError(

@@ -28,7 +28,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from dit_export.models.cached import forecast_forward, full_forward
 from dit_export.models.dit import DiT
+from dit_export.sampling.cache import CACHE_COEF, CACHE_INPUT, CACHE_OUTPUT
 from dit_export.sampling.schedule import COEF_NAMES, NUM_COEFS, STATE_NAMES, state_output
 
 # forward() unpacks the row by position: the multistep block starts at column 10, 20 columns in all.
@@ -66,8 +68,15 @@ class GuidedDenoiser(nn.Module):
     ) -> torch.Tensor:
         if not self.guided:
             return self.model(x, t, y)
-        n = x.shape[0]
-        out = self.model(torch.cat([x, x]), torch.cat([t, t]), torch.cat([y, torch.full_like(y, self.null)]))
+        return self.guide(self.model(*self.doubled(x, t, y)), guidance)
+
+    def doubled(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The 2N network inputs: the N images with their labels, then again with the null label."""
+        return torch.cat([x, x]), torch.cat([t, t]), torch.cat([y, torch.full_like(y, self.null)])
+
+    def guide(self, out: torch.Tensor, guidance: torch.Tensor) -> torch.Tensor:
+        """Combine the 2N outputs of `doubled` inputs into N guided ones."""
+        n = out.shape[0] // 2
         cond, uncond = out[:n], out[n:]
         k = self.n_guided
         cond_eps, uncond_eps = cond[:, :k], uncond[:, :k]
@@ -103,7 +112,19 @@ class SamplerStep(nn.Module):
         hist_x0_prev: torch.Tensor | None = None,
         hist_x: torch.Tensor | None = None,
     ) -> torch.Tensor | tuple[torch.Tensor, ...]:
-        out = self.denoiser(x, t, y, guidance)
+        return self.solve(x, self.denoiser(x, t, y, guidance), noise, coef, hist_x0, hist_x0_prev, hist_x)
+
+    def solve(
+        self,
+        x: torch.Tensor,
+        out: torch.Tensor,
+        noise: torch.Tensor,
+        coef: torch.Tensor,
+        hist_x0: torch.Tensor | None = None,
+        hist_x0_prev: torch.Tensor | None = None,
+        hist_x: torch.Tensor | None = None,
+    ) -> torch.Tensor | tuple[torch.Tensor, ...]:
+        """The sampler update from the guided network output `out` (ε, then v when learned)."""
         eps = out[:, : self.c]
         # one value per schedule.COEF_NAMES column, in order
         s1, s2, c1, c2, min_log, max_log, nonzero, ab_prev, sigma, is_ddpm = coef[:10].unbind(0)
@@ -134,3 +155,57 @@ class SamplerStep(nn.Module):
         if not self.with_state:
             return x_next
         return x_next, x0, h0, xc
+
+
+class CachedSamplerStep(SamplerStep):
+    """The stateful guided step with the forecast cache (`dit_export.sampling.cache`).
+
+    mode "full": the whole network, which also returns the refreshed cache (``cache_next``);
+    mode "forecast": branch outputs forecast from the cache (no attention or MLP). Inputs are
+    ``CACHED_STEP_INPUTS``: the step's, then ``cache`` and one ``cache_coef`` row of `CachePlan`.
+    """
+
+    def __init__(self, model: DiT, mode: str):
+        super().__init__(model, guided=True, with_state=True)
+        if mode not in ("full", "forecast"):
+            raise ValueError(f"mode {mode!r}: full | forecast")
+        self.mode = mode
+
+    def forward(  # type: ignore[override]
+        self,
+        x: torch.Tensor,
+        t: torch.Tensor,
+        y: torch.Tensor,
+        noise: torch.Tensor,
+        guidance: torch.Tensor,
+        coef: torch.Tensor,
+        hist_x0: torch.Tensor,
+        hist_x0_prev: torch.Tensor,
+        hist_x: torch.Tensor,
+        cache: torch.Tensor,
+        cache_coef: torch.Tensor,
+    ) -> tuple[torch.Tensor, ...]:
+        d = self.denoiser
+        args = (d.model, *d.doubled(x, t, y), cache, cache_coef)
+        if self.mode == "full":
+            raw, cache_next = full_forward(*args)
+        else:
+            raw, cache_next = forecast_forward(*args), None
+        out = self.solve(x, d.guide(raw, guidance), noise, coef, hist_x0, hist_x0_prev, hist_x)
+        assert isinstance(out, tuple)
+        return out if cache_next is None else (*out, cache_next)
+
+
+def cached_step_io(mode: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(input names, output names) of `dit_step_full` / `dit_step_forecast`."""
+    outs = STEP_OUTPUTS + ((CACHE_OUTPUT,) if mode == "full" else ())
+    return STEP_INPUTS + (CACHE_INPUT, CACHE_COEF), outs
+
+
+def cached_example_inputs(
+    n: int, c: int, size: int, cache_shape: tuple[int, ...], num_coefs: int | None = None
+) -> tuple[torch.Tensor, ...]:
+    """Trace inputs of the cached step graphs, in `cached_step_io` order (static shapes)."""
+    cache = torch.zeros(cache_shape, dtype=torch.float32)
+    coef = torch.zeros(cache_shape[2], dtype=torch.float32)
+    return (*example_inputs(n, c, size, num_coefs), cache, coef)

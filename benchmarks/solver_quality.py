@@ -52,23 +52,37 @@ ADD_STEPS = (10, 15, 20, 25)  # --add: the step counts of issue 23
 DEMO = ("ddpm", 50)  # scripts/demo.sh's sampler before issue 23
 
 
+def load_subjects(engines: Path | None, backend: str):
+    """(model, decode, runner, classifier): tiny-digits' PyTorch reference (runner None), or
+    `Sampler.load(engines)` (model and decode None); and the score's classifier (seed 0)."""
+    model = decode = runner = None
+    if engines is not None:
+        from dit_export.runtime import Sampler
+
+        runner = Sampler.load(engines, backend=backend)
+    else:
+        import torch
+
+        torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+        model, decode = load_embedded_reference("tiny-digits")
+    return model, decode, runner, train_classifier(seed=0)
+
+
+def _fields(args, sampler: str, steps: int, seed: int) -> dict:
+    return {"cfg_scale": args.cfg, "steps": steps, "sampler": sampler, "seed": seed}
+
+
 def _fn(args, model, decode, runner, sampler: str, steps: int, seed: int):
+    fields = _fields(args, sampler, steps, seed)
     if runner is not None:
-        return runtime_sample_fn(runner, cfg_scale=args.cfg, steps=steps, sampler=sampler, seed=seed)
-    return torch_sample_fn(model, decode, cfg_scale=args.cfg, steps=steps, sampler=sampler, seed=seed)
+        return runtime_sample_fn(runner, **fields)
+    return torch_sample_fn(model, decode, **fields)
 
 
 def _score(args, model, decode, runner, clf, sampler: str, steps: int, seed: int) -> ScoreResult:
-    r = score_sampler(
-        _fn(args, model, decode, runner, sampler, steps, seed),
-        per_class=args.per_class,
-        classifier=clf,
-        backend=args.backend,
-        cfg_scale=args.cfg,
-        steps=steps,
-        sampler=sampler,
-        seed=seed,
-    )
+    fn = _fn(args, model, decode, runner, sampler, steps, seed)
+    fields = _fields(args, sampler, steps, seed)
+    r = score_sampler(fn, per_class=args.per_class, classifier=clf, backend=args.backend, **fields)
     print(
         f"{sampler:8s} {steps:4d} seed {seed}: acc {r.accuracy:.4f} FD {r.fd:.3f} ({r.sample_seconds:.1f} s)"
     )
@@ -141,17 +155,7 @@ def main(argv=None) -> int:
         "and append them to --out",
     )
     args = p.parse_args(argv)
-    model = decode = runner = None
-    if args.engines is not None:
-        from dit_export.runtime import Sampler
-
-        runner = Sampler.load(args.engines, backend=args.backend)
-    else:
-        import torch
-
-        torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
-        model, decode = load_embedded_reference("tiny-digits")
-    clf = train_classifier(seed=0)
+    model, decode, runner, clf = load_subjects(args.engines, args.backend)
     t0 = time.perf_counter()
     if args.add:
         return add_samplers(args, model, decode, runner, clf, t0)

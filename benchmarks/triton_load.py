@@ -25,7 +25,6 @@ import argparse
 import datetime as dt
 import importlib.util
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -40,10 +39,10 @@ import psutil
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from dit_export.bench.machine import cpu_name  # noqa: E402
+from dit_export.bench.machine import machine_info  # noqa: E402
 from dit_export.fileio import atomic_path, write_json  # noqa: E402
+from dit_export.host import usable_cpus  # noqa: E402
 from dit_export.serve.launch import LOOPBACK, LocalTriton, engine_runs  # noqa: E402
-from dit_export.serve.sizing import cpu_cores  # noqa: E402
 from dit_export.serve.triton import DEFAULT_NAME, write_repository  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "scripts"))
@@ -193,39 +192,10 @@ def run_load(server: LocalTriton, clients: int, sizes: tuple[int, ...], a, num_c
     }
 
 
-def in_process(engines: Path, threads: int, a: argparse.Namespace) -> dict:
-    """The in-process Sampler at a full engine batch: images/s over --repeat runs (median)."""
-    from dit_export.runtime import Sampler
-
-    with Sampler.load(engines, "ort", providers=["CPUExecutionProvider"], threads=threads) as s:
-        labels = [i % s.num_classes for i in range(s.batch)]
-        fields = {"steps": a.steps, "cfg_scale": a.cfg_scale, "sampler": a.sampler, "seed": 0}
-        s.sample(labels, **{**fields, "steps": 2})  # warm-up: first-call costs out of the timing
-        times = []
-        cpu0 = own_cpu_seconds()
-        for _ in range(a.repeat):
-            t0 = time.perf_counter()
-            s.sample(labels, **fields)
-            times.append(time.perf_counter() - t0)
-        cpu = own_cpu_seconds() - cpu0
-    med = statistics.median(times)
-    return {
-        "threads": threads,
-        "batch": len(labels),
-        "seconds": times,
-        "images_per_s": len(labels) / med,
-        "cpu_s_per_image": cpu / (a.repeat * len(labels)),
-    }
-
-
-def own_cpu_seconds() -> float:
-    t = psutil.Process().cpu_times()
-    return t.user + t.system
-
-
-def in_process_workers(engines: Path, workers: int, threads: int, a: argparse.Namespace) -> dict:
-    """The server's compute layout without Triton: `workers` Samplers (`threads` each) in threads of
-    this process, each running full engine batches at the same time; images/s summed."""
+def in_process(engines: Path, workers: int, threads: int, a: argparse.Namespace) -> dict:
+    """`workers` Samplers of `threads` threads each, in threads of this process, each running --repeat
+    full engine batches at the same time: 1 × all cores is the plain in-process rate, the server's
+    workers × threads its compute layout without Triton. images/s = workers × batch / the median run."""
     from dit_export.runtime import Sampler
 
     samplers = [
@@ -236,32 +206,32 @@ def in_process_workers(engines: Path, workers: int, threads: int, a: argparse.Na
         labels = [i % samplers[0].num_classes for i in range(samplers[0].batch)]
         fields = {"steps": a.steps, "cfg_scale": a.cfg_scale, "sampler": a.sampler, "seed": 0}
         for s in samplers:
-            s.sample(labels, **{**fields, "steps": 2})
-        done = []
+            s.sample(labels, **{**fields, "steps": 2})  # warm-up: first-call costs out of the timing
+        times: list[float] = []
 
         def run(s) -> None:
             for _ in range(a.repeat):
+                t0 = time.perf_counter()
                 s.sample(labels, **fields)
-            done.append(time.perf_counter())
+                times.append(time.perf_counter() - t0)
 
         ts = [threading.Thread(target=run, args=(s,)) for s in samplers]
-        cpu0 = own_cpu_seconds()
-        t0 = time.perf_counter()
+        cpu0 = tree_cpu_seconds(os.getpid())
         for t in ts:
             t.start()
         for t in ts:
             t.join()
-        wall = max(done) - t0
-        cpu = own_cpu_seconds() - cpu0
+        cpu = tree_cpu_seconds(os.getpid()) - cpu0
     finally:
         for s in samplers:
             s.close()
-    images = workers * a.repeat * len(labels)
     return {
         "workers": workers,
         "threads": threads,
-        "images_per_s": images / wall,
-        "cpu_s_per_image": cpu / images,
+        "batch": len(labels),
+        "seconds": times,
+        "images_per_s": workers * len(labels) / statistics.median(times),
+        "cpu_s_per_image": cpu / (workers * a.repeat * len(labels)),
     }
 
 
@@ -342,9 +312,7 @@ def markdown(r: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument(
-        "--engines", type=Path, default=None, help="engines folder (default: tiny-digits built here)"
-    )
+    p.add_argument("--engines", type=Path, help="engines folder (default: tiny-digits built here)")
     p.add_argument("--batch", type=int, default=10, help="engine batch of the default tiny-digits build")
     p.add_argument(
         "--loads",
@@ -357,9 +325,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--sampler", default="ddpm")
     p.add_argument("--cfg-scale", type=float, default=4.0)
-    p.add_argument(
-        "--repeat", type=int, default=3, help="in-process full-batch runs (median), before and after"
-    )
+    p.add_argument("--repeat", type=int, default=3, help="in-process full-batch runs (median), before, after")
     for flag in ("--instances", "--workers", "--threads", "--max-batch", "--queue-delay-us"):
         p.add_argument(flag, type=int, default=None, help="triton-repo's flag (default: its default)")
     p.add_argument("--venv", type=Path, default=Path(os.environ.get("TRITON_VENV", ROOT / ".venv-triton")))
@@ -411,10 +377,10 @@ def main(argv: list[str] | None = None) -> int:
             for q in pend:
                 q.get_result()
             warm.close()
-            cores = cpu_cores()
+            cores = usable_cpus()
             workers = int(cfg.parameters["workers"].string_value)
-            base = [in_process(engines, cores, a)]
-            layout = [in_process_workers(engines, workers, threads, a)]
+            base = [in_process(engines, 1, cores, a)]
+            layout = [in_process(engines, workers, threads, a)]
             print(
                 f"in-process full batch: {base[0]['images_per_s']:.2f} images/s ({cores} threads); "
                 f"{workers} × {threads}-thread Samplers: {layout[0]['images_per_s']:.2f}",
@@ -430,20 +396,14 @@ def main(argv: list[str] | None = None) -> int:
                     f"{r['engine_run_rows']}, server {r['server_cores_used'] or 0:.2f} cores",
                     flush=True,
                 )
-            base.append(in_process(engines, cores, a))
-            layout.append(in_process_workers(engines, workers, threads, a))
+            base.append(in_process(engines, 1, cores, a))
+            layout.append(in_process(engines, workers, threads, a))
             large = check_large_request(server.http_url, engines, threads, a)
         finally:
             server.stop()
     result = {
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "machine": {
-            "cpu": cpu_name(),
-            "cpus": psutil.cpu_count(),
-            "usable_cores": cores,
-            "platform": platform.platform(),
-            "python": platform.python_version(),
-        },  # fmt: skip
+        "machine": {**machine_info(), "cpus": psutil.cpu_count(), "usable_cores": cores},
         "load_before": load_before,
         "load_after": loadavg(),
         "command": "python benchmarks/triton_load.py "

@@ -43,6 +43,7 @@ from dit_export.errors import UserError
 from dit_export.export import exporter
 from dit_export.export.child import export_in_child
 from dit_export.export.manifest import FILENAME
+from dit_export.export.precision import check_backend
 from dit_export.export.schedule_tables import add_tables
 from dit_export.export.trt_ops import DEFAULT_OPSET, OPSET_MAX, OPSET_MIN
 from dit_export.fileio import ensure_writable_dir, write_json
@@ -58,10 +59,12 @@ from dit_export.runtime.folder import (
     record_request,
 )
 from dit_export.sampling import samplers
+from dit_export.sampling.cache import DEFAULT_ORDER as DEFAULT_CACHE_ORDER
+from dit_export.sampling.cache import MAX_ORDER as MAX_CACHE_ORDER
 from dit_export.sampling.request import MAX_SEED, NUM_TRAIN_STEPS
 from dit_export.verify.run import format_table, summary_line, verify
 
-PRECISIONS = ("fp16", "fp32")
+PRECISIONS = ("fp16", "fp32", "int8", "fp8")  # export.precision.PRECISIONS (int8/fp8: issue 22)
 BUILD_BACKENDS = ("ort", "trt")  # what build can make: TensorRT plans, or the graphs for ONNX Runtime
 
 Log = Callable[[str], None]
@@ -87,6 +90,7 @@ class BuildConfig:
     workspace_gib: float = 4.0
     opt_level: int = 3
     schedules: tuple[tuple[str, int], ...] = ()  # extra (sampler, steps) tables to store (--schedules)
+    max_cache_order: int | None = DEFAULT_CACHE_ORDER  # forecast-cache graphs' largest order (None: none)
 
     def validate(self) -> BuildConfig:
         """The normalised config (canonical backend word, default out, tuple seeds); one-line UserError."""
@@ -103,6 +107,8 @@ class BuildConfig:
             _int_in("--verify-seeds", s, 0, MAX_SEED)
         _int_in("--verify-steps", self.verify_steps, 1, NUM_TRAIN_STEPS)
         _int_in("--opt-level", self.opt_level, 0, 5)
+        if self.max_cache_order is not None:
+            _int_in("--max-cache-order", self.max_cache_order, 0, MAX_CACHE_ORDER)
         gib = self.workspace_gib
         if isinstance(gib, bool) or not isinstance(gib, (int, float)) or not math.isfinite(gib) or gib <= 0:
             raise UserError(f"--workspace-gib must be a positive number, got {gib!r}")
@@ -157,6 +163,7 @@ def build(config: BuildConfig, log: Log = print) -> BuildResult:
     """Export → plans → verify, reusing what is unchanged; returns the summary rows."""
     cfg = config.validate()
     backend, line = choose_backend(cfg.backend)
+    check_backend(cfg.precision, backend)  # e.g. fp8 on a CPU machine: one line (issue 22)
     log(line)
     out = Path(cfg.out)  # type: ignore[arg-type]  (validate() sets it)
     ensure_writable_dir(out.parent if str(out.parent) else Path("."))
@@ -189,7 +196,9 @@ def default_out(model: ModelSpec, precision: str = "fp16", batch: int = 1) -> Pa
 
 def export_request(cfg: BuildConfig) -> dict:
     """Everything the export depends on, normalised (recorded in build.json as "request")."""
-    return folders.export_request(cfg.model, cfg.batch, cfg.precision, cfg.opset or DEFAULT_OPSET)
+    return folders.export_request(
+        cfg.model, cfg.batch, cfg.precision, cfg.opset or DEFAULT_OPSET, cfg.max_cache_order
+    )
 
 
 def why_stale(out: Path, request: dict, force: bool) -> str | None:
@@ -242,6 +251,7 @@ class EnsureExport:
             check=True,
             force=True,
             schedules=tuple(cfg.schedules),
+            max_cache_order=cfg.max_cache_order,
         )
 
     def _aside(self, name: str) -> Path:

@@ -135,6 +135,13 @@ def assert_user_error(r: subprocess.CompletedProcess, *needles: str) -> str:
     return assert_one_line_error(r, *needles, code=2)
 
 
+def run_python(code: str, timeout: float = 300) -> str:
+    """`python -c CODE` in a fresh interpreter (so what it imports is its own); its stdout, exit 0 asserted."""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc.stdout
+
+
 def hidden_names(folder: Path) -> list[str]:
     """The hidden entries of a folder (scratch `.x.*.partial` folders, locks), sorted."""
     return sorted(p.name for p in Path(folder).iterdir() if p.name.startswith("."))

@@ -17,7 +17,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "dit_export"
 
-BASE = ("errors", "fileio", "images", "backends", "lazy", "compare", "__init__")
+BASE = ("errors", "fileio", "images", "backends", "lazy", "compare", "host", "__init__")
 # stage name → rank; equal ranks (verify/bench, pipeline/cli) may not import each other either
 STAGES = {
     "base": 0,

@@ -24,6 +24,7 @@ const char* kUsage =
     "                  [--cfg-scale 4] [--seed 0] [--noise philox] [--out sample.png]\n"
     "                  [--save-latents X.npy] [--save-images X.npz] [--backend auto|cpu|tensorrt|trt]\n"
     "                  [--threads N] [--device N] [--no-cuda-graph] [--no-verify] [--no-progress]\n"
+    "                  [--cache-interval 1] [--cache-order 2]\n"
     "Samples one image per class id from an exported folder (python -m dit_export export, plus\n"
     "python -m dit_export aoti DIR for the CPU backend or `build --backend trt` for TensorRT) and writes\n"
     "the PNG grid that `python -m dit_export sample --engines DIR` writes for the same request.\n"
@@ -31,13 +32,16 @@ const char* kUsage =
     "lists them; `python -m dit_export schedules --engines DIR --add SAMPLER:STEPS` stores more).\n"
     "--threads N: CPU backend threads; default: OMP_NUM_THREADS when set, else one per free CPU\n"
     "(the CPUs this process may use minus the 1-minute load average, at least 1): oversubscribed\n"
-    "threads on a busy machine run several times slower than one.\n";
+    "threads on a busy machine run several times slower than one.\n"
+    "--cache-interval N: the forecast step cache (TaylorSeer): steps 0, 1, then every N-th run the whole\n"
+    "network, the others forecast its branch outputs (1 = off, the default); --cache-order O: 0 = reuse\n"
+    "(FORA), 1-3 = Taylor (default 2). Needs a folder exported with the cached graphs.\n";
 
 struct Args {
   std::string engines, out = "sample.png", save_latents, save_images, sampler = "ddpm", noise = "philox";
   std::string backend = "auto";
   std::vector<int64_t> classes;
-  int steps = 250, threads = 0, device = 0;
+  int steps = 250, threads = 0, device = 0, cache_interval = 1, cache_order = 2;
   float cfg = 4.0f;
   uint64_t seed = 0;
   bool progress = true, verify = true, cuda_graph = true, help = false;
@@ -102,6 +106,8 @@ Args parse(int argc, char** argv) {
     else if (f == "--noise") a.noise = value();
     else if (f == "--backend") a.backend = value();
     else if (f == "--steps") a.steps = number<int>(f, value());
+    else if (f == "--cache-interval") a.cache_interval = number<int>(f, value());  // checked by the runtime
+    else if (f == "--cache-order") a.cache_order = number<int>(f, value());
     else if (f == "--threads") a.threads = number<int>(f, value());
     else if (f == "--device") a.device = number<int>(f, value());
     else if (f == "--cfg-scale") a.cfg = number<float>(f, value());
@@ -169,6 +175,8 @@ int main(int argc, char** argv) {
     so.cfg_scale = a.cfg;
     so.steps = a.steps;
     so.sampler = a.sampler;
+    so.cache_interval = a.cache_interval;
+    so.cache_order = a.cache_order;
     Progress progress;
     if (a.progress && isatty(STDERR_FILENO)) {
       so.progress_fn = on_progress;

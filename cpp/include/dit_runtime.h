@@ -115,8 +115,9 @@ typedef int (*dit_noise_fn)(void* user, uint32_t draw, uint32_t image, float* ou
 typedef int (*dit_progress_fn)(void* user, int64_t done, int64_t total);
 
 /* A request: field for field the Python runtime's SampleRequest (dit_export/sampling/request.py:
- * labels, seed, cfg_scale, steps, sampler, noise), where `noise` is noise_fn here: NULL is
- * noise="philox"; the Python runtime's noise="torch" passes that stream through noise_fn. */
+ * labels, seed, cfg_scale, steps, sampler, noise, cache_interval, cache_order), where `noise` is
+ * noise_fn here: NULL is noise="philox"; the Python runtime's noise="torch" passes that stream
+ * through noise_fn. Fill it with dit_sample_params_init first (the cache fields default to 1, 2). */
 typedef struct dit_sample_params {
   const int64_t* labels; /* num_images class ids */
   size_t num_images;     /* M >= 1, any size: cut into chunks of the engine batch (last padded) */
@@ -133,9 +134,15 @@ typedef struct dit_sample_params {
   void* noise_user;
   dit_progress_fn progress_fn; /* may be NULL */
   void* progress_user;
+  /* The forecast step cache (TaylorSeer; cpp/README.md "Forecast step cache"): 1 (default) = every
+   * step runs the whole network, no caching; N > 1 = loop steps 0, 1, then every N-th run in full
+   * and the others forecast each block's branch outputs (needs a folder exported with the cached
+   * graphs and, on the CPU backend, their AOTI packages). */
+  int32_t cache_interval;
+  int32_t cache_order; /* 0 = reuse (FORA), 1..3 = Taylor order (default 2); at most the export's */
 } dit_sample_params;
 
-/* Defaults: seed 0, cfg 4, 250 ddpm steps, Philox noise, no labels. */
+/* Defaults: seed 0, cfg 4, 250 ddpm steps, Philox noise, no labels, no caching (interval 1, order 2). */
 DIT_API void dit_sample_params_init(dit_sample_params* params);
 
 /* M images as uint8 (M, H, W, 3), RGB, row-major: clamp(127.5 x + 128, 0, 255) truncated, the
@@ -147,10 +154,11 @@ DIT_API int dit_sample(dit_runtime* rt, const dit_sample_params* params, uint8_t
 DIT_API int dit_generate(dit_runtime* rt, const dit_sample_params* params, float* latents_out,
                          float* images_out);
 
-/* Runs one graph ("dit_step" or "vae_decoder") once on host buffers, for runtimes that drive their
- * own loop (the Python runtime's "cpp" backend): `names[i]` is a graph input or output name of the
- * manifest and `host_buffers[i]` host memory of exactly its manifest shape and dtype; every input
- * and output must be given. Inputs are copied in, outputs copied back before this returns. */
+/* Runs one graph ("dit_step", "vae_decoder", and the cached "dit_step_full" / "dit_step_forecast"
+ * where the folder has them) once on host buffers, for runtimes that drive their own loop (the
+ * Python runtime's "cpp" backend): `names[i]` is a graph input or output name of the manifest and
+ * `host_buffers[i]` host memory of exactly its manifest shape and dtype; every input and output
+ * must be given. Inputs are copied in, outputs copied back before this returns. */
 DIT_API int dit_run_graph(dit_runtime* rt, const char* graph, size_t num_tensors, const char* const* names,
                           void* const* host_buffers);
 

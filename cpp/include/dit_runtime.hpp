@@ -55,6 +55,8 @@ struct SampleOptions {
   void* noise_user = nullptr;
   dit_progress_fn progress_fn = nullptr;
   void* progress_user = nullptr;
+  int cache_interval = 1;  // forecast step cache: 1 = off; N > 1 = a full step every N (see dit_runtime.h)
+  int cache_order = 2;     // 0 = reuse (FORA), 1..3 = Taylor
 };
 
 class Runtime {
@@ -131,6 +133,8 @@ class Runtime {
     p.noise_user = o.noise_user;
     p.progress_fn = o.progress_fn;
     p.progress_user = o.progress_user;
+    p.cache_interval = o.cache_interval;
+    p.cache_order = o.cache_order;
     return p;
   }
 

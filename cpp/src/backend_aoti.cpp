@@ -1,12 +1,15 @@
-// CPU backend: the AOTInductor packages (aoti/dit_step.pt2, aoti/vae_decoder.pt2, each with its
-// record <package>.json) compiled by dit_export.engine.aoti from the same torch modules as the
-// ONNX graphs, run with LibTorch's
+// CPU backend: the AOTInductor packages (aoti/dit_step.pt2, aoti/vae_decoder.pt2, and the forecast
+// cache's aoti/dit_step_full.pt2 + aoti/dit_step_forecast.pt2 where the export has those graphs and
+// they were compiled; each with its record <package>.json) compiled by dit_export.engine.aoti from
+// the same torch modules as the ONNX graphs, run with LibTorch's
 // AOTIModelPackageLoader. Buffers are 64-byte aligned host memory, wrapped (not copied) as input
 // tensors; the package's output tensor is copied into the bound output buffer.
 #include <cstdlib>
 #include <cstring>
+#include <fstream>
 #include <map>
 #include <optional>
+#include <sstream>
 
 #include "backend.hpp"
 #include "sha256.hpp"
@@ -50,16 +53,16 @@ std::string torch_version() {
 
 class AotiBackend : public Backend {
  public:
-  AotiBackend(const Manifest& m, const BackendOptions& o, const std::map<std::string, AotiEntry>& packages) {
+  AotiBackend(const Manifest& m, const BackendOptions& o, const std::map<std::string, AotiEntry>& packages,
+              std::map<std::string, std::string> missing)
+      : missing_(std::move(missing)) {
     at::set_num_threads(o.num_threads > 0 ? o.num_threads : default_threads());
     for (const auto& [g, e] : packages) {
-      const std::string path = m.file_path(e.file.file);
-      try {
-        loaders_.emplace(g, std::make_unique<torch::inductor::AOTIModelPackageLoader>(path, "model", false, 1, -1));
-      } catch (const std::exception& ex) {
-        throw backend_error("LibTorch " + torch_version() + " cannot load " + path + ": " + first_line(ex.what()));
-      }
       specs_[g] = {e.inputs, e.outputs};
+      paths_[g] = m.file_path(e.file.file);
+      // The forecast cache's packages (each with a copy of the weights) load on the first cached
+      // request: an uncached user holds the memory of dit_step and the VAE only.
+      if (g != kFullGraph && g != kForecastGraph) load(g);
     }
     threads_ = at::get_num_threads();
   }
@@ -75,7 +78,25 @@ class AotiBackend : public Backend {
     return "LibTorch " + torch_version() + " AOTInductor (CPU, " + std::to_string(threads_) + " threads)";
   }
 
-  bool has_graph(const std::string& g) const override { return loaders_.count(g) != 0; }
+  bool has_graph(const std::string& g) const override { return paths_.count(g) != 0; }
+
+  std::string not_loaded(const std::string& g) const override {
+    auto it = missing_.find(g);
+    return it == missing_.end() ? "" : it->second;
+  }
+
+  int64_t free_bytes() const override {  // MemAvailable of /proc/meminfo (Linux); -1 elsewhere
+    std::ifstream f("/proc/meminfo");
+    std::string line;
+    while (std::getline(f, line))
+      if (line.rfind("MemAvailable:", 0) == 0) {
+        std::istringstream in(line.substr(13));
+        int64_t kib = -1;
+        in >> kib;
+        return kib < 0 ? -1 : kib * 1024;
+      }
+    return -1;
+  }
 
   void* alloc(size_t bytes) override {
     const size_t size = ((bytes + 63) / 64) * 64;
@@ -88,9 +109,11 @@ class AotiBackend : public Backend {
 
   void upload(void* dst, const void* src, size_t bytes) override { std::memcpy(dst, src, bytes); }
   void download(void* dst, const void* src, size_t bytes) override { std::memcpy(dst, src, bytes); }
+  void zero(void* dst, size_t bytes) override { std::memset(dst, 0, bytes); }
 
   void run(const std::string& graph, const std::vector<Binding>& bindings) override {
     auto it = loaders_.find(graph);
+    if (it == loaders_.end() && paths_.count(graph)) it = load(graph);
     if (it == loaders_.end()) throw backend_error("cpu backend: graph '" + graph + "' was not loaded");
     const auto& [inputs, outputs] = specs_.at(graph);
     auto find = [&](const std::string& name) -> void* {
@@ -123,9 +146,23 @@ class AotiBackend : public Backend {
   }
 
  private:
-  std::map<std::string, std::unique_ptr<torch::inductor::AOTIModelPackageLoader>> loaders_;
+  using Loaders = std::map<std::string, std::unique_ptr<torch::inductor::AOTIModelPackageLoader>>;
+
+  Loaders::iterator load(const std::string& g) {
+    const std::string& path = paths_.at(g);
+    try {
+      return loaders_.emplace(g, std::make_unique<torch::inductor::AOTIModelPackageLoader>(path, "model", false, 1, -1))
+          .first;
+    } catch (const std::exception& ex) {
+      throw backend_error("LibTorch " + torch_version() + " cannot load " + path + ": " + first_line(ex.what()));
+    }
+  }
+
+  Loaders loaders_;
+  std::map<std::string, std::string> paths_;  // every package it runs (loaded now or on first use)
   std::map<std::string, std::pair<std::vector<TensorSpec>, std::vector<TensorSpec>>> specs_;
   std::vector<void*> memory_;
+  std::map<std::string, std::string> missing_;  // graph -> why it was not loaded
   int threads_ = 1;
 };
 
@@ -145,6 +182,17 @@ std::unique_ptr<Backend> make_aoti_backend(const Manifest& m, const BackendOptio
     }
     packages.emplace(g, std::move(*e));
   }
+  // The forecast cache's graphs: loaded when compiled; a folder without their packages still
+  // samples uncached (a cached request then names the command that compiles them).
+  std::map<std::string, std::string> missing;
+  for (const std::string& g : cache_graphs()) {
+    if (!m.has_graph(g)) continue;
+    std::optional<AotiEntry> e = read_aoti_record(m, g);
+    if (e) packages.emplace(g, std::move(*e));
+    else
+      missing[g] = "no AOTInductor package " + aoti_package_file(g) + " in " + m.folder + " (compile it with: " + redo +
+                   " --graphs " + kFullGraph + " " + kForecastGraph + ")";
+  }
   const std::string want = std::to_string(TORCH_VERSION_MAJOR) + "." + std::to_string(TORCH_VERSION_MINOR) + ".";
   for (const auto& [g, e] : packages) {
     const std::string where = m.folder + "/" + e.file.file;
@@ -160,7 +208,7 @@ std::unique_ptr<Backend> make_aoti_backend(const Manifest& m, const BackendOptio
       throw manifest_error(where + ": its I/O differs from " + onnx.file.file + "'s; recompile with: " + redo);
     verify_file(m, e.file, "AOTI package", o.verify_hashes, "its record");
   }
-  return std::make_unique<AotiBackend>(m, o, packages);
+  return std::make_unique<AotiBackend>(m, o, packages, std::move(missing));
 }
 
 #else

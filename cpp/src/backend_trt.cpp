@@ -7,8 +7,9 @@
 // - IRuntime::deserializeCudaEngine, the engine's I/O checked against the manifest (names,
 //   modes, shapes, dtypes), one IExecutionContext per graph, setInputShape once (static shapes),
 //   setTensorAddress when a binding changes, enqueueV3 on one non-blocking stream.
-// - CUDA graphs for dit_step: an address set runs once uncaptured, then is captured and
-//   replayed. Table rows (timestep, coefficients, noise) are always copied device-to-device into
+// - CUDA graphs for the step graphs (dit_step; dit_step_full and dit_step_forecast of the forecast
+//   cache, whose two cache buffers swap on full steps): an address set runs once uncaptured, then
+//   is captured and replayed. Table rows (timestep, coefficients, noise) are always copied device-to-device into
 //   fixed, 256-byte aligned staging inputs first (with or without graphs: a row view is not
 //   aligned), so the two latent buffers give just two graphs (x -> x' and x' -> x).
 //
@@ -104,13 +105,14 @@ struct Engine {
   std::unique_ptr<nvinfer1::IExecutionContext> context;
   std::vector<TensorSpec> inputs, outputs;
   std::map<std::string, void*> bound;
+  bool warm = false;  // enqueued once outside a capture
 };
 
 class TrtBackend : public Backend {
  public:
   TrtBackend(const Manifest& m, const BackendOptions& o, const Target& target,
-             const std::map<std::string, std::string>& plans)
-      : target_(target), cuda_graph_(o.cuda_graph) {
+             const std::map<std::string, std::string>& plans, std::map<std::string, std::string> missing)
+      : target_(target), cuda_graph_(o.cuda_graph), missing_(std::move(missing)) {
     runtime_.reset(nvinfer1::createInferRuntime(logger_));
     if (!runtime_) throw backend_error("TensorRT: createInferRuntime failed: " + logger_.last_error);
     for (const auto& [graph, file] : plans) {
@@ -160,6 +162,20 @@ class TrtBackend : public Backend {
 
   bool has_graph(const std::string& g) const override { return engines_.count(g) != 0; }
 
+  std::string not_loaded(const std::string& g) const override {
+    auto it = missing_.find(g);
+    return it == missing_.end() ? "" : it->second;
+  }
+
+  int64_t free_bytes() const override {
+    size_t free = 0, total = 0;
+    if (cudaMemGetInfo(&free, &total) != cudaSuccess) {
+      cudaGetLastError();
+      return -1;
+    }
+    return int64_t(free);
+  }
+
   void* alloc(size_t bytes) override {
     void* p = nullptr;
     cuda_check(cudaMalloc(&p, bytes ? bytes : 1), "cudaMalloc");
@@ -175,6 +191,10 @@ class TrtBackend : public Backend {
     cuda_check(cudaStreamSynchronize(stream_), "cudaStreamSynchronize");  // the caller may reuse src
   }
 
+  void zero(void* dst, size_t bytes) override {  // on the stream: ordered before the next enqueue
+    cuda_check(cudaMemsetAsync(dst, 0, bytes, stream_), "cudaMemsetAsync");
+  }
+
   void download(void* dst, const void* src, size_t bytes) override {
     cuda_check(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, stream_), "cudaMemcpyAsync D2H");
     cuda_check(cudaStreamSynchronize(stream_), "cudaStreamSynchronize");
@@ -184,7 +204,8 @@ class TrtBackend : public Backend {
     auto it = engines_.find(graph);
     if (it == engines_.end()) throw backend_error("tensorrt backend: graph '" + graph + "' was not loaded");
     Engine& e = it->second;
-    const bool use_graph = cuda_graph_ && graph == "dit_step" && capture_failed_.empty();
+    // The step graphs (plain, and the cache's full and forecast steps) replay as CUDA graphs.
+    const bool use_graph = cuda_graph_ && graph != "vae_decoder" && capture_failed_.empty();
     std::vector<std::pair<std::string, void*>> addrs;
     for (const auto* side : {&e.inputs, &e.outputs})
       for (const TensorSpec& t : *side) {
@@ -209,14 +230,15 @@ class TrtBackend : public Backend {
       enqueue(e);
       return;
     }
-    std::ostringstream key;
+    std::ostringstream key;  // one captured graph per engine and address set
+    key << graph << ":";
     for (const auto& a : addrs) key << a.first << "=" << a.second << ";";
     auto g = graphs_.find(key.str());
     if (g == graphs_.end()) {
       set_addresses(e, addrs);
-      if (!warm_) {  // TensorRT's first enqueue may allocate: never inside a capture
+      if (!e.warm) {  // TensorRT's first enqueue of a context may allocate: never inside a capture
         enqueue(e);
-        warm_ = true;
+        e.warm = true;
       }
       cudaGraphExec_t exec = nullptr;
       if (!capture(e, &exec)) {  // run on without graphs rather than fail the request
@@ -295,7 +317,7 @@ class TrtBackend : public Backend {
   std::vector<void*> memory_;
   std::map<std::string, void*> staging_;
   std::map<std::string, cudaGraphExec_t> graphs_;
-  bool warm_ = false;
+  std::map<std::string, std::string> missing_;  // graph -> why it was not loaded
   std::string capture_failed_;
 };
 
@@ -306,6 +328,11 @@ std::unique_ptr<Backend> make_tensorrt_backend(const Manifest& m, const BackendO
   if (!current_target(o.device, &target, why)) return nullptr;
   std::vector<std::string> graphs = {"dit_step"};
   if (m.has_vae && o.load_vae) graphs.push_back("vae_decoder");
+  // The forecast cache's graphs: loaded when the folder has their plans for this target; without
+  // them the folder still samples uncached (a cached request then names the rebuild).
+  std::map<std::string, std::string> missing;
+  for (const std::string& g : cache_graphs())
+    if (m.has_graph(g)) graphs.push_back(g);
   std::map<std::string, std::string> plans;
   const std::string rebuild = "; rebuild with: python -m dit_export build --backend trt --out " + m.folder;
   for (const std::string& g : graphs) {
@@ -314,8 +341,13 @@ std::unique_ptr<Backend> make_tensorrt_backend(const Manifest& m, const BackendO
     if (!rec) {
       std::string others;
       for (const std::string& k : recorded_plans(m, g)) others += (others.empty() ? "" : ", ") + k;
-      *why = "no " + g + " engine for " + target.describe() + " (" + name + ")" +
-             (others.empty() ? "" : "; the folder has " + others);
+      const std::string no = "no " + g + " engine for " + target.describe() + " (" + name + ")" +
+                              (others.empty() ? "" : "; the folder has " + others);
+      if ((g == kFullGraph || g == kForecastGraph) && !o.require_cache_graphs) {
+        missing[g] = no + rebuild.substr(2);
+        continue;
+      }
+      *why = no;
       return nullptr;
     }
     const PlanRecord& r = *rec;
@@ -330,7 +362,7 @@ std::unique_ptr<Backend> make_tensorrt_backend(const Manifest& m, const BackendO
     verify_file(m, r.file, "TensorRT plan", o.verify_hashes, "its record");
     plans[g] = name;
   }
-  return std::make_unique<TrtBackend>(m, o, target, plans);
+  return std::make_unique<TrtBackend>(m, o, target, plans, std::move(missing));
 }
 
 #else

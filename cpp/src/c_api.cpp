@@ -96,6 +96,8 @@ void dit_sample_params_init(dit_sample_params* p) {
   p->cfg_scale = 4.0f;
   p->steps = 250;
   p->sampler = "ddpm";
+  p->cache_interval = 1;
+  p->cache_order = 2;
 }
 
 int dit_sample(dit_runtime* rt, const dit_sample_params* params, uint8_t* images_out) {

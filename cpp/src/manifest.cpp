@@ -296,6 +296,9 @@ void parse_model(const Validator& v, const json& j, Manifest& m) {
   m.num_classes = v.integer(cfg, "num_classes", "model.config.");
   m.config_input_size = v.integer(cfg, "input_size", "model.config.");
   m.config_in_channels = v.integer(cfg, "in_channels", "model.config.");
+  m.config_depth = v.integer(cfg, "depth", "model.config.");
+  m.config_hidden_size = v.integer(cfg, "hidden_size", "model.config.");
+  m.config_patch_size = v.integer(cfg, "patch_size", "model.config.");
   m.learn_sigma = v.get(cfg, "learn_sigma", Kind::kBool, "model.config.")->get<bool>();
   m.flavor = v.choice(j, "model.flavor", "", {"official", "diffusers"});
   m.cfg_channels = v.integer(j, "model.cfg_channels");
@@ -329,10 +332,10 @@ void parse_vae(const Validator& v, const json& j, Manifest& m) {
   if (m.vae_factor < 1) v.fail("field 'vae.factor' must be positive");
 }
 
-// graphs.{dit, dit_step, vae_decoder}
+// graphs.{dit, dit_step, vae_decoder}, and the forecast cache's optional dit_step_full, dit_step_forecast
 void parse_graphs(const Validator& v, const json& j, Manifest& m, bool check_files) {
   const json& graphs = *v.get(j, "graphs", Kind::kObj);
-  v.only(graphs, "graphs", {"dit", "dit_step", "vae_decoder"});
+  v.only(graphs, "graphs", {"dit", "dit_step", "vae_decoder", kFullGraph, kForecastGraph});
   for (const char* name : {"dit", "dit_step", "vae_decoder"}) {
     const std::string label = std::string("graphs.") + name;
     if (!graphs.contains(name)) v.fail("missing field '" + label + "'");
@@ -340,6 +343,76 @@ void parse_graphs(const Validator& v, const json& j, Manifest& m, bool check_fil
     if (g.is_null() && std::string(name) != "vae_decoder") v.fail("field '" + label + "' should be dict, got NoneType");
     if (!g.is_null()) m.graphs[name] = parse_graph(v, g, label, m.folder, check_files);
   }
+  for (const char* name : {kFullGraph, kForecastGraph})  // absent when exported with --max-cache-order none
+    if (graphs.contains(name)) m.graphs[name] = parse_graph(v, graphs[name], std::string("graphs.") + name, m.folder, check_files);
+}
+
+// cache (optional): the forecast step cache record, present exactly when both cached graphs are
+void parse_cache(const Validator& v, const json& j, Manifest& m) {
+  const bool full = m.graphs.count(kFullGraph) != 0, forecast = m.graphs.count(kForecastGraph) != 0;
+  if (!j.contains("cache") && !full && !forecast) return;
+  if (!j.contains("cache")) v.fail("missing field 'cache'");
+  const json& c = *v.get(j, "cache", Kind::kObj);
+  if (!full) v.fail(std::string("missing field 'graphs.") + kFullGraph + "'");
+  if (!forecast) v.fail(std::string("missing field 'graphs.") + kForecastGraph + "'");
+  for (const char* key : {"max_order", "slots", "shape", "dtype", "bytes_per_image", "schedule", "first_full"})
+    if (!c.contains(key)) v.fail(std::string("missing field 'cache.") + key + "'");
+  v.only(c, "cache", {"max_order", "slots", "shape", "dtype", "bytes_per_image", "schedule", "first_full"});
+  CacheRecord r;
+  r.max_order = v.integer(c, "max_order", "cache.");
+  if (r.max_order < 0 || r.max_order > 3)
+    v.fail("field 'cache.max_order' is " + std::to_string(r.max_order) + ", not one of 0, 1, 2, 3");
+  r.slots = v.integer(c, "slots", "cache.");
+  if (r.slots < 1) v.fail("field 'cache.slots' must be positive");
+  const json& shape = *v.get(c, "shape", Kind::kArr, "cache.");
+  for (size_t d = 0; d < shape.size(); ++d) {
+    const std::string dim = "cache.shape[" + std::to_string(d) + "]";
+    if (!is_integer(shape[d])) v.fail("field '" + dim + "' should be int, got " + json_type(shape[d]));
+    r.shape.push_back(as_int(shape[d]));
+    if (r.shape.back() < 1) v.fail("field '" + dim + "' must be positive");
+  }
+  r.dtype = parse_dtype(v.choice(c, "dtype", "cache.", {"float32", "float16"}));
+  r.bytes_per_image = v.integer(c, "bytes_per_image", "cache.");
+  if (r.bytes_per_image < 1) v.fail("field 'cache.bytes_per_image' must be positive");
+  r.schedule = v.choice(c, "schedule", "cache.", {"taylorseer-dit"});
+  r.first_full = v.integer(c, "first_full", "cache.");
+  if (r.first_full < 1) v.fail("field 'cache.first_full' must be positive");
+  m.cache = r;
+}
+
+std::string int_list(const std::vector<int64_t>& xs) {  // Python's list repr: [4, 2, 3]
+  std::string out = "[";
+  for (size_t i = 0; i < xs.size(); ++i) out += (i ? ", " : "") + std::to_string(xs[i]);
+  return out + "]";
+}
+
+// (depth, 2 branches, slots, 2N rows, tokens, hidden) of the export's model and batch
+std::vector<int64_t> cache_shape(const Manifest& m, int64_t slots) {
+  const int64_t grid = m.config_patch_size > 0 ? m.config_input_size / m.config_patch_size : 0;
+  return {m.config_depth, 2, slots, 2 * m.batch, grid * grid, m.config_hidden_size};
+}
+
+// The cache record against the model and batch, in the order and words of manifest/rules.py cache_problems.
+void check_cache_record(const Validator& v, const Manifest& m) {
+  if (!m.cache) return;
+  const CacheRecord& c = *m.cache;
+  if (c.first_full != 2)
+    v.fail("field 'cache.first_full' is " + std::to_string(c.first_full) + "; the " + c.schedule +
+           " schedule runs the first 2 steps in full");
+  if (c.slots != c.max_order + 1)
+    v.fail("field 'cache.slots' is " + std::to_string(c.slots) + "; max_order " + std::to_string(c.max_order) + " needs " +
+           std::to_string(c.max_order + 1));
+  const std::vector<int64_t> want = cache_shape(m, c.slots);
+  if (c.shape != want)
+    v.fail("field 'cache.shape' is " + int_list(c.shape) + "; depth " + std::to_string(m.config_depth) + ", batch " +
+           std::to_string(m.batch) + ", patch " + std::to_string(m.config_patch_size) + " and hidden " +
+           std::to_string(m.config_hidden_size) + " need " + int_list(want));
+  int64_t n = 1;
+  for (int64_t d : c.shape) n *= d;
+  const int64_t per_image = n / m.batch * int64_t(dtype_size(c.dtype));
+  if (c.bytes_per_image != per_image)
+    v.fail("field 'cache.bytes_per_image' is " + std::to_string(c.bytes_per_image) + "; the shape and dtype need " +
+           std::to_string(per_image));
 }
 
 // One sampler record (schedule.samplers.<name>, or samplers.<name> of the schedules sidecar): the
@@ -506,6 +579,19 @@ void check_contract(const Validator& v, Manifest& m) {
     check_io(v, "dit", dit.inputs, ins, "inputs", why);
     check_io(v, "dit", dit.outputs, outs, "outputs", why);
   }
+  if (m.cache) {  // the cached step graphs: the step's I/O, then the cache (shape of the model and
+    // max_order) and its coefficient row; the cache record's own fields after (check_cache_record)
+    const std::vector<int64_t> shape = cache_shape(m, m.cache->max_order + 1);
+    std::vector<TensorSpec> cached_in = step_in, full_out = step_out;
+    cached_in.push_back({"cache", shape, m.cache->dtype});
+    cached_in.push_back({"cache_coef", {m.cache->max_order + 1}, D::kFloat32});
+    full_out.push_back({"cache_next", shape, m.cache->dtype});
+    check_io(v, kFullGraph, m.graphs[kFullGraph].inputs, cached_in, "inputs", why);
+    check_io(v, kFullGraph, m.graphs[kFullGraph].outputs, full_out, "outputs", why);
+    check_io(v, kForecastGraph, m.graphs[kForecastGraph].inputs, cached_in, "inputs", why);
+    check_io(v, kForecastGraph, m.graphs[kForecastGraph].outputs, step_out, "outputs", why);
+  }
+  check_cache_record(v, m);
   for (const auto& [sampler, rec] : m.samplers)
     for (const std::string& s : rec.state)
       if (std::find(m.state_names.begin(), m.state_names.end(), s) == m.state_names.end())
@@ -525,18 +611,40 @@ Manifest Manifest::parse(const std::string& text, const std::string& folder, boo
   parse_sizes(v, j, m);
   parse_vae(v, j, m);
   parse_graphs(v, j, m, check_files);
+  parse_cache(v, j, m);
   parse_schedule(v, j, m);
   parse_noise(v, j, m);
   check_contract(v, m);
   return m;
 }
 
+namespace {
+// Python: dit_export.export.manifest.rules.no_cache_message(folder, order)
+std::string no_cache_message(const std::string& folder, int64_t order = 2) {
+  return folder + ": this export has no forecast graphs (" + kFullGraph + ", " + kForecastGraph +
+         "): re-export with --max-cache-order " + std::to_string(order) + " to sample with --cache-interval > 1";
+}
+}  // namespace
+
 const GraphEntry& Manifest::graph(const std::string& name) const {
   auto it = graphs.find(name);
-  if (it == graphs.end())
+  if (it == graphs.end()) {
+    if (name == kFullGraph || name == kForecastGraph) throw manifest_error(no_cache_message(folder));
     throw manifest_error(name == "vae_decoder" ? "this export has no VAE decoder (exported with --vae none)"
                                                : "this export has no graph '" + name + "'");
+  }
   return it->second;
+}
+
+const CacheRecord& Manifest::cache_record() const {
+  if (!cache) throw manifest_error(no_cache_message(folder));
+  return *cache;
+}
+
+size_t CacheRecord::nbytes() const {
+  size_t n = dtype_size(dtype);
+  for (int64_t d : shape) n *= size_t(d);
+  return n;
 }
 
 size_t Manifest::coef_size() const { return coef_names.size(); }

@@ -78,6 +78,22 @@ struct PlanRecord {
   std::string precision;
 };
 
+// The forecast step cache (issue 21): manifest "cache", present exactly when the folder has the graphs
+// dit_step_full and dit_step_forecast (dit_export/sampling/cache.py). Their extra inputs are
+// "cache" (shape, dtype) and "cache_coef" float32 (slots,); dit_step_full also writes "cache_next".
+constexpr const char* kFullGraph = "dit_step_full";
+constexpr const char* kForecastGraph = "dit_step_forecast";
+struct CacheRecord {
+  int64_t max_order = 0;            // the largest Taylor order the graphs hold (0..3)
+  int64_t slots = 0;                // max_order + 1 (Newton differences D_0..D_O per branch)
+  std::vector<int64_t> shape;       // (depth, 2 branches, slots, 2N rows, tokens, hidden)
+  DType dtype = DType::kFloat32;
+  int64_t bytes_per_image = 0;      // one cache tensor for one image (the loop holds two)
+  std::string schedule;             // "taylorseer-dit"
+  int64_t first_full = 2;           // the first steps that always run in full
+  size_t nbytes() const;            // one cache tensor for the export's batch
+};
+
 struct Manifest {
   std::string folder;
   std::string path;  // folder/manifest.json (prefix of every error)
@@ -86,6 +102,7 @@ struct Manifest {
   std::string model_name, flavor, source;
   int64_t num_classes = 0, null_class = 0, cfg_channels = 0;
   int64_t config_input_size = 0, config_in_channels = 0;  // model.config: latent size and channels
+  int64_t config_depth = 0, config_hidden_size = 0, config_patch_size = 0;  // model.config (the cache shape)
   bool learn_sigma = false;
   int64_t image_size = 0, latent_size = 0, latent_channels = 0, batch = 0, opset = 0;
   std::string precision;
@@ -101,6 +118,7 @@ struct Manifest {
   // The samplers this folder supports: schedule.samplers plus the schedules.json sidecar's.
   std::map<std::string, SamplerRecord> samplers;
   std::string noise_default;
+  std::optional<CacheRecord> cache;  // set exactly when graphs has dit_step_full and dit_step_forecast
 
   // Reads folder/manifest.json and validates it (files named by graphs must exist), then the
   // schedules.json sidecar when there is one (its tables and sampler records join the manifest's).
@@ -110,6 +128,9 @@ struct Manifest {
 
   const GraphEntry& graph(const std::string& name) const;  // throws when the export lacks it
   bool has_graph(const std::string& name) const { return graphs.count(name) != 0; }
+  bool has_cache() const { return cache.has_value(); }
+  // The cache record; throws (one line: re-export with --max-cache-order) when the export has none.
+  const CacheRecord& cache_record() const;
   size_t coef_size() const;  // K: the dit_step coef input length
   // The stored table; throws (naming the stored ones and the `schedules --add` command) when there is none.
   const ScheduleTable& schedule(const std::string& sampler, int64_t steps) const;

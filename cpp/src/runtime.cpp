@@ -21,6 +21,61 @@ bool all_finite(const float* p, size_t n) {
 
 }  // namespace
 
+void check_cache(int64_t interval, int64_t order, int64_t max_order) {
+  if (interval < 1)
+    throw argument_error("cache interval " + std::to_string(interval) + ": an integer \u2265 1 (1 = every step full, no caching)");
+  if (order < 0 || order > kCacheMaxOrder)
+    throw argument_error("cache order " + std::to_string(order) + ": an integer 0.." + std::to_string(kCacheMaxOrder) +
+                         " (0 = FORA reuse, 1\u20133 = Taylor)");
+  if (interval > 1 && max_order >= 0 && order > max_order)
+    throw argument_error("cache order " + std::to_string(order) + ": this export's forecast graphs hold order \u2264 " +
+                         std::to_string(max_order) + " (re-export with --max-cache-order " + std::to_string(order) + ")");
+}
+
+int64_t CachePlan::num_full() const { return int64_t(std::count(full.begin(), full.end(), uint8_t(1))); }
+
+std::vector<uint8_t> cache_full_steps(int64_t steps, int64_t interval) {
+  std::vector<uint8_t> full(size_t(std::max<int64_t>(steps, 0)), 1);
+  if (interval > 1)
+    for (int64_t k = 0; k < steps; ++k)
+      full[size_t(k)] = k < kCacheFirstFull || (k - (kCacheFirstFull - 1)) % interval == 0;
+  return full;
+}
+
+CachePlan cache_plan(int64_t steps, int64_t interval, int64_t order, int64_t slots) {
+  if (slots < 1) throw argument_error("cache slots " + std::to_string(slots) + ": at least 1");
+  check_cache(interval, order, slots - 1);
+  CachePlan p;
+  p.steps = steps;
+  p.interval = interval;
+  p.order = order;
+  p.slots = slots;
+  p.full = cache_full_steps(steps, interval);
+  p.coefs.assign(size_t(steps * slots), 0.0f);
+  // Newton's form over the step index: a full step k refreshes D_i with a_i = 1 / (k - p_i) over the
+  // earlier full steps p_1 > p_2 > ...; a forecast at s weighs D_i by b_i = prod_{j<i} (s - k_j).
+  // Orders that lack points get 0. (An order above slots - 1 only passes check_cache at interval 1,
+  // whose plan no loop reads: its rows stop at the last slot.)
+  const int64_t top = std::min(order, slots - 1);
+  std::vector<int64_t> nodes;  // full-step indices, latest first
+  for (int64_t k = 0; k < steps; ++k) {
+    float* row = p.coefs.data() + k * slots;
+    row[0] = 1.0f;
+    const int64_t have = int64_t(nodes.size());
+    if (p.full[size_t(k)]) {
+      for (int64_t i = 1; i <= std::min(top, have); ++i) row[i] = float(1.0 / double(k - nodes[size_t(i - 1)]));
+      nodes.insert(nodes.begin(), k);
+    } else {
+      double w = 1.0;
+      for (int64_t i = 1; i <= std::min(top, have - 1); ++i) {
+        w *= double(k - nodes[size_t(i - 1)]);
+        row[i] = float(w);
+      }
+    }
+  }
+  return p;
+}
+
 void to_uint8(const float* nchw, size_t n, size_t h, size_t w, uint8_t* nhwc) {
   const size_t plane = h * w;
   for (size_t i = 0; i < n; ++i)
@@ -63,9 +118,12 @@ std::unique_ptr<Runtime> Runtime::open(const std::string& folder, const dit_open
     case DIT_BACKEND_AUTO:
       // The one `auto` rule (dit_export/runtime/folder.py states it): TensorRT when it works here
       // (built with it, a GPU visible) and the folder has a plan of every graph it runs for this
-      // TensorRT and GPU; a missing plan falls back, a stale one throws (rebuild); else the CPU
-      // runtime, which in C++ is the AOTInductor packages (Python's is ONNX Runtime).
+      // TensorRT and GPU (the forecast cache's step graphs too, when exported); a missing plan
+      // falls back, a stale one throws (rebuild); else the CPU runtime, which in C++ is the
+      // AOTInductor packages (Python's is ONNX Runtime).
+      bo.require_cache_graphs = true;
       be = make_tensorrt_backend(m, bo, &why_trt);
+      bo.require_cache_graphs = false;
       if (!be) be = make_aoti_backend(m, bo, &why_cpu);
       if (!be) throw backend_error("no usable backend for " + m.folder + ": tensorrt: " + why_trt + "; cpu: " + why_cpu);
       break;
@@ -120,6 +178,24 @@ void Runtime::check_request(const dit_sample_params& p, bool decode) const {
     throw argument_error(m_.has_vae ? "the VAE decoder was not loaded (load_vae = 0)"
                                     : "this export has no VAE decoder (exported with --vae none): ask for latents only");
   if (!p.timesteps) m_.schedule(rec.name, p.steps);  // throws, naming the stored tables and the fix
+  check_cache(p.cache_interval, p.cache_order);
+  if (p.cache_interval > 1) cache_spec(p);
+}
+
+const TensorSpec& Runtime::cache_spec(const dit_sample_params& p) const {
+  if (!m_.has_cache())  // the words of Python's manifest.rules.no_cache_message
+    throw argument_error(m_.folder + ": this export has no forecast graphs (" + kFullGraph + ", " + kForecastGraph +
+                         "): re-export with --max-cache-order " + std::to_string(std::max<int64_t>(p.cache_order, 2)) +
+                         " to sample with --cache-interval > 1");
+  check_cache(p.cache_interval, p.cache_order, m_.cache->max_order);
+  for (const char* g : {kFullGraph, kForecastGraph})
+    if (!backend_->has_graph(g)) {
+      const std::string why = backend_->not_loaded(g);
+      throw argument_error(backend_->describe() + " has not loaded " + g + (why.empty() ? "" : ": " + why) +
+                           ", so --cache-interval above 1 cannot run");
+    }
+  // The manifest checked the cached graphs' I/O against its cache record (shape, dtype, slots).
+  return *m_.graph(kFullGraph).find("cache");
 }
 
 void Runtime::generate(const dit_sample_params& p, float* latents_out, float* images_out) {
@@ -144,6 +220,11 @@ void Runtime::generate(const dit_sample_params& p, float* latents_out, float* im
     coefs = table.coefs.data();
   }
 
+  // The forecast cache (interval > 1): the plan picks the graph of each step and its cache_coef row.
+  const bool cached = p.cache_interval > 1;
+  const TensorSpec* cspec = cached ? &cache_spec(p) : nullptr;
+  const CachePlan plan = cached ? cache_plan(int64_t(steps), p.cache_interval, p.cache_order, cspec->shape[2]) : CachePlan();
+
   const size_t n = size_t(m_.batch), m = p.num_images, chunks = (m + n - 1) / n;
   const size_t numel = size_t(m_.latent_channels * m_.latent_size * m_.latent_size);
   const size_t lat_bytes = n * numel * sizeof(float);
@@ -164,6 +245,28 @@ void Runtime::generate(const dit_sample_params& p, float* latents_out, float* im
   for (const std::string& s : m_.state_names)
     state.push_back({buffer("state:" + s + "/0", lat_bytes), buffer("state:" + s + "/1", lat_bytes)});
   const std::vector<float> zeros(n * numel, 0.0f);
+  // The cache: two buffers, the full steps write the refreshed one (cache_next), then they swap.
+  void* cache[2] = {nullptr, nullptr};
+  char* cc_table = nullptr;
+  const size_t cache_bytes = cached ? cspec->nbytes() : 0, slots = cached ? size_t(plan.slots) : 0;
+  if (cached) {
+    size_t need = 0;
+    for (const char* key : {"cache0", "cache1"}) {
+      auto it = bufs_.find(key);
+      if (it == bufs_.end() || it->second.bytes < cache_bytes) need += cache_bytes;
+    }
+    const int64_t free = be.free_bytes();
+    if (need && free >= 0 && need > uint64_t(free)) {
+      auto mib = [](uint64_t b) { return std::to_string(b >> 20) + " MiB"; };
+      throw argument_error("the forecast cache needs " + mib(need) + " (two tensors of " + shape_str(cspec->shape) + " " +
+                           dtype_name(cspec->dtype) + "), " + be.describe() + " has " + mib(uint64_t(free)) +
+                           " free: use an export with a smaller batch, a lower --max-cache-order, or --cache-interval 1");
+    }
+    cache[0] = buffer("cache0", cache_bytes);
+    cache[1] = buffer("cache1", cache_bytes);
+    cc_table = static_cast<char*>(buffer("cache_coef", steps * slots * sizeof(float)));
+    be.upload(cc_table, plan.coefs.data(), steps * slots * sizeof(float));
+  }
 
   std::vector<int64_t> t_host(steps * n);
   for (size_t s = 0; s < steps; ++s) std::fill_n(t_host.begin() + s * n, n, timesteps[s]);
@@ -197,7 +300,8 @@ void Runtime::generate(const dit_sample_params& p, float* latents_out, float* im
     be.upload(x[0], host.data(), lat_bytes);
     for (auto& st : state) be.upload(st[0], zeros.data(), lat_bytes);  // the history starts at zero
     if (!step_noise) be.upload(noise_table, zeros.data(), lat_bytes);
-    int cur = 0;
+    int cur = 0, cc = 0;  // cc: the current cache buffer (zeroed per chunk: 0 * stale could be NaN)
+    if (cached) be.zero(cache[0], cache_bytes);
     const size_t stride = step_noise ? block : steps;  // no noise: one block of every step, row 0
     for (size_t k0 = 0; k0 < steps; k0 += stride) {
       const size_t k1 = std::min(steps, k0 + stride);
@@ -220,7 +324,16 @@ void Runtime::generate(const dit_sample_params& p, float* latents_out, float* im
           io.push_back({m_.state_names[i], state[i][cur], false});
           io.push_back({m_.state_names[i] + "_next", state[i][1 - cur], false});
         }
-        be.run("dit_step", io);
+        const char* graph = "dit_step";
+        if (cached) {
+          const bool full = plan.full[s] != 0;
+          graph = full ? kFullGraph : kForecastGraph;
+          io.push_back({"cache", cache[cc], false});
+          io.push_back({"cache_coef", cc_table + s * slots * sizeof(float), true});
+          if (full) io.push_back({"cache_next", cache[1 - cc], false});
+        }
+        be.run(graph, io);
+        if (cached && plan.full[s]) cc = 1 - cc;
         cur = 1 - cur;
         if (p.progress_fn && p.progress_fn(p.progress_user, int64_t(c * steps + s + 1), total) != 0)
           throw Error(DIT_ERROR_CANCELLED, "cancelled by the progress callback");
@@ -244,9 +357,15 @@ void Runtime::generate(const dit_sample_params& p, float* latents_out, float* im
 }
 
 void Runtime::run_graph_host(const std::string& graph, const std::vector<std::pair<std::string, void*>>& host) {
-  if (!backend_->has_graph(graph))
-    throw argument_error("graph '" + graph + "' is not loaded (this runtime loads dit_step" +
-                         std::string(backend_->has_graph("vae_decoder") ? " and vae_decoder)" : ")"));
+  if (!backend_->has_graph(graph)) {
+    std::string loaded = "dit_step";
+    for (const char* g : {kFullGraph, kForecastGraph})
+      if (backend_->has_graph(g)) loaded += std::string(", ") + g;
+    if (backend_->has_graph("vae_decoder")) loaded += ", vae_decoder";
+    const std::string why = backend_->not_loaded(graph);
+    throw argument_error("graph '" + graph + "' is not loaded (this runtime loads " + loaded + ")" +
+                         (why.empty() ? "" : ": " + why));
+  }
   const GraphEntry& g = m_.graph(graph);
   if (host.size() != g.inputs.size() + g.outputs.size())
     throw argument_error(graph + " has " + std::to_string(g.inputs.size() + g.outputs.size()) + " inputs and outputs, " +

@@ -26,6 +26,7 @@ struct Request {
   float cfg = 4.0f;
   int steps = 0;
   std::string sampler;
+  int cache_interval = 1, cache_order = 2;  // the forecast cache (optional in the reference)
   Npy images, latents;
 };
 
@@ -38,6 +39,8 @@ dit_sample_params params(const Request& r) {
   p.cfg_scale = r.cfg;
   p.steps = r.steps;
   p.sampler = r.sampler.c_str();
+  p.cache_interval = r.cache_interval;
+  p.cache_order = r.cache_order;
   return p;
 }
 
@@ -74,6 +77,8 @@ int main() {
     q.cfg = r["cfg_scale"].get<float>();
     q.steps = r["steps"].get<int>();
     q.sampler = r["sampler"].get<std::string>();
+    q.cache_interval = r.value("cache_interval", 1);
+    q.cache_order = r.value("cache_order", 2);
     q.images = read_npy(base + r["images"].get<std::string>());
     q.latents = read_npy(base + r["latents"].get<std::string>());
     requests.push_back(std::move(q));
@@ -125,9 +130,10 @@ int main() {
       num += (a - b) * (a - b);
       den += b * b;
     }
-    std::printf("request %zu: %zu images, %s %d steps, cfg %g, seed %llu: %.2f s; uint8 max |delta| %d "
-                "(%zu of %zu values differ); latents max |delta| %.3g, rel-L2 %.3g\n",
-                qi, n, r.sampler.c_str(), r.steps, double(r.cfg), static_cast<unsigned long long>(r.seed), secs,
+    std::printf("request %zu: %zu images, %s %d steps, cfg %g, seed %llu, cache interval %d order %d: %.2f s; "
+                "uint8 max |delta| %d (%zu of %zu values differ); latents max |delta| %.3g, rel-L2 %.3g\n",
+                qi, n, r.sampler.c_str(), r.steps, double(r.cfg), static_cast<unsigned long long>(r.seed),
+                r.cache_interval, r.cache_order, secs,
                 max_diff, differing, u8.size(), max_abs, std::sqrt(num / std::max(den, 1e-30)));
     CHECK_MSG(max_diff <= 1, "uint8 images differ from the Python runtime's by " + std::to_string(max_diff));
     worst = std::max(worst, max_diff);
@@ -179,6 +185,15 @@ int main() {
     p = params(r);
     p.num_images = 0;
     CHECK(dit_sample(rt, &p, out.data()) == DIT_ERROR_INVALID_ARGUMENT);
+    p = params(r);  // the forecast cache's parameters, in check_cache's words
+    p.cache_interval = 0;
+    CHECK(dit_sample(rt, &p, out.data()) == DIT_ERROR_INVALID_ARGUMENT);
+    CHECK(std::string(dit_last_error()).find("cache interval 0: an integer") != std::string::npos);
+    p = params(r);
+    p.cache_interval = 3;
+    p.cache_order = 4;
+    CHECK(dit_sample(rt, &p, out.data()) == DIT_ERROR_INVALID_ARGUMENT);
+    CHECK(std::string(dit_last_error()).find("cache order 4: an integer 0..3") != std::string::npos);
     p = params(r);
     p.progress_fn = cancel_at_3;
     CHECK(dit_sample(rt, &p, out.data()) == DIT_ERROR_CANCELLED);
@@ -198,6 +213,8 @@ int main() {
     so.cfg_scale = r.cfg;
     so.steps = r.steps;
     so.sampler = r.sampler;
+    so.cache_interval = r.cache_interval;
+    so.cache_order = r.cache_order;
     const std::vector<uint8_t> u8 = w.sample(r.labels, so);
     std::vector<uint8_t> direct(u8.size());
     const dit_sample_params p = params(r);

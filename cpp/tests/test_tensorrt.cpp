@@ -4,7 +4,8 @@
 // each folder, every sampler it records (dit_describe_samplers: the manifest's sampler record and
 // the stored tables) samples at its shortest stored step count, twice (CUDA-graph replays are
 // deterministic), and is compared with the Python TensorRT runtime's images for the same request
-// in <folder>.trt_reference.json when that file exists (it must then hold every sampler). Skipped
+// in <folder>.trt_reference.json when that file exists (it must then hold every sampler); with the
+// forecast cache's graphs, one cached request too (check_cache). Skipped
 // (exit 77) with the reason where TensorRT, a GPU or the folders are missing.
 #include <algorithm>
 #include <cmath>
@@ -53,6 +54,53 @@ int max_delta(const std::vector<uint8_t>& a, const uint8_t* b) {
   return worst;
 }
 
+// The forecast cache (issue 21), where the folder has its graphs: a cached request (N = 3, the
+// export's order up to 2) runs the plans of dit_step_full and dit_step_forecast as CUDA graphs, gives
+// the same images twice and not the uncached ones, and equals the Python TensorRT runtime's cached
+// images when the reference holds that request (a "cache_interval" field).
+void check_cache(dit_runtime* rt, const std::string& engines, const nlohmann::json& ref, const std::string& base,
+                 const std::map<std::string, int>& samplers, const int64_t* labels, size_t hw) {
+  std::ifstream mf(engines + "/manifest.json");
+  const nlohmann::json manifest = nlohmann::json::parse(mf);
+  if (!manifest.contains("cache") || samplers.empty()) {
+    std::printf("  no forecast cache graphs in %s: cached sampling not checked\n", engines.c_str());
+    return;
+  }
+  const auto& [name, stored] = *samplers.begin();
+  dit_sample_params p;
+  dit_sample_params_init(&p);
+  p.labels = labels;
+  p.num_images = 3;
+  p.seed = 3;
+  p.steps = stored;
+  p.sampler = name.c_str();
+  const size_t lat = manifest["latent_channels"].get<size_t>() * manifest["latent_size"].get<size_t>() *
+                     manifest["latent_size"].get<size_t>();
+  std::vector<float> plain(3 * lat), cached(3 * lat);
+  CHECK_MSG(dit_generate(rt, &p, plain.data(), nullptr) == DIT_OK, dit_last_error());
+  p.cache_interval = 3;
+  p.cache_order = std::min(2, manifest["cache"]["max_order"].get<int>());
+  CHECK_MSG(dit_generate(rt, &p, cached.data(), nullptr) == DIT_OK, name + " cached: " + dit_last_error());
+  CHECK_MSG(cached != plain, name + " cached: the latents of the uncached request");
+  std::vector<uint8_t> a(3 * hw * hw * 3), b(a.size());
+  CHECK_MSG(dit_sample(rt, &p, a.data()) == DIT_OK, name + " cached: " + dit_last_error());
+  CHECK_MSG(dit_sample(rt, &p, b.data()) == DIT_OK, name + " cached: " + dit_last_error());
+  CHECK_MSG(a == b, name + " cached: two runs of one request differ");
+  if (ref.is_null()) return;
+  for (const auto& r : ref["requests"]) {
+    if (r["sampler"].get<std::string>() != name || r.value("cache_interval", 1) != p.cache_interval ||
+        r.value("cache_order", 2) != p.cache_order || r["steps"].get<int>() != stored)
+      continue;
+    const Npy want = read_npy(base + r["images"].get<std::string>());
+    CHECK(want.numel() == a.size());
+    if (want.numel() != a.size()) return;
+    const int worst = max_delta(a, want.as<uint8_t>());
+    std::printf("  %s, %d steps, cache interval %d order %d: C++ vs Python TensorRT runtime, max uint8 |delta| %d\n",
+                name.c_str(), stored, p.cache_interval, p.cache_order, worst);
+    CHECK_MSG(worst <= 8, name + " cached");
+  }
+}
+
 void check_folder(const std::string& engines) {
   dit_open_options o;
   dit_open_options_init(&o);
@@ -93,8 +141,9 @@ void check_folder(const std::string& engines) {
     CHECK_MSG(dit_sample(rt, &p, b.data()) == DIT_OK, name + ": " + dit_last_error());
     CHECK_MSG(a == b, name + ": two runs of one request differ");
     if (ref.is_null()) continue;
-    const auto it = std::find_if(ref["requests"].begin(), ref["requests"].end(),
-                                 [&](const nlohmann::json& r) { return r["sampler"].get<std::string>() == name; });
+    const auto it = std::find_if(ref["requests"].begin(), ref["requests"].end(), [&](const nlohmann::json& r) {
+      return r["sampler"].get<std::string>() == name && r.value("cache_interval", 1) == 1;
+    });
     CHECK_MSG(it != ref["requests"].end(), name + " has no request in " + engines + ".trt_reference.json");
     if (it == ref["requests"].end()) continue;
     const auto& r = *it;
@@ -108,6 +157,7 @@ void check_folder(const std::string& engines) {
                 worst);
     CHECK_MSG(worst <= 8, name);  // the same plans; fp16 kernels may pick other tactics per process
   }
+  check_cache(rt, engines, ref, base, samplers, labels, hw);
   dit_close(rt);
 }
 

@@ -10,7 +10,8 @@ Every bench backend is a runtime backend (`dit_export.runtime`) on an exported f
   export.
 
 bench times `Backend.run` on bound example feeds (`export.feeds`) for single graphs and
-`Sampler.generate` for the whole sample, for every backend alike; it keeps only its clocks.
+`Sampler.generate` for the whole sample, for every backend alike; it keeps only its clocks. With
+`--cache-interval N` above 1 it also loads and times the forecast cache's two step graphs.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from dit_export.runtime.backend import Buffer
 from dit_export.runtime.folder import ExportFolder
 from dit_export.runtime.ort_backend import default_providers
 from dit_export.runtime.sampler import Sampler
+from dit_export.sampling.cache import CACHE_GRAPHS, FORECAST_GRAPH, FULL_GRAPH, cache_plan, full_steps
 
 GUIDANCE = 4.0  # the official sample.py scale; guided steps run 2N rows
 MID_STEP_T = 500
@@ -143,11 +145,17 @@ def peak_class(spec: BackendSpec, device: str) -> tuple[str | None, str]:
 
 
 def open_sampler(
-    spec: BackendSpec, folder: Path | ExportFolder, *, threads: int = 0, torch: dict | None = None
+    spec: BackendSpec,
+    folder: Path | ExportFolder,
+    *,
+    threads: int = 0,
+    torch: dict | None = None,
+    cache_order: int | None = None,
 ) -> Sampler:
     """The runtime sampler of a bench backend on its folder, with every graph it times loaded.
 
-    `torch`: the torch backend's options (device, sdpa, compile_mode, modules).
+    `torch`: the torch backend's options (device, sdpa, compile_mode, modules). `cache_order`: also the
+    forecast cache's step graphs (one line when the folder has none, or for a smaller order).
     """
     options: dict = {}
     if spec.family == "torch":
@@ -157,7 +165,9 @@ def open_sampler(
     elif threads:
         options = {"threads": threads}
     export = ExportFolder.of(folder)  # the manifest read once, for the sampler too
-    graphs = ["dit", *export.sampling_graphs()]
+    if cache_order is not None:
+        export.require_cache(cache_order)
+    graphs = ["dit", *export.sampling_graphs(cache=cache_order is not None)]
     return Sampler.load(export, backend=spec.family, graphs=graphs, check_hashes=False, **options)
 
 
@@ -208,7 +218,37 @@ def stage_bindings(sampler: Sampler) -> dict[str, dict[str, Buffer]]:
     }
     if sampler.has_vae:
         out["vae_decoder"] = bind(sampler, "vae_decoder", example_feeds("vae_decoder", **shape, seed=[0, 3]))
+    layout = sampler.cache_layout
+    if layout is not None and all(sampler.backend.has_graph(g) for g in CACHE_GRAPHS):
+        # a 50-step plan at N = 3 with the export's largest order: rows of a full and a forecast step
+        plan = cache_plan(50, 3, layout.max_order, layout.slots)
+        for i, graph in enumerate(CACHE_GRAPHS):
+            k = max(k for k in range(plan.steps) if plan.graph(k) == graph and k <= 25)
+            feeds = example_feeds(graph, **shape, seed=[0, 4 + i], t=MID_STEP_T, guidance=GUIDANCE,
+                                  cache_shape=layout.shape, cache_coef=plan.coefs[k])  # fmt: skip
+            out[graph] = bind(sampler, graph, feeds)
     return out
+
+
+def cache_figures(
+    sampler: Sampler, steps: int, interval: int, order: int, row: dict, uncached: float | None
+) -> dict:
+    """The cached sample's step counts, its steps' time (full × full steps + forecast × the others),
+    the uncached estimate beside it, and the cache's memory (one tensor per image; two are held)."""
+    full = int(full_steps(steps, interval).sum())
+    ms = {g: row[g]["median_ms"] / 1e3 for g in CACHE_GRAPHS}
+    layout = sampler.cache_layout
+    assert layout is not None  # open_sampler refused a folder without the cache graphs
+    return {
+        "interval": interval,
+        "order": order,
+        "full_steps": full,
+        "forecast_steps": steps - full,
+        "steps_s": full * ms[FULL_GRAPH] + (steps - full) * ms[FORECAST_GRAPH],
+        "uncached_estimate_s": uncached,
+        "bytes_per_image": layout.bytes_per_image(sampler.batch),
+        "held_bytes": 2 * layout.nbytes,
+    }
 
 
 def close_sampler(sampler: Sampler | None) -> None:

@@ -20,6 +20,7 @@ import psutil
 
 from dit_export.engine.cuda import gpu_count, gpu_info
 from dit_export.errors import UserError
+from dit_export.host import usable_cpus
 from dit_export.lazy import optional_import
 
 # (substring of the GPU name, label, {math class: dense TFLOP/s}); first match wins, so the more
@@ -67,13 +68,6 @@ def cpu_name() -> str:
 def cpu_has_fp16_math() -> bool:
     """AVX512-FP16 or AMX-FP16: the only x86 units that compute in fp16 natively."""
     return bool(set(_cpuinfo("flags").split()) & {"avx512_fp16", "amx_fp16"})
-
-
-def usable_cpus() -> int:
-    try:
-        return len(psutil.Process().cpu_affinity() or []) or psutil.cpu_count() or 1
-    except AttributeError:  # no affinity API (macOS)
-        return psutil.cpu_count() or 1
 
 
 def gpu_facts() -> dict | None:

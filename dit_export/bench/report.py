@@ -110,6 +110,11 @@ def header_lines(res: dict) -> list[str]:
         )
     else:
         lines.append("- device peak: unknown for this device; achieved TFLOP/s only")
+    if c.get("cache_interval", 1) > 1:
+        lines.append(
+            f"- forecast step cache: interval {c['cache_interval']}, order {c['cache_order']} (the whole "
+            "sample runs cached; see the cache table)"
+        )
     if res.get("command"):
         lines.append(f"- command: `{res['command']}`")
     for n in res.get("notes", []):
@@ -250,6 +255,35 @@ def memory_table(res: dict) -> list[str]:
     return _table(["backend", "batch", "what", "peak", "above the level before loading", "how"], rows)
 
 
+def cache_table(res: dict) -> list[str]:
+    """The forecast cache per (backend, batch): its two step graphs, the cached sample beside the
+    uncached estimate, and its memory (one cache tensor per image; the runtime holds two)."""
+    head = ["backend", "batch", "full step ms", "forecast step ms", "uncached step ms", "full / all steps",
+            "cached sample s", "uncached estimate s", "speed-up", "cache per image", "cache held"]  # fmt: skip
+    rows = []
+    for r in _measured(res):
+        s = r.get("sample") or {}
+        c = s.get("cache")
+        if not c:
+            continue
+        rows.append(
+            [
+                r["backend"],
+                str(r["batch"]),
+                fmt_ms((r.get("dit_step_full") or {}).get("median_ms")),
+                fmt_ms((r.get("dit_step_forecast") or {}).get("median_ms")),
+                fmt_ms((r.get("step") or {}).get("median_ms")),
+                f"{c['full_steps']} / {c['full_steps'] + c['forecast_steps']}",
+                f"{fmt_s(s.get('total_s'))} ({s.get('kind', NA)})",
+                fmt_s(c.get("uncached_estimate_s")),
+                fmt_ratio(c.get("speedup_vs_uncached_estimate")),
+                fmt_bytes(c.get("bytes_per_image")),
+                fmt_bytes(c.get("held_bytes")),
+            ]
+        )
+    return _table(head, rows)
+
+
 def to_markdown(res: dict) -> str:
     lines = header_lines(res) + ["", "## Backends", ""] + backends_table(res)
     lines += ["", "## Summary", ""] + summary_table(res)
@@ -272,6 +306,11 @@ def to_markdown(res: dict) -> str:
         lines += [""]
     if any(r.get("vae") for r in _measured(res)):
         lines += ["## VAE decode (N latents)", ""] + stage_table(res, "vae", False) + [""]
+    if any((r.get("sample") or {}).get("cache") for r in _measured(res)):
+        lines += ["## Forecast step cache", ""] + cache_table(res)
+        lines += ["", "Speed-up: the uncached estimate (steps × the fused step + VAE) over the cached "
+                  "sample, measured in the same run. Cache per image: one cache tensor (fp32); the "
+                  "runtime holds two (the full step writes the refreshed one).", ""]  # fmt: skip
     lines += ["## Memory", ""] + memory_table(res)
     failed = [r for r in res["results"] if r["status"] != "measured"]
     if failed:

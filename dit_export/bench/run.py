@@ -11,7 +11,9 @@ fused step (`dit_step`) and of the VAE decode on bound example feeds, and `Sampl
 the whole sample (measured when it fits the time budget, else estimated as steps × step + VAE,
 labelled so). Derived: images/s, peak memory, achieved TFLOP/s from the model config (2 FLOPs per
 MAC, 2N rows per guided forward) and the share of the device's peak, and every time ratio against
-`torch-fp32` at the same batch.
+`torch-fp32` at the same batch. With the forecast cache (`cache_interval` > 1) the two cached step
+graphs are timed as well, the whole sample runs cached (estimated as full × its steps + forecast ×
+the others + VAE), beside the uncached estimate, and the cache's memory per image is reported.
 """
 
 from __future__ import annotations
@@ -38,7 +40,8 @@ from dit_export.models.configs import DiTConfig, model_config
 from dit_export.models.spec import ModelSpec
 from dit_export.runtime.folder import ExportFolder
 from dit_export.runtime.sampler import Sampler
-from dit_export.sampling.request import SampleRequest
+from dit_export.sampling.cache import CACHE_GRAPHS, FULL_GRAPH, check_cache
+from dit_export.sampling.request import DEFAULT_CACHE_ORDER, SampleRequest
 
 SCHEMA = "dit_export.bench/1"
 STAGES = ("denoiser", "step", "vae", "sample")
@@ -65,6 +68,12 @@ class BenchConfig:
     sample_repeat: int = 1
     export_jobs: int = 1
     threads: int = 0  # CPU threads for torch and ort (0: each library's default)
+    cache_interval: int = 1  # the forecast step cache of the whole sample (1: none)
+    cache_order: int = DEFAULT_CACHE_ORDER
+
+    @property
+    def cached(self) -> bool:
+        return self.cache_interval > 1
 
     def validate(self) -> BenchConfig:
         """The normalised config (validated model spec, sorted batches); one-line UserError."""
@@ -95,6 +104,7 @@ class BenchConfig:
         if bad or not self.stages:
             raise UserError(f"--stages takes {', '.join(STAGES)}; got {' '.join(self.stages) or 'nothing'}")
         bk.parse_backends(self.backends)
+        check_cache(self.cache_interval, self.cache_order)
         return dataclasses.replace(self, model=self.model.validate(), batches=sorted(set(self.batches)))
 
     def to_dict(self) -> dict:
@@ -149,6 +159,9 @@ def _time_graphs(sampler: Sampler, cfg: BenchConfig, flops: float, peak: float |
         row["denoiser"] = _timed(sampler, "dit", binds["dit"], cfg, flops, peak, mem)
     if "step" in cfg.stages or "sample" in cfg.stages:
         row["step"] = _timed(sampler, "dit_step", binds["dit_step"], cfg, flops, peak, mem)
+        for graph in CACHE_GRAPHS if cfg.cached else ():
+            work = flops if graph == FULL_GRAPH else None  # the forecast step's FLOPs are not counted
+            row[graph] = _timed(sampler, graph, binds[graph], cfg, work, peak, mem)
         if sampler.backend.name == "trt":  # the same step replayed without its CUDA graph
             be = sampler.backend
             be.cuda_graph = False  # type: ignore[attr-defined]
@@ -173,9 +186,17 @@ def _time_sample(sampler: Sampler, cfg: BenchConfig, row: dict, mem: Memory) -> 
     vae_s = row["vae"]["median_ms"] / 1e3 if row.get("vae") else 0.0
     estimate = None if step_s is None else cfg.steps * step_s + vae_s
     sample: dict = {"steps": cfg.steps, "decode": row.get("vae") is not None}
+    steps_s = None if step_s is None else cfg.steps * step_s  # the denoiser's share of the total
+    if cfg.cached and step_s is not None:
+        sample["cache"] = cache = bk.cache_figures(
+            sampler, cfg.steps, cfg.cache_interval, cfg.cache_order, row, estimate
+        )
+        steps_s = cache["steps_s"]
+        estimate = steps_s + vae_s
     if "sample" in cfg.stages and (estimate is None or estimate <= cfg.max_sample_seconds):
         labels = np.random.default_rng(0).integers(0, sampler.num_classes, sampler.batch)
-        req = SampleRequest(tuple(int(v) for v in labels), 0, bk.GUIDANCE, cfg.steps, "ddpm")
+        req = SampleRequest(tuple(int(v) for v in labels), 0, bk.GUIDANCE, cfg.steps, "ddpm",
+                            cache_interval=cfg.cache_interval, cache_order=cfg.cache_order)  # fmt: skip
         secs = CpuClock().time(lambda: sampler.generate(req, decode=sample["decode"]), 0, cfg.sample_repeat)
         mem.sample()
         sample.update(
@@ -189,12 +210,14 @@ def _time_sample(sampler: Sampler, cfg: BenchConfig, row: dict, mem: Memory) -> 
     else:
         return None
     total = sample["total_s"]
-    sample["denoiser_x_steps_s"] = None if step_s is None else cfg.steps * step_s
+    sample["denoiser_x_steps_s"] = steps_s
     sample["vae_s"] = vae_s if row.get("vae") else None
-    over = total - cfg.steps * step_s - vae_s if sample["kind"] == "measured" and step_s is not None else None
+    over = total - steps_s - vae_s if sample["kind"] == "measured" and steps_s is not None else None
     sample["loop_overhead_s"] = over
     sample["loop_overhead_pct"] = None if over is None or total <= 0 else 100.0 * over / total
     sample["images_per_s"] = sampler.batch / total if total > 0 else None
+    if "cache" in sample and sample["cache"]["uncached_estimate_s"]:
+        sample["cache"]["speedup_vs_uncached_estimate"] = sample["cache"]["uncached_estimate_s"] / total
     return sample
 
 
@@ -219,7 +242,13 @@ def measure(spec: bk.BackendSpec, folder: Path, cfg: BenchConfig, ctx: dict, flo
     device = bk.runtime_device(spec, ctx["device"])
     mem = Memory(device, torch_gpu=spec.family == "torch" and device == "cuda")
     t0 = time.perf_counter()
-    sampler = bk.open_sampler(spec, folder, threads=cfg.threads, torch=ctx["torch"])
+    sampler = bk.open_sampler(
+        spec,
+        folder,
+        threads=cfg.threads,
+        torch=ctx["torch"],
+        cache_order=cfg.cache_order if cfg.cached else None,
+    )
     try:
         row: dict = {"status": "measured", "load_s": time.perf_counter() - t0}
         mem.sample()

@@ -5,14 +5,17 @@ from __future__ import annotations
 import argparse
 import time
 
-AOTI_GRAPHS = ("dit_step", "vae_decoder")  # what engine.aoti can compile
+from dit_export.sampling.cache import CACHE_GRAPHS
+
+AOTI_GRAPHS = ("dit_step", "vae_decoder", *CACHE_GRAPHS)  # what engine.aoti can compile
 
 
 def register(sub) -> None:
     p = sub.add_parser(
         "aoti",
         help="compile the C++ runtime's CPU packages (AOTInductor)",
-        description="Compile AOTInductor packages (aoti/dit_step.pt2, aoti/vae_decoder.pt2) into an "
+        description="Compile AOTInductor packages (aoti/dit_step.pt2, aoti/vae_decoder.pt2, and the forecast "
+        "cache's aoti/dit_step_full.pt2 + aoti/dit_step_forecast.pt2 when the export has those graphs) into an "
         "exported folder for the C++ runtime's CPU backend (cpp/), check them against the ONNX graphs, "
         "and write a record next to each package.",
     )

@@ -21,10 +21,10 @@ from dit_export.errors import UserError
 from dit_export.fileio import write_json
 from dit_export.models.spec import ModelSpec
 from dit_export.sampling import samplers
-from dit_export.sampling.request import NOISE_KINDS, SampleRequest
+from dit_export.sampling.request import DEFAULT_CACHE_ORDER, NOISE_KINDS, SampleRequest
 
 OFFICIAL_LABELS = (207, 360, 387, 974, 88, 979, 417, 279)  # the official sample.py grid
-PRECISIONS = ("fp16", "fp32")
+PRECISIONS = ("fp16", "fp32", "int8", "fp8")  # export.precision.PRECISIONS (int8/fp8: issue 22)
 DEFAULT_PRECISION = "fp16"  # mixed fp16 with fp32 islands: what every command builds by default
 
 
@@ -145,7 +145,8 @@ class ModelArgs:
 
 
 class RequestArgs:
-    """`--classes --seed --cfg-scale --steps --sampler --noise` → SampleRequest."""
+    """`--classes --seed --cfg-scale --steps --sampler --noise --cache-interval --cache-order` →
+    SampleRequest."""
 
     @staticmethod
     def add_to(
@@ -182,6 +183,7 @@ class RequestArgs:
                 default="philox",
                 help="philox: ours, identical on every backend; torch: the official sample.py stream",
             )
+        CacheArgs.add_to(parser, g)
 
     @staticmethod
     def parse(args: argparse.Namespace, num_classes: int | None = None) -> SampleRequest:
@@ -195,8 +197,43 @@ class RequestArgs:
             steps=args.steps,
             sampler=args.sampler,
             noise=getattr(args, "noise", "philox"),
+            **CacheArgs.fields(args),
         )
         return request.validate(num_classes=num_classes)
+
+
+class CacheArgs:
+    """`--cache-interval N --cache-order O`: the forecast step cache (`sampling.cache`), the two
+    `SampleRequest` fields of the same names. Part of `RequestArgs`; alone for commands that build
+    their requests themselves (score, bench)."""
+
+    @staticmethod
+    def add_to(parser: argparse.ArgumentParser, group=None) -> None:
+        g = group if group is not None else parser.add_argument_group("step cache")
+        g.add_argument(
+            "--cache-interval",
+            type=count,
+            default=1,
+            metavar="N",
+            help="forecast cache (TaylorSeer): the first 2 steps and then one step in N run the whole "
+            "network, the others forecast its block outputs; 1 = every step full, no caching (default 1)",
+        )
+        g.add_argument(
+            "--cache-order",
+            type=count,
+            default=DEFAULT_CACHE_ORDER,
+            metavar="O",
+            help="Taylor order of the forecast with --cache-interval above 1: 0 = reuse (FORA), 1–3 "
+            f"(default {DEFAULT_CACHE_ORDER}; at most the export's --max-cache-order)",
+        )
+
+    @staticmethod
+    def fields(args: argparse.Namespace) -> dict:
+        """{cache_interval, cache_order} of the flags given (the defaults where a command has none)."""
+        return {
+            "cache_interval": getattr(args, "cache_interval", 1),
+            "cache_order": getattr(args, "cache_order", DEFAULT_CACHE_ORDER),
+        }
 
 
 def default_labels(num_classes: int) -> list[int]:
@@ -318,7 +355,9 @@ def add_precision(parser: argparse.ArgumentParser) -> None:
         "--precision",
         choices=PRECISIONS,
         default=DEFAULT_PRECISION,
-        help=f"fp16: mixed fp16 with fp32 islands; fp32 (default {DEFAULT_PRECISION})",
+        help="fp16: mixed fp16 with fp32 islands; fp32; int8: W8A8 QDQ graphs calibrated on sampler "
+        "trajectories (ONNX Runtime CPU, TensorRT); fp8: E4M3 QDQ (TensorRT on Ada/Hopper) "
+        f"(default {DEFAULT_PRECISION})",
     )
 
 

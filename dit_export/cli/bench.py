@@ -16,7 +16,7 @@ import sys
 from dit_export.backends import canonical_backend
 from dit_export.bench.backends import DEFAULT_BACKENDS, QUICK_BACKENDS, SPECS
 from dit_export.bench.report import to_markdown, write_plot
-from dit_export.cli.args import ModelArgs, check_output_file, count, write_json_output
+from dit_export.cli.args import CacheArgs, ModelArgs, check_output_file, count, write_json_output
 from dit_export.errors import UserError
 from dit_export.fileio import atomic_path
 
@@ -57,6 +57,7 @@ def register(sub) -> None:
         help="what to time: denoiser, step, vae, sample (default all; without 'sample' the whole sample is "
         "estimated from step and VAE)",
     )
+    CacheArgs.add_to(p)  # with N > 1: the cached step graphs timed too, the whole sample cached
     add_run_args(p)
     p.add_argument(
         "--quick",
@@ -157,6 +158,7 @@ def config_from_args(args: argparse.Namespace):
         sample_repeat=int(args.sample_repeat),
         threads=int(args.threads),
         export_jobs=int(args.export_jobs if args.export_jobs is not None else (2 if args.quick else 1)),
+        **CacheArgs.fields(args),
     )
 
 

@@ -20,6 +20,7 @@ from dit_export.cli.args import (
 from dit_export.errors import UserError
 from dit_export.fileio import atomic_path
 from dit_export.runtime.sampler import Sampler
+from dit_export.runtime.step_cache import graphs_for
 from dit_export.sampling.noise import make_noise
 from dit_export.sampling.request import SampleRequest
 
@@ -133,7 +134,11 @@ def run_engines(args: argparse.Namespace) -> int:
     folder = EnginesArgs.open(args, model_flags=True)  # the folder fixes the model: flags checked here
     backend = engines_backend(folder, args.backend)
     with Sampler.load(
-        folder, backend=backend, providers=args.providers, **BackendArgs.options(args, backend)
+        folder,
+        backend=backend,
+        providers=args.providers,
+        graphs=graphs_for(folder, args.cache_interval > 1),  # cached: the two cached graphs, no dit_step
+        **BackendArgs.options(args, backend),
     ) as s:
         if not s.has_vae:
             if args.out or args.label_grid:
@@ -176,6 +181,8 @@ def run_reference(args: argparse.Namespace) -> int:
         sampler=request.sampler,
         cfg_scale=request.cfg_scale,
         progress=not args.no_progress,
+        cache_interval=request.cache_interval,
+        cache_order=request.cache_order,
     )
     images = None
     if decode is not None:

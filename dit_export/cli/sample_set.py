@@ -15,6 +15,7 @@ import os
 
 from dit_export.cli.args import (
     BackendArgs,
+    CacheArgs,
     EnginesArgs,
     RequestArgs,
     add_progress,
@@ -110,6 +111,7 @@ def run(args: argparse.Namespace) -> int:
     req = SetRequest(
         classes=None if args.classes is None else tuple(args.classes),
         **fields(args, "num_images", "per_class", "seed", "cfg_scale", "steps", "sampler", "chunk"),
+        **CacheArgs.fields(args),
     )
     backend = engines_backend(args.engines, args.backend)
     options = BackendArgs.options(args, backend)

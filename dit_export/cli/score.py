@@ -11,6 +11,7 @@ import math
 
 from dit_export.cli.args import (
     BackendArgs,
+    CacheArgs,
     EnginesArgs,
     check_output_file,
     count,
@@ -40,6 +41,7 @@ def register(sub) -> None:
     p.add_argument("--steps", type=count, default=50, help="sampling steps (default 50)")
     p.add_argument("--sampler", choices=samplers.names(), default="ddpm", help=samplers.help_text())
     p.add_argument("--seed", type=count, default=0, help="noise seed (default 0)")
+    CacheArgs.add_to(p)
     EnginesArgs.add_to(p, help="a built folder to score with the runtime (default: the PyTorch reference)")
     BackendArgs.add_to(
         p,
@@ -64,14 +66,18 @@ def run(args: argparse.Namespace) -> int:
     if args.steps < 1:
         raise UserError(f"--steps must be ≥ 1, got {args.steps}")
     for cfg_scale in args.cfg_scale:  # one validation of every request before any work
-        SampleRequest(labels=(0,), seed=args.seed, cfg_scale=cfg_scale, steps=args.steps).validate()
+        SampleRequest(
+            labels=(0,), seed=args.seed, cfg_scale=cfg_scale, steps=args.steps, **CacheArgs.fields(args)
+        ).validate()
     check_output_file(args.json, "--json")
     if not args.engines and args.backend not in ("torch", "auto"):
         raise UserError(f"--backend {args.backend} needs --engines DIR (a folder made by build or export)")
     from dit_export.verify import score  # sklearn + torch, after the cheap checks
 
     settings = score.ScoreSettings(
-        cfg_scales=tuple(args.cfg_scale), **fields(args, "per_class", "steps", "sampler", "seed")
+        cfg_scales=tuple(args.cfg_scale),
+        **fields(args, "per_class", "steps", "sampler", "seed"),
+        **CacheArgs.fields(args),
     )
     if args.engines:
         backend = engines_backend(args.engines, args.backend)
@@ -79,8 +85,10 @@ def run(args: argparse.Namespace) -> int:
         results = score.score_engines(args.engines, backend, info, settings, providers=args.providers, **opts)
     else:
         results = score.score_reference(info, settings)
+    cache = f", cache N={args.cache_interval} O={args.cache_order}" if args.cache_interval > 1 else ""
     print(
-        f"model {info.name}: {args.per_class} images per class, {args.sampler} {args.steps} steps, seed {args.seed}"
+        f"model {info.name}: {args.per_class} images per class, {args.sampler} {args.steps} steps, "
+        f"seed {args.seed}{cache}"
     )
     print(score.format_table(results))
     write_json_output(args.json, {"model": info.name, "results": [r.to_dict() for r in results]})

@@ -19,18 +19,8 @@ from dit_export.errors import UserError
 from dit_export.serve.triton import DEFAULT_NAME, write_repository
 
 # write_repository's keyword arguments, each a flag of the same name
-REPO_FIELDS = (
-    "name",
-    "max_batch",
-    "instances",
-    "workers",
-    "threads",
-    "backend",
-    "reference",
-    "plan_models",
-    "queue_delay_us",
-    "force",
-)
+REPO_FIELDS = ("name", "max_batch", "instances", "workers", "threads", "backend", "reference", "plan_models",
+               "queue_delay_us", "force")  # fmt: skip
 
 
 def register(sub) -> None:

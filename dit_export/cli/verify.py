@@ -7,6 +7,7 @@ import textwrap
 
 from dit_export.cli.args import (
     BackendArgs,
+    CacheArgs,
     EnginesArgs,
     RequestArgs,
     add_progress,
@@ -18,6 +19,7 @@ from dit_export.cli.args import (
 )
 from dit_export.compare import table_text
 from dit_export.errors import UserError
+from dit_export.sampling.request import SampleRequest
 from dit_export.verify.run import format_table, summary_line, verify
 
 
@@ -66,11 +68,14 @@ def run(args: argparse.Namespace) -> int:
     check_output_file(args.json, "--json")
     if args.steps is not None:  # one validation of steps and cfg (the labels come from the manifest)
         RequestArgs.parse(args)
+    else:  # the cache flags alone
+        SampleRequest((0,), steps=1, **CacheArgs.fields(args)).validate()
     backend = engines_backend(args.engines, args.backend)
     report = verify(
         args.engines,
         backend=backend,
         **fields(args, "seeds", "steps", "thorough", "sampler", "cfg_scale", "providers"),
+        **CacheArgs.fields(args),
         log=None,
         progress=not args.no_progress,
         **BackendArgs.options(args, backend),

@@ -1,7 +1,9 @@
 """AOTInductor packages of the step and VAE modules, for the C++ runtime's CPU backend.
 
 The C++ library (`cpp/`) runs on machines without TensorRT through LibTorch: it loads
-`aoti/dit_step.pt2` and `aoti/vae_decoder.pt2` with `torch::inductor::AOTIModelPackageLoader`.
+`aoti/dit_step.pt2` and `aoti/vae_decoder.pt2` with `torch::inductor::AOTIModelPackageLoader`
+(and `aoti/dit_step_full.pt2` + `aoti/dit_step_forecast.pt2`, `CachedSamplerStep`, when the
+export has the forecast cache's graphs).
 Both are compiled here from the very modules the ONNX graphs were traced from (`SamplerStep(model,
 guided=True)` and `VAEDecode(vae)`, rebuilt from the weights the export records), with
 `torch.export` + `torch._inductor.aoti_compile_and_package`. Each package has its own record
@@ -12,7 +14,7 @@ A package holds machine code for the CPU it was compiled on (inductor picks the 
 ISA, recorded as `cpu_isa`) and runs only with the same torch release's LibTorch: compile it on
 (or for) the machine that runs it. Always fp32: an fp16 export gets fp32 packages.
 
-    python -m dit_export aoti ENGINES_DIR        # adds aoti/dit_step.pt2, aoti/vae_decoder.pt2
+    python -m dit_export aoti ENGINES_DIR        # adds aoti/dit_step.pt2, aoti/vae_decoder.pt2 (+ the cache's)
 """
 
 from __future__ import annotations
@@ -41,9 +43,11 @@ from dit_export.engine.records import (
 )
 from dit_export.errors import UserError
 from dit_export.export.feeds import example_feeds, for_inputs
+from dit_export.export.precision import check_backend
 from dit_export.fileio import atomic_path, ensure_writable_dir
 from dit_export.lazy import optional_import
 from dit_export.models.spec import ModelSpec
+from dit_export.sampling.cache import CACHE_GRAPHS, CACHE_OUTPUT, FORECAST_GRAPH, FULL_GRAPH, cache_plan
 
 SCHEMA = "dit_export.aoti/2"
 AOTI_DIR = "aoti"
@@ -51,7 +55,8 @@ AOTI_DIR = "aoti"
 # the same module, so fp32 agrees to rounding; an fp16 graph only to its own precision. Larger
 # means the package was compiled from different code (e.g. a changed step module): refuse it.
 AGREEMENT = {"fp32": 1e-4, "fp16": 5e-2}
-AOTI_GRAPHS = ("dit_step", "vae_decoder")
+# the step, the VAE, and the forecast cache's two step graphs (issue 21) where the export has them
+AOTI_GRAPHS = ("dit_step", "vae_decoder", FULL_GRAPH, FORECAST_GRAPH)
 SUFFIX = ".pt2"
 # (manifest, folder, want_vae) -> (DiT in fp32 eval mode, VAEDecode or None): the modules the export traced
 LoadModules = Callable[[Any, Path, bool], tuple[Any, Any]]
@@ -138,12 +143,18 @@ def _check_inputs(manifest: Any, graph: str, seed: int = 0) -> list[dict]:
     if graph == "vae_decoder":
         feeds = example_feeds(graph, **common)
         return [{"latent": feeds["latent"] / np.float32(manifest.vae.scaling_factor)}]
+    cached: dict = {}
     cases = []
     for sampler, tables in manifest.schedule.tables.items():
         table = tables[min(tables)]
         k = len(table.timesteps) // 2
         t, coef = int(table.timesteps[k]), table.coefs[k]
-        cases.append(example_feeds(graph, **common, t=t, coef=coef, sampler=sampler, state=True))
+        if graph in CACHE_GRAPHS:  # a cache row of the highest order, at a step of this graph's kind
+            shape = manifest.cache.shape
+            plan = cache_plan(len(table.timesteps), 3, int(shape[2]) - 1, int(shape[2]))
+            rows = [j for j in range(plan.steps) if bool(plan.full[j]) == (graph == FULL_GRAPH)]
+            cached = dict(cache_shape=shape, cache_coef=plan.coefs[rows[-1] if rows else 0])
+        cases.append(example_feeds(graph, **common, t=t, coef=coef, sampler=sampler, state=True, **cached))
     return cases
 
 
@@ -168,19 +179,23 @@ def check_agreement(folder: Path, manifest: Any, graph: str, package: Path) -> f
     worst = 0.0
     limit = AGREEMENT.get(precision(manifest), AGREEMENT["fp16"])
     names = [i.name for i in sess.get_inputs()]
+    # dit_step: x_next first, then the solver state; the cache's full step also its refreshed cache
+    outs = [o.name for o in sess.get_outputs()]
+    checked = [0] + ([outs.index(CACHE_OUTPUT)] if CACHE_OUTPUT in outs else [])
     for feed in _check_inputs(manifest, graph):
-        want = sess.run(None, for_inputs(feed, names))[0]  # dit_step: x_next first, then the solver state
+        wants = sess.run(None, for_inputs(feed, names))
         with torch.no_grad():
-            got = runner(*[torch.from_numpy(feed[t["name"]]) for t in source.input_specs])
-        got = (got[0] if isinstance(got, (list, tuple)) else got).numpy().astype(np.float64)
-        want = want.astype(np.float64)
-        if not np.isfinite(got).all():
-            raise UserError(
-                f"{package.name} gives NaN/Inf where {source.file} does not: recompile it from the "
-                "code that made this export (or re-export)"
-            )
-        rel = float(np.linalg.norm(got - want)) / max(float(np.linalg.norm(want)), 1e-30)
-        worst = max(worst, rel)
+            gots = runner(*[torch.from_numpy(feed[t["name"]]) for t in source.input_specs])
+        gots = gots if isinstance(gots, (list, tuple)) else [gots]
+        for i in checked:
+            got, want = gots[i].numpy().astype(np.float64), wants[i].astype(np.float64)
+            if not np.isfinite(got).all():
+                raise UserError(
+                    f"{package.name} gives NaN/Inf where {source.file} does not: recompile it from the "
+                    "code that made this export (or re-export)"
+                )
+            rel = float(np.linalg.norm(got - want)) / max(float(np.linalg.norm(want)), 1e-30)
+            worst = max(worst, rel)
     if worst > limit:
         raise UserError(
             f"{package.name} disagrees with {source.file} (rel-L2 {worst:.2e} > {limit:g}): the modules it "
@@ -222,13 +237,17 @@ def reference_modules(manifest: Any, folder: Path, want_vae: bool = True) -> tup
 
 def _modules(manifest: Any, folder: Path, graphs: tuple[str, ...], load_modules: LoadModules) -> dict:
     """{graph: () -> module}: the step and VAE modules the export traced, rebuilt from its weights."""
-    from dit_export.sampling.step import SamplerStep  # imports torch: only when compiling
+    from dit_export.sampling.step import CachedSamplerStep, SamplerStep  # imports torch: only when compiling
 
     model, decode = load_modules(manifest, folder, "vae_decoder" in graphs)
     model.set_fused_attention(False)  # the attention the ONNX graph was traced with
     step = graph_source(manifest, "dit_step")
     stateful = step is not None and len(step.output_specs) > 1  # the solver-state I/O (issue 11)
-    modules = {"dit_step": lambda: SamplerStep(model, guided=True, with_state=stateful)}
+    modules = {
+        "dit_step": lambda: SamplerStep(model, guided=True, with_state=stateful),
+        FULL_GRAPH: lambda: CachedSamplerStep(model, "full"),  # the forecast cache (issue 21)
+        FORECAST_GRAPH: lambda: CachedSamplerStep(model, "forecast"),
+    }
     if decode is not None:
         decode.set_fused_attention(True)
         modules["vae_decoder"] = lambda: decode
@@ -300,6 +319,7 @@ def add_aoti_packages(
     """
     folder = Path(engines_dir)
     manifest = read_export(folder)
+    check_backend(str(manifest.precision), "cpp")  # int8/fp8: AOTI compiles fp32 modules (issue 22)
     verify_export(folder, manifest)
     graphs = _graphs_to_compile(folder, manifest, graphs)
     modules = _modules(manifest, folder, graphs, load_modules)

@@ -124,6 +124,12 @@ def gpu_info(index: int | None = None) -> GpuInfo:
     return GpuInfo(index, str(name).strip(), f"{props.major}.{props.minor}")
 
 
+def mem_free() -> int:
+    """Free bytes on the current device (cudaMemGetInfo)."""
+    free, _total = check(cudart().cudaMemGetInfo(), "cudaMemGetInfo")
+    return int(free)
+
+
 class Stream:
     """A non-blocking CUDA stream; `handle` is the int TensorRT's execute_async_v3 takes."""
 

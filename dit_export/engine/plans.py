@@ -30,11 +30,15 @@ from dit_export.engine.records import (
 )
 from dit_export.errors import UserError
 from dit_export.export.manifest import Manifest
+from dit_export.export.precision import FP8, check_fp8_device
 from dit_export.fileio import atomic_path, ensure_writable_dir
+from dit_export.sampling.cache import CACHE_GRAPHS
 
 SCHEMA = "dit_export.plan/1"
 PLANS_DIR = "plans"
-PLAN_GRAPHS = ("dit_step", "vae_decoder", "dit")  # sampling needs the first two; verify uses dit
+# sampling needs dit_step and the VAE (and the forecast cache's two step graphs when exported);
+# verify uses dit
+PLAN_GRAPHS = ("dit_step", "vae_decoder", "dit", *CACHE_GRAPHS)
 
 
 @dataclass(frozen=True)
@@ -191,6 +195,9 @@ def build_plans(
     """Build (or reuse) the plan of every graph of the export (`manifest`: the one already read)."""
     folder = Path(folder)
     manifest = read_export(folder) if manifest is None else manifest
+    if manifest.precision == FP8:  # FP8 tensor cores or nothing (issue 22)
+        cc = tuple(int(v) for v in target.compute_capability.split(".")[:2])
+        check_fp8_device((cc[0], cc[1]), target.gpu_name)
     opts = options.to_dict()
     rows = []
     for graph in graphs or [g for g in PLAN_GRAPHS if manifest.graphs.get(g)]:

@@ -14,10 +14,10 @@ from pathlib import Path
 import numpy as np
 
 from dit_export.errors import UserError
-from dit_export.export import trt_ops
+from dit_export.export import quant_checks, trt_ops
 from dit_export.export.graphs import SCOPE_KEY
 from dit_export.export.manifest.dtypes import DTYPE_NAMES, ITEMSIZE
-from dit_export.export.precision import FP16, POLICY, PrecisionPolicy
+from dit_export.export.precision import FP16, POLICY, QUANTIZED, PrecisionPolicy
 
 # Ops that only move or view data: not "compute" for the island report.
 _MOVEMENT = frozenset(
@@ -65,6 +65,8 @@ class GraphReport:
     gemm_flops: dict[str, float]  # per compute dtype, MatMul/Gemm/Conv FLOPs for one call
     fp32_islands: dict[str, dict] | None  # region → {"nodes", "ops"}; None for an all-fp32 graph
     checks: list[Check] = field(default_factory=list)
+    # QDQ graphs: region → {"gemms", "gflops"} of every GEMM/conv that is not quantized
+    quant_islands: dict[str, dict] | None = None
 
     @property
     def ok(self) -> bool:
@@ -74,6 +76,13 @@ class GraphReport:
     def fp16_flop_share(self) -> float:
         total = sum(self.gemm_flops.values())
         return self.gemm_flops.get("float16", 0.0) / total if total else 0.0
+
+    @property
+    def quant_flop_share(self) -> float:
+        """Share of GEMM/conv FLOPs whose two inputs are int8 or fp8 (DequantizeLinear outputs)."""
+        total = sum(self.gemm_flops.values())
+        q = sum(v for k, v in self.gemm_flops.items() if k in quant_checks.QUANT_KEYS)
+        return q / total if total else 0.0
 
     def to_dict(self) -> dict:
         return {
@@ -85,6 +94,11 @@ class GraphReport:
             "gemm_flops": {k: float(v) for k, v in self.gemm_flops.items()},
             "fp16_flop_share": self.fp16_flop_share,
             "fp32_islands": self.fp32_islands,
+            **(
+                {"quant_flop_share": self.quant_flop_share, "quant_islands": self.quant_islands}
+                if self.quant_islands is not None
+                else {}
+            ),
             "checks": [c.to_dict() for c in self.checks],
         }
 
@@ -151,12 +165,21 @@ def analyze(path: str | Path, precision: str | None = None, policy: PrecisionPol
                 return t.dtype
         return None
 
+    producers = {o: n for n in g.node for o in n.output}
+    quantized = any(n.op_type == "DequantizeLinear" for n in g.node)
     flops: dict[str, float] = {}
+    q_islands: dict[str, dict] | None = {} if quantized else None
     for n in g.node:
         f = _gemm_flops(n, infos)
         if f:
-            key = node_dtype(n) or "?"
+            key = quant_checks.kind(n, producers, infos) or node_dtype(n) or "?"
             flops[key] = flops.get(key, 0.0) + f
+            if q_islands is not None and key not in quant_checks.QUANT_KEYS:
+                scope = next((p.value for p in n.metadata_props if p.key == SCOPE_KEY), "")
+                region = policy.region_of(scope)
+                entry = q_islands.setdefault(region, {"gemms": 0, "gflops": 0.0, "dtype": key})
+                entry["gemms"] += 1
+                entry["gflops"] = round(entry["gflops"] + f / 1e9, 6)
 
     has_fp16 = any(t.dtype == "float16" for t in infos.values())
     islands: dict[str, dict] | None = None
@@ -182,10 +205,13 @@ def analyze(path: str | Path, precision: str | None = None, policy: PrecisionPol
         outputs=[infos[o.name] for o in g.output],
         gemm_flops=dict(flops),
         fp32_islands=islands,
+        quant_islands=q_islands,
     )
     report.checks = _static_checks(model, infos, inits, report)
     if precision == FP16:
         report.checks += _fp16_checks(model, infos, report, node_dtype)
+    if precision in QUANTIZED:
+        report.checks += [Check(*c) for c in quant_checks.checks(model, infos, report, precision)]
     return report
 
 

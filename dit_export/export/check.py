@@ -5,7 +5,9 @@ then run in ONNX Runtime (CPU) on the same inputs. ORT's CPU provider runs many 
 up-casting, so an fp16 graph's error here is a lower bound of what a GPU engine shows.
 
 Cases: t ∈ {999, 500, 0} and guidance 1.5 and 4 (DDIM coefficients with 1.5, DDPM with 4), on
-seeded latent-like inputs, random labels and (for `dit`) the null label in the second half.
+seeded latent-like inputs, random labels and (for `dit`) the null label in the second half. The
+forecast cache's step graphs (`cached_cases`): a full and a forecast step of an interval-3 plan
+on a seeded random cache, their x_next and the refreshed cache against `CachedSamplerStep`.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from dit_export.compare import Row
 from dit_export.errors import UserError
 from dit_export.export.feeds import example_feeds, for_inputs
 from dit_export.images import to_uint8
+from dit_export.sampling.cache import CACHE_OUTPUT, FORECAST_GRAPH, FULL_GRAPH, cache_plan, cache_shape
 from dit_export.sampling.schedule import STATE_NAMES
 
 CHECK_TIMESTEPS = (999, 500, 0)
@@ -30,7 +33,15 @@ CHECK_GUIDANCE = ((1.5, "ddim", 50), (4.0, "ddpm", 250))  # scale, sampler, step
 # A multistep row (UniPC: corrector + predictor on the solver state) checked too when the graph
 # has the state inputs (every export since issue 11).
 CHECK_MULTISTEP = (4.0, "unipc", 10)
+# The cached step graphs (forecast cache, issue 21): per case (guidance, sampler, steps, the loop
+# index of the checked full step, of the checked forecast step) of an interval-3 plan at the
+# graphs' largest order — full steps 0, 1, 4, 7: at 7 every refresh coefficient a_i is non-zero
+# (orders ≤ 3), and the forecasts at 8 and 9 weigh every cached difference. Random N(0, 1) caches.
+CHECK_CACHE = ((1.5, "ddim", 50, 7, 8), (4.0, "unipc", 10, 4, 9))
+CHECK_CACHE_INTERVAL = 3
+CHECK_CACHE_TOKENS = 16  # tokens of the refreshed cache compared (strided over the sequence)
 GRAPH_OF_STAGE = {"dit": "dit", "guided_eps": "dit", "step": "dit_step", "vae": "vae_decoder"}
+CASE_GRAPHS = {"full": FULL_GRAPH, "forecast": FORECAST_GRAPH}  # the cached cases' first word
 
 
 @dataclass
@@ -43,6 +54,10 @@ class Case:
     reference: np.ndarray
     # (output, reference, precision, label) -> rows
     rows: Callable[[np.ndarray, np.ndarray, str, str], list[Row]] = field(repr=False)
+    # further outputs compared as "step" rows by name (the full step's refreshed cache), each on
+    # the part `more_index` selects (the references are kept small: XL/2's cache is 0.4 GB per image)
+    more: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
+    more_index: tuple = (...,)
 
 
 def guided_eps(out: np.ndarray, n: int, cfg_channels: int, in_channels: int, scale: float) -> np.ndarray:
@@ -110,6 +125,63 @@ def model_cases(model, batch: int, seed: int = 0) -> dict[str, list[Case]]:
     return {"dit": dits, "dit_step": steps}
 
 
+def cached_cases(model, batch: int, slots: int, seed: int = 0) -> dict[str, list[Case]]:
+    """Cases for `dit_step_full` and `dit_step_forecast` (`CachedSamplerStep`, fp32 torch).
+
+    Each `CHECK_CACHE` row: the step's seeded feeds with the solver state, one seeded N(0, 1)
+    cache of the export's shape (shared by every case: XL/2's is 0.4 GB per image, held until the
+    graphs are checked) and the `CachePlan` coefficient row of the checked loop index (its
+    timestep and sampler row too). The full step's x_next and refreshed cache (every block, branch,
+    slot, row and channel; `CHECK_CACHE_TOKENS` tokens spread over the sequence) are compared; the
+    forecast step's x_next. Labels start with the mode (`CASE_GRAPHS`: `failure_message` names the graph)."""
+    import torch
+
+    from dit_export.sampling.samplers import make_schedule
+    from dit_export.sampling.step import CachedSamplerStep
+
+    cfg = model.config
+    shape = cache_shape(cfg.depth, batch, cfg.num_tokens, cfg.hidden_size, slots)
+    cache = np.random.default_rng([seed, 400]).standard_normal(shape, dtype=np.float32)
+    tokens = (..., slice(None, None, max(1, shape[4] // CHECK_CACHE_TOKENS)), slice(None))
+    steps_of = {m: CachedSamplerStep(model, m).eval() for m in ("full", "forecast")}
+    fused = [b.attn.use_sdpa for b in model.blocks]
+    model.set_fused_attention(True)
+    out: dict[str, list[Case]] = {FULL_GRAPH: [], FORECAST_GRAPH: []}
+    try:
+        for i, (scale, sampler, nsteps, k_full, k_cast) in enumerate(CHECK_CACHE):
+            plan = cache_plan(nsteps, CHECK_CACHE_INTERVAL, slots - 1, slots)
+            timesteps = make_schedule(nsteps, sampler).timesteps
+            checked = (("full", FULL_GRAPH, k_full), ("forecast", FORECAST_GRAPH, k_cast))
+            for j, (mode, graph, k) in enumerate(checked):
+                assert plan.full[k] == (mode == "full")
+                t = int(timesteps[k])
+                feeds = example_feeds(
+                    graph,
+                    batch=batch,
+                    channels=cfg.in_channels,
+                    size=cfg.input_size,
+                    num_classes=cfg.num_classes,
+                    seed=[seed, 400 + 10 * i + j],
+                    t=t,
+                    guidance=scale,
+                    sampler=sampler,
+                    steps=nsteps,
+                    cache_shape=shape,
+                    cache_coef=plan.coefs[k],
+                    cache=cache,
+                )
+                with torch.inference_mode():
+                    ref = steps_of[mode](*(torch.from_numpy(v) for v in feeds.values()))
+                more = {CACHE_OUTPUT: ref[-1].numpy()[tokens].copy()} if mode == "full" else {}
+                label = f"{mode} k={k} {sampler}"  # fits the table's case column; mode names the graph
+                out[graph].append(Case(graph, label, feeds, ref[0].numpy(), _step_rows, more, tokens))
+                del ref
+    finally:
+        for b, f in zip(model.blocks, fused):
+            b.attn.use_sdpa = f
+    return out
+
+
 def _step_rows(out: np.ndarray, ref: np.ndarray, precision: str, label: str) -> list[Row]:
     return [compare.compare("step", "rel_l2", out, ref, precision, label)]
 
@@ -174,13 +246,18 @@ def run_cases(path: str | Path, cases: list[Case], precision: str) -> list[Row]:
         raise UserError(f"ONNX Runtime cannot load {Path(path).name}: {first}") from None
     rows: list[Row] = []
     names = [i.name for i in sess.get_inputs()]
+    out_names = [o.name for o in sess.get_outputs()]
     for case in cases:
         if not set(names) <= set(case.feeds) or (
             case.label.endswith(CHECK_MULTISTEP[1]) and not set(STATE_NAMES) <= set(names)
         ):
             continue  # a multistep case for a graph without the solver state
-        out = sess.run(None, for_inputs(case.feeds, names))[0]  # dit_step: x_next first, then the state
-        rows += case.rows(np.asarray(out), case.reference, precision, case.label)
+        outs = sess.run(None, for_inputs(case.feeds, names))  # the steps: x_next first, then the state
+        rows += case.rows(np.asarray(outs[0]), case.reference, precision, case.label)
+        named = dict(zip(out_names, outs))
+        for name, ref in case.more.items():
+            got = np.asarray(named[name])[case.more_index]
+            rows.append(compare.compare("step", "rel_l2", got, ref, precision, f"{case.label} {name}"))
     del sess
     return rows
 
@@ -197,4 +274,5 @@ def failure_message(rows: list[Row]) -> str | None:
         return None
     r = bad[0]
     more = f" (+{len(bad) - 1} more failing rows)" if len(bad) > 1 else ""
-    return f"{GRAPH_OF_STAGE[r.stage]}.onnx failed its check: {r.describe()}{more}; nothing written"
+    graph = CASE_GRAPHS.get(r.case.split(" ", 1)[0], GRAPH_OF_STAGE[r.stage])
+    return f"{graph}.onnx failed its check: {r.describe()}{more}; nothing written"

@@ -18,9 +18,11 @@ import torch
 
 from dit_export import __version__, compare
 from dit_export.errors import UserError
-from dit_export.export import analysis, check, graphs, mixed, trt_ops
+from dit_export.export import analysis, check, graphs, mixed, quantize, trt_ops
 from dit_export.export.manifest import (
+    CACHE_SCHEDULE,
     GRAPH_NAMES,
+    CacheInfo,
     FileRecord,
     GraphSpec,
     Manifest,
@@ -43,8 +45,16 @@ from dit_export.models import hub
 from dit_export.models.embedded import embedded_model, is_embedded
 from dit_export.models.spec import RANDOM_VAES, ModelSpec
 from dit_export.models.vae import VAEDecode, vae_factor
+from dit_export.sampling import cache as step_cache
 from dit_export.sampling.schedule import NUM_COEFS
-from dit_export.sampling.step import STEP_INPUTS, STEP_OUTPUTS, SamplerStep
+from dit_export.sampling.step import (
+    STEP_INPUTS,
+    STEP_OUTPUTS,
+    CachedSamplerStep,
+    SamplerStep,
+    cached_example_inputs,
+    cached_step_io,
+)
 from dit_export.sampling.step import example_inputs as step_example_inputs
 
 __all__ = [
@@ -59,7 +69,8 @@ __all__ = [
 ]
 
 NOISE_DOC = "docs/noise.md"
-SHARED_WEIGHTS = "dit.onnx.data"  # the DiT weights file dit.onnx and dit_step.onnx both reference
+SHARED_WEIGHTS = "dit.onnx.data"  # the DiT weights file every DiT graph references (dit, the steps)
+MAX_CACHE_ORDERS = tuple(range(step_cache.MAX_ORDER + 1))  # --max-cache-order (or None: no cache graphs)
 
 
 @dataclass(frozen=True)
@@ -74,6 +85,14 @@ class ExportOptions:
     check_seed: int = 0
     external_data_threshold: int | None = None
     schedules: tuple[tuple[str, int], ...] = ()  # extra (sampler, steps) tables to store (--schedules)
+    calibration: object = None  # int8/fp8: calibrate.CalibSettings (None: ddpm-50, seeds 0 1; issue 22)
+    # the forecast step cache's graphs hold Taylor orders ≤ this (slots = order + 1); None: no cache graphs
+    max_cache_order: int | None = step_cache.DEFAULT_ORDER
+
+    @property
+    def cache_slots(self) -> int:
+        """Cache slots of dit_step_full / dit_step_forecast (0: not exported)."""
+        return 0 if self.max_cache_order is None else step_cache.slots_for(self.max_cache_order)
 
 
 @dataclass
@@ -125,6 +144,7 @@ def export(
 
     `on_stage(name, seconds)` is called as each stage ends (the XL benchmark samples memory there).
     """
+    o = quantize.export_options(o)  # int8/fp8 (issue 22): no cache graphs yet; fp8 opset ≥ 19
     spec = validate_options(o)
     out = Path(o.out)
     with export_lock(out), disk_errors(out):
@@ -133,12 +153,14 @@ def export(
         stages = Stages(log, on_stage)
         models = load_models(spec, o, stages)
         cases = reference_cases(models, o, stages)
+        calib = quantize.prepare(models.dit, o, spec, stages)  # None unless int8/fp8
         if o.precision == FP16:
             mixed.apply_dit_policy(models.dit)
             if models.decode is not None:
                 models.decode = mixed.apply_vae_policy(models.decode)
         with atomic_dir(out) as tmp:
-            saved, reports = export_graphs(models, o, tmp, stages, log)
+            saved, reports = export_graphs(models, quantize.traced(o), tmp, stages, log)
+            saved, reports = quantize.apply(saved, reports, calib, o, tmp, stages, log)
             cfg, vae = models.cfg, models.vae
             del models
             gc.collect()
@@ -167,6 +189,11 @@ def validate_options(o: ExportOptions) -> ModelSpec:
     if not trt_ops.OPSET_MIN <= o.opset <= trt_ops.OPSET_MAX:
         raise UserError(
             f"--opset {o.opset} is outside {trt_ops.OPSET_MIN}–{trt_ops.OPSET_MAX} (what every TensorRT 10.x reads)"
+        )
+    m = o.max_cache_order
+    if m is not None and (isinstance(m, bool) or m not in MAX_CACHE_ORDERS):
+        raise UserError(
+            f"--max-cache-order must be one of {', '.join(map(str, MAX_CACHE_ORDERS))} or none, got {m!r}"
         )
     out = Path(o.out)
     if out.exists() and not out.is_dir():
@@ -205,6 +232,8 @@ def reference_cases(models: Models, o: ExportOptions, stages: Stages) -> dict[st
     stages.begin("PyTorch fp32 reference outputs")
     cfg = models.cfg
     cases = dict(check.model_cases(models.dit, o.batch, o.check_seed))
+    if o.cache_slots:
+        cases.update(check.cached_cases(models.dit, o.batch, o.cache_slots, o.check_seed))
     if models.decode is not None:
         cases["vae_decoder"] = check.vae_cases(
             models.decode, o.batch, cfg.in_channels, cfg.input_size, o.check_seed
@@ -213,8 +242,9 @@ def reference_cases(models: Models, o: ExportOptions, stages: Stages) -> dict[st
     return cases
 
 
-def trace_specs(models: Models, batch: int) -> dict[str, tuple]:
-    """graph name → (module, example inputs, input names, output names), static shapes."""
+def trace_specs(models: Models, batch: int, slots: int = 0) -> dict[str, tuple]:
+    """graph name → (module, example inputs, input names, output names), static shapes; with
+    `slots`, also the forecast cache's full and forecast steps (`CachedSamplerStep`)."""
     n, c, size = batch, models.cfg.in_channels, models.cfg.input_size
     f32, i64 = torch.float32, torch.int64
     x, x2 = torch.zeros(n, c, size, size, dtype=f32), torch.zeros(2 * n, c, size, size, dtype=f32)
@@ -227,16 +257,43 @@ def trace_specs(models: Models, batch: int) -> dict[str, tuple]:
             STEP_OUTPUTS,
         ),
     }  # fmt: skip
+    if slots:
+        shape = cache_shape(models.cfg, batch, slots)
+        for mode, name in (("full", step_cache.FULL_GRAPH), ("forecast", step_cache.FORECAST_GRAPH)):
+            ins, outs = cached_step_io(mode)
+            args = cached_example_inputs(n, c, size, shape, NUM_COEFS)
+            specs[name] = (CachedSamplerStep(models.dit, mode), args, ins, outs)
     if models.decode is not None:
         specs["vae_decoder"] = (models.decode, (x.clone(),), ("latent",), ("image",))
     return specs
+
+
+def cache_shape(cfg, batch: int, slots: int) -> tuple[int, ...]:
+    """(depth, 2, slots, 2N, tokens, hidden) of a DiT config (`sampling.cache.cache_shape`)."""
+    return step_cache.cache_shape(cfg.depth, batch, cfg.num_tokens, cfg.hidden_size, slots)
+
+
+def cache_info(o: ExportOptions, cfg) -> CacheInfo | None:
+    """The manifest's `cache` record (None without cache graphs)."""
+    if not o.cache_slots:
+        return None
+    assert o.max_cache_order is not None
+    return CacheInfo(
+        max_order=o.max_cache_order,
+        slots=o.cache_slots,
+        shape=cache_shape(cfg, o.batch, o.cache_slots),
+        dtype="float32",
+        bytes_per_image=step_cache.cache_bytes(cfg.depth, 1, cfg.num_tokens, cfg.hidden_size, o.cache_slots),
+        schedule=CACHE_SCHEDULE,
+        first_full=step_cache.FIRST_FULL,
+    )
 
 
 def export_graphs(
     models: Models, o: ExportOptions, tmp: Path, stages: Stages, log: Callable[[str], None]
 ) -> tuple[dict[str, graphs.SavedGraph], dict[str, analysis.GraphReport]]:
     """Trace, clean up, save and statically check each graph; the DiT pair shares one weights file."""
-    specs = trace_specs(models, o.batch)
+    specs = trace_specs(models, o.batch, o.cache_slots)
     shared_bytes = graphs.param_bytes_of(models.dit)
     share = shared_bytes > graphs.shared_data_threshold(o.external_data_threshold)
     weights = graphs.SharedWeights(SHARED_WEIGHTS) if share else None
@@ -249,6 +306,7 @@ def export_graphs(
         stages.begin(f"exporting {name}.onnx")
         ir_model = graphs.trace(module, args, ins, outs, o.opset)
         graphs.cleanup(ir_model)
+        # every DiT graph (dit, dit_step, the cached steps) references the one shared weights file
         threshold = 0 if (share and name != "vae_decoder") else o.external_data_threshold
         shared = weights if name != "vae_decoder" else None
         saved[name] = graphs.save(ir_model, tmp / f"{name}.onnx", threshold, shared=shared)
@@ -304,9 +362,11 @@ def make_manifest(o, spec: ModelSpec, cfg, vae, saved, reports, rows, tmp: Path)
         vae=vae,
         graphs={name: _graph_spec(name, saved, reports, tmp, o.precision) for name in GRAPH_NAMES},
         schedule=export_tables(o.schedules),  # every registered sampler, plus --schedules
+        cache=cache_info(o, cfg),
         noise_default="philox",
         noise_doc=NOISE_DOC,
-        precision_policy=POLICY.describe() if o.precision == FP16 else None,
+        # int8/fp8: the quantization policy, library and calibration set (issue 22)
+        precision_policy=quantize.policy_record(o.precision, tmp) or _fp16_policy(o.precision),
         checks={
             "run": bool(o.check),
             "passed": all(bool(r) for r in rows) if o.check else None,
@@ -319,6 +379,10 @@ def make_manifest(o, spec: ModelSpec, cfg, vae, saved, reports, rows, tmp: Path)
     )
 
 
+def _fp16_policy(precision: str) -> dict | None:
+    return POLICY.describe() if precision == FP16 else None
+
+
 def _graph_spec(name: str, saved, reports, tmp: Path, precision: str) -> GraphSpec | None:
     if name not in saved:
         return None
@@ -329,7 +393,7 @@ def _graph_spec(name: str, saved, reports, tmp: Path, precision: str) -> GraphSp
         external_data=tuple(FileRecord.of(tmp, f) for f in saved[name].external_data),
         inputs=tuple(TensorSpec(t.name, tuple(t.shape), t.dtype) for t in rep.inputs),
         outputs=tuple(TensorSpec(t.name, tuple(t.shape), t.dtype) for t in rep.outputs),
-        precision=precision,
+        precision=quantize.graph_precision(name, precision),  # int8/fp8 folders: the VAE stays fp32
         info={
             "param_bytes": rep.param_bytes,
             "fp16_flop_share": rep.fp16_flop_share,

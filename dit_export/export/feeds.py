@@ -12,10 +12,11 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from dit_export.sampling.cache import CACHE_COEF, CACHE_GRAPHS, CACHE_INPUT
 from dit_export.sampling.samplers import make_schedule
 from dit_export.sampling.schedule import STATE_NAMES
 
-GRAPHS = ("dit", "dit_step", "vae_decoder")
+GRAPHS = ("dit", "dit_step", "vae_decoder", *CACHE_GRAPHS)
 
 
 def coef_row(t: int, sampler: str = "ddpm", steps: int = 50) -> np.ndarray:
@@ -43,12 +44,19 @@ def example_feeds(
     noise: np.ndarray | None = None,
     coef: np.ndarray | None = None,
     state: bool = False,
+    cache_shape: Sequence[int] | None = None,
+    cache_coef: np.ndarray | None = None,
+    cache: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
-    """Host inputs of one call of `graph` (dit | dit_step | vae_decoder), by input name.
+    """Host inputs of one call of `graph` (dit | dit_step | vae_decoder | dit_step_full |
+    dit_step_forecast), by input name.
 
     `x`, `labels`, `noise` and `coef` override the seeded draws (verify feeds its sampler's noise).
     `batch` is N, the images per call: `dit` gets 2N rows. `state`: also the solver-state inputs
     of dit_step (`schedule.STATE_NAMES`, seeded N(0, 1)), which every export since issue 11 has.
+    The cached step graphs take the step's feeds with the state, then `cache` (seeded N(0, 1) of
+    `cache_shape`, the manifest's `cache.shape`; `cache` passes one instead, e.g. to share one
+    large array between calls) and `cache_coef` (default [1, 0, …]: reuse D_0).
     """
     if graph not in GRAPHS:
         raise ValueError(f"no example feeds for graph {graph!r}; graphs are {', '.join(GRAPHS)}")
@@ -76,10 +84,21 @@ def example_feeds(
         "guidance": np.array([guidance], dtype=np.float32),
         "coef": coef_row(t, sampler, steps) if coef is None else np.asarray(coef, dtype=np.float32),
     }
-    if state:  # the multistep solvers' history, dit_step's state inputs (seeded draws after the rest)
+    cached = graph in CACHE_GRAPHS
+    if cached and cache_shape is None:
+        raise ValueError(f"example feeds of {graph} need the cache shape (the manifest's cache.shape)")
+    if state or cached:  # the multistep solvers' history, the step's state inputs (drawn after the rest)
         # A graph exported before them has none: bind by the graph's input names (`for_inputs`).
         for name in STATE_NAMES:
             feeds[name] = rng.standard_normal(shape, dtype=np.float32)
+    if cached:
+        assert cache_shape is not None
+        if cache is None:
+            cache = rng.standard_normal(tuple(cache_shape), dtype=np.float32)
+        feeds[CACHE_INPUT] = np.asarray(cache, dtype=np.float32)
+        slots = int(cache_shape[2])
+        default = np.eye(1, slots, dtype=np.float32)[0]
+        feeds[CACHE_COEF] = default if cache_coef is None else np.asarray(cache_coef, dtype=np.float32)
     return feeds
 
 

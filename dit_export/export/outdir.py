@@ -24,7 +24,7 @@ from dit_export.export.manifest import FILENAME, Manifest
 SCHEMA_FAMILY = "dit_export.manifest/"
 # What a folder written by dit_export may hold besides the manifest's files (engine/ writes the
 # compiled folders, build and bench build.json), so that `--force` can tell our folders from anyone else's.
-OURS = ("plans", "aoti", "build.json", ".lock")
+OURS = ("plans", "aoti", "build.json", ".lock", "calibration.npz")  # int8/fp8 calibration set
 OUR_SUFFIXES = (".plan", ".pt2", ".cache", ".json", ".lock")
 
 __all__ = ["check_out_dir", "disk_errors", "export_lock", "lock_path", "remove_stale_partials"]

@@ -35,8 +35,11 @@ import fnmatch
 import re
 from dataclasses import dataclass, field
 
-FP32, FP16 = "fp32", "fp16"
-PRECISIONS = (FP32, FP16)
+from dit_export.errors import UserError
+
+FP32, FP16, INT8, FP8 = "fp32", "fp16", "int8", "fp8"
+PRECISIONS = (FP32, FP16, INT8, FP8)
+QUANTIZED = (INT8, FP8)  # precisions made by post-training quantization of the fp32 graphs
 
 
 @dataclass(frozen=True)
@@ -121,3 +124,115 @@ def normalise_scope(path: str) -> str:
             path = path[len(p) :]
     path = path.replace(".inner.", ".").removesuffix(".inner")
     return _INDEX.sub(".*", path)
+
+
+# --------------------------------------------------------------------------- int8 / fp8 (PTQ)
+
+
+@dataclass(frozen=True)
+class QuantPolicy:
+    """What a W8A8 (int8) or E4M3 (fp8) graph quantizes, how, and which backends can run it.
+
+    Quantized: the four GEMMs of every DiT block (attention qkv and output projection, MLP fc1 and
+    fc2) — weights symmetric per output channel, activations static per tensor, symmetric (zero
+    point 0, what TensorRT's explicit quantization requires). Only their inputs get Q/DQ; the
+    GEMM output stays fp32 (`DQ → MatMul` is the pattern ONNX Runtime fuses into
+    MatMulIntegerToFloat and TensorRT into an int8 GEMM).
+
+    Kept fp32 (measured, benchmarks/results/int8.md): the timestep sinusoid and its MLP and the
+    label embedding (per-sample vectors, no FLOPs), the adaLN modulation GEMMs (their output
+    scales the whole residual stream; at batch N they are M = 2N-row GEMMs that int8 barely
+    speeds up), the attention logits/softmax/weighted sum (activation × activation), LayerNorm,
+    the residual stream, the final layer, guidance and the sampler arithmetic.
+    """
+
+    name: str
+    quantized_scopes: tuple[str, ...]  # fnmatch over the node's "path:Class" scope (policy space)
+    op_types: tuple[str, ...] = ("MatMul", "Gemm")
+    runs_on: tuple[str, ...] = ()  # backends that execute these graphs
+    refusals: tuple[tuple[str, str], ...] = ()  # (backend, why) — one line each
+    # ONNX Runtime graph optimisers to switch off: its MatMulAddFusion (basic level) folds the
+    # `DQ → MatMul → Add(bias)` of a linear layer into an fp32 Gemm before the QDQ fusions see
+    # it, so the GEMM would run dequantised in fp32; without it ORT picks MatMulIntegerToFloat.
+    ort_disabled_optimizers: tuple[str, ...] = ()
+
+    def quantizes(self, scope: str, op_type: str) -> bool:
+        return op_type in self.op_types and any(fnmatch.fnmatchcase(scope, p) for p in self.quantized_scopes)
+
+    def why_not(self, backend: str) -> str | None:
+        """None when `backend` runs this precision, else the one-line reason."""
+        return dict(self.refusals).get(backend)
+
+    def describe(self) -> dict:
+        return {
+            "name": self.name,
+            "quantized": list(self.quantized_scopes),
+            "op_types": list(self.op_types),
+            "weights": "symmetric per output channel",
+            "activations": "static per tensor, symmetric (zero point 0)",
+            "higher_precision": list(KEPT_FP32),
+            "runs_on": list(self.runs_on),
+        }
+
+
+KEPT_FP32 = (
+    "timestep sinusoid + MLP",
+    "label embedding",
+    "patch embedding",
+    "adaLN modulation GEMM",
+    "attention logits, softmax, weighted sum",
+    "LayerNorm, modulate, gates, residual adds",
+    "final layer",
+    "guidance (CFG) and sampler arithmetic",
+)
+_BLOCK_GEMMS = ("blocks.*.attn.qkv:*", "blocks.*.attn.proj:*", "blocks.*.mlp.fc1:*", "blocks.*.mlp.fc2:*")
+_NO_QDQ_CPP = "the C++ AOTI backend compiles the PyTorch modules and cannot run QDQ graphs"
+QUANT_POLICIES: dict[str, QuantPolicy] = {
+    INT8: QuantPolicy(
+        name="dit-export-w8a8-v1",
+        quantized_scopes=_BLOCK_GEMMS,
+        runs_on=("ort", "trt"),
+        ort_disabled_optimizers=("MatMulAddFusion",),
+        refusals=(("cpp", f"int8: {_NO_QDQ_CPP} (use --backend ort or trt)"),),
+    ),
+    FP8: QuantPolicy(
+        name="dit-export-e4m3-v1",
+        quantized_scopes=_BLOCK_GEMMS,
+        runs_on=("trt",),
+        refusals=(
+            (
+                "ort",
+                "fp8: ONNX Runtime's CPU provider has no FP8 GEMM; fp8 graphs run on TensorRT "
+                "with an FP8 GPU (compute capability ≥ 8.9: Ada, Hopper and later)",
+            ),
+            ("cpp", f"fp8: {_NO_QDQ_CPP}"),
+        ),
+    ),
+}
+FP8_MIN_CC = (8, 9)  # FP8 tensor cores: Ada (8.9), Hopper (9.0) and later
+
+
+def check_backend(precision: str, backend: str) -> None:
+    """One-line UserError when `backend` cannot run graphs of `precision` (int8/fp8 only)."""
+    policy = QUANT_POLICIES.get(precision)
+    why = policy.why_not(backend) if policy is not None else None
+    if why:
+        raise UserError(why)
+
+
+def check_fp8_device(compute_capability: tuple[int, int] | None, gpu: str = "") -> None:
+    """FP8 plans need an FP8 GPU; one line naming the GPU otherwise (None: no GPU at all)."""
+    if compute_capability is None or tuple(compute_capability) < FP8_MIN_CC:
+        if compute_capability is None:
+            have = "no CUDA GPU here"
+        else:
+            have = (
+                f"{gpu or 'this GPU'} is compute capability {compute_capability[0]}.{compute_capability[1]}"
+            )
+        raise UserError(f"fp8 needs an FP8 GPU (compute capability ≥ 8.9: Ada, Hopper and later); {have}")
+
+
+def ort_disabled_optimizers(precision: str) -> list[str]:
+    """The ONNX Runtime optimisers a session of this precision's graphs must not run (see QuantPolicy)."""
+    policy = QUANT_POLICIES.get(precision)
+    return list(policy.ort_disabled_optimizers) if policy is not None else []

@@ -9,10 +9,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 from dit_export.errors import UserError
+from dit_export.export import quant_report
 from dit_export.export.analysis import Check, GraphReport, analyze
 from dit_export.export.manifest import GraphSpec, Manifest
-from dit_export.export.precision import POLICY
+from dit_export.export.manifest.rules import no_cache_message
+from dit_export.export.precision import POLICY, QUANTIZED
+from dit_export.export.quantize import graph_precision
 from dit_export.export.schedule_tables import FolderSchedules
+from dit_export.sampling.cache import DEFAULT_ORDER
 
 
 def _mb(n: float) -> str:
@@ -41,6 +45,7 @@ def inspect_folder(folder: Path, verify: bool = True, out: Callable[[str], None]
         f"batch {m.batch}, {m.precision}, opset {m.opset}, schema {m.schema}"
     )
     out(f"  weights: {m.model.source}")
+    out(f"  {cache_line(m)}")
     try:  # the samplers and stored tables both runtimes read (manifest + `schedules --add` sidecar)
         out("  samplers (the C++ runtime samples stored step counts; `schedules --add` stores more):")
         for line in FolderSchedules.of(folder, m).describe():
@@ -62,13 +67,15 @@ def inspect_folder(folder: Path, verify: bool = True, out: Callable[[str], None]
         )
         for isl in pol["fp32_islands"]:
             out(f"    - {isl['region']}: {isl['why']}")
+    if m.precision in QUANTIZED:
+        quant_report.print_policy(m.precision_policy, out)
     for name, g in m.graphs.items():
         if g is None:
             out(f"\n{name}: not exported")
             continue
-        rep = analyze(m.path(g.file), m.precision)
+        rep = analyze(m.path(g.file), graph_precision(name, m.precision))  # int8/fp8: the VAE stays fp32
         rep.checks.append(_io_check(g, rep))  # a runtime binds buffers from the manifest's I/O
-        ok &= _print_graph(name, g, rep, m.precision, out)
+        ok &= _print_graph(name, g, rep, m.precision, out, m.path(g.file))
     checks = m.checks
     if checks.get("run"):
         bad = [r for r in checks["rows"] if not r.get("passed", r.get("ok"))]
@@ -82,6 +89,24 @@ def inspect_folder(folder: Path, verify: bool = True, out: Callable[[str], None]
     return ok
 
 
+def cache_line(m: Manifest) -> str:
+    """The forecast step cache in one line: orders, layout and memory per image and per batch."""
+    c = m.cache
+    if c is None:
+        return f"forecast cache: not exported ({no_cache_message(order=DEFAULT_ORDER).split(': ', 1)[1]})"
+    per, batch = c.bytes_per_image, c.bytes_for(m.batch)
+    dims = "×".join(map(str, c.shape))
+    return (
+        f"forecast cache: Taylor orders ≤ {c.max_order} ({c.slots} slots), {c.dtype} [{dims}] "
+        f"(depth, attn/mlp, slots, 2N rows, tokens, hidden); {_gb(per)} per image, {_gb(batch)} for "
+        f"batch {m.batch} (one cache tensor; the loop holds two: {_gb(2 * batch)})"
+    )
+
+
+def _gb(n: float) -> str:
+    return f"{n / 1e9:.2f} GB" if n >= 1e8 else _mb(n)
+
+
 def inspect_file(path: Path, out: Callable[[str], None] = print) -> bool:
     """One ONNX file on its own (one-line UserError when it is not ONNX)."""
     rep = analyze(path)
@@ -90,7 +115,7 @@ def inspect_file(path: Path, out: Callable[[str], None] = print) -> bool:
     return ok
 
 
-def _print_graph(name: str, g: GraphSpec | None, rep: GraphReport, precision, out) -> bool:
+def _print_graph(name: str, g: GraphSpec | None, rep: GraphReport, precision, out, path=None) -> bool:
     ext = f" + {', '.join(e.file for e in g.external_data)}" if g is not None and g.external_data else ""
     out(
         f"\n{name}: {g.file.file if g is not None else rep.file}{ext}, {rep.num_nodes} nodes, opset {rep.opset}"
@@ -103,6 +128,8 @@ def _print_graph(name: str, g: GraphSpec | None, rep: GraphReport, precision, ou
     out(f"  params:  {_mb(total)} (" + ", ".join(f"{k} {_mb(v)}" for k, v in rep.param_bytes.items()) + ")")
     flops = sum(rep.gemm_flops.values())
     out(f"  GEMM/conv per call: {_flops(flops)}, {100 * rep.fp16_flop_share:.2f} % in fp16")
+    if rep.quant_islands is not None:  # int8/fp8 QDQ graphs (issue 22)
+        quant_report.print_graph(rep, precision, out, path)
     if rep.fp32_islands is not None:
         out("  fp32 islands (compute nodes by region):")
         for region, entry in rep.fp32_islands.items():

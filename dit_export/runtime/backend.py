@@ -77,6 +77,21 @@ class Backend(ABC):
     def has_graph(self, graph: str) -> bool:
         return graph in self.graphs
 
+    def add_graphs(self, names: Sequence[str]) -> None:
+        """Load more of the folder's graphs after creation (the forecast cache's step graphs, on the
+        first cached request). A backend that loads everything up front (TensorRT's shared scratch
+        is sized then; C++) refuses in one line."""
+        new = [g for g in names if g not in self.graphs]
+        if not new:
+            return
+        self.graphs.update({g: self.manifest.graph(g) for g in new})
+        try:
+            self.add_graphs_impl(new)
+        except BaseException:
+            for g in new:
+                self.graphs.pop(g, None)
+            raise
+
     # -- the checked public interface -----------------------------------------------------------
     def alloc(self, shape: Sequence[int], dtype: str | np.dtype, *, table: bool = False) -> Buffer:
         """A tensor in backend memory; `table=True`: only ever read row by row (may stay on the host)."""
@@ -107,7 +122,21 @@ class Backend(ABC):
     def close(self) -> None:  # noqa: B027 (optional hook: backends without resources keep it)
         """Free what the backend holds (engines, sessions, device memory)."""
 
+    def free_bytes(self) -> int | None:
+        """Memory free where `alloc` puts tensors (None: unknown). Default: the host's available
+        memory; device backends override it. Asked before a large allocation (the step cache)."""
+        import psutil
+
+        return int(psutil.virtual_memory().available)
+
     # -- what subclasses implement --------------------------------------------------------------
+    def add_graphs_impl(self, names: Sequence[str]) -> None:
+        """Load `names` (already in `self.graphs`); default: this backend cannot."""
+        raise UserError(
+            f"the {self.name} backend loads its graphs when it is opened: {', '.join(names)} "
+            "were not loaded (Sampler.load(..., cache=True) loads the forecast cache's)"
+        )
+
     @abstractmethod
     def alloc_impl(self, shape: tuple[int, ...], dtype: np.dtype, table: bool) -> Buffer: ...
 

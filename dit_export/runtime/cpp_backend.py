@@ -3,8 +3,9 @@
 Two ways in, both on the same exported folder and manifest:
 
 - `CppSampler`: a `Sampler` whose loop is the C++ one (`dit_generate`): chunking, Philox noise,
-  schedule rows, step graph and VAE all happen in C++. Everything else (the request and its
-  validation, `generate`/`sample`, defaults, uint8 conversion) is `Sampler`'s.
+  schedule rows, step graphs (with the forecast cache's plan and buffers when `cache_interval` > 1)
+  and VAE all happen in C++. Everything else (the request and its validation, `generate`/`sample`,
+  defaults, uint8 conversion) is `Sampler`'s.
 
       with CppSampler.load("engines/s8", backend="cpu") as s:
           images = s.sample([207, 360], seed=0, cfg_scale=4.0, steps=25)   # (2, H, W, 3) uint8
@@ -33,12 +34,15 @@ from dit_export.errors import UserError
 from dit_export.export.manifest import GraphSpec, Manifest
 from dit_export.runtime.backend import Backend, Buffer
 from dit_export.runtime.sampler import Sampler
+from dit_export.sampling.cache import CACHE_GRAPHS
 from dit_export.sampling.noise import make_noise
 from dit_export.sampling.request import SampleRequest
 
 LIB_ENV = "DIT_RUNTIME_LIB"
 LIB_NAME = "libdit_runtime.so"
 BACKEND_KINDS = {"auto": 0, "cpu": 1, "tensorrt": 2, "trt": 2}
+# what the C++ backends load (the forecast cache's step graphs when the folder has them compiled)
+CPP_GRAPHS = ("dit_step", *CACHE_GRAPHS, "vae_decoder")
 KIND_NAMES = {0: "auto", 1: "cpu", 2: "tensorrt"}
 
 _NOISE_FN = ctypes.CFUNCTYPE(
@@ -93,6 +97,8 @@ class _Params(ctypes.Structure):
         ("noise_user", ctypes.c_void_p),
         ("progress_fn", _PROGRESS_FN),
         ("progress_user", ctypes.c_void_p),
+        ("cache_interval", ctypes.c_int32),
+        ("cache_order", ctypes.c_int32),
     ]
 
 
@@ -281,6 +287,7 @@ class CppSampler(Sampler):
         p.cfg_scale = req.cfg_scale
         p.steps = req.steps
         p.sampler = req.sampler.encode()
+        p.cache_interval, p.cache_order = req.cache_interval, req.cache_order  # the forecast cache
         keep: list = [labels]
         if self.schedules.stored_table(req.sampler, req.steps) is None:  # else C++ reads the stored one
             ts, coefs = (np.ascontiguousarray(a) for a in self.schedule(req.steps, req.sampler))
@@ -362,7 +369,8 @@ class CppBackend(Backend):
     """Graphs run by the C++ library (`dit_run_graph`), for the Python `Sampler` loop.
 
     options: `cpp_backend` ("auto" | "cpu" | "tensorrt", default "cpu"), `threads`, `verify_hashes`.
-    Only `dit_step` and `vae_decoder` exist in C++ (not the bare `dit` graph).
+    Only the step graphs (`dit_step`, the forecast cache's `dit_step_full` / `dit_step_forecast`)
+    and `vae_decoder` exist in C++ (not the bare `dit` graph).
     """
 
     name = "cpp"
@@ -379,9 +387,12 @@ class CppBackend(Backend):
         cuda_graph: bool = True,
     ) -> None:
         super().__init__(folder, manifest, graphs)
-        bad = [g for g in self.graphs if g not in ("dit_step", "vae_decoder")]
+        bad = [g for g in self.graphs if g not in CPP_GRAPHS]
         if bad:
-            raise UserError(f"the C++ runtime runs dit_step and vae_decoder only, not {bad[0]}")
+            raise UserError(
+                "the C++ runtime runs dit_step and vae_decoder only (plus the forecast cache's "
+                f"{' and '.join(CACHE_GRAPHS)}), not {bad[0]}"
+            )
         self.handle = _Handle(folder, cpp_backend, threads, verify_hashes, load_vae="vae_decoder" in self.graphs,
                               device=device, cuda_graph=cuda_graph)  # fmt: skip
 

@@ -23,7 +23,8 @@ Reuse (`why_stale`, asked by `build` and `bench`): an existing export is reused 
 
 Backend `auto` (`choose_backend`; cpp/src/runtime.cpp's DIT_BACKEND_AUTO follows the same rule):
   TensorRT when TensorRT works on the machine that runs the folder (it imports and sees a CUDA
-  GPU) and the folder holds a plan of every graph it runs for that TensorRT release and GPU;
+  GPU) and the folder holds a plan of every graph it runs (the forecast cache's step graphs
+  too, when exported) for that TensorRT release and GPU;
   otherwise the CPU runtime: ONNX Runtime in Python, the AOTInductor packages in C++ (which has no
   ONNX Runtime). A plan that is there but stale (its ONNX, TensorRT or build options changed) is
   not a reason to fall back: the load fails with the rebuild command. `build` makes the plans, so
@@ -49,9 +50,11 @@ from dit_export.backends import BACKENDS, LONG_NAMES, canonical_backend, default
 from dit_export.engine import aoti, trt_api
 from dit_export.engine.plans import PLANS_DIR, Target, find_plan, list_plans, plan_status
 from dit_export.errors import UserError
-from dit_export.export.manifest import FILENAME, Manifest
+from dit_export.export.manifest import FILENAME, CacheInfo, Manifest
+from dit_export.export.manifest.rules import no_cache_message
 from dit_export.fileio import read_json_or_none, write_json
 from dit_export.models.spec import ModelSpec
+from dit_export.sampling.cache import CACHE_GRAPHS, DEFAULT_ORDER, check_cache
 
 BUILD_RECORD = "build.json"
 BUILD_SCHEMA = "dit_export.build/1"
@@ -95,7 +98,9 @@ def _fingerprint(spec: str | None) -> dict | None:
     return None
 
 
-def export_request(model: ModelSpec, batch: int, precision: str, opset: int) -> dict:
+def export_request(
+    model: ModelSpec, batch: int, precision: str, opset: int, max_cache_order: int | None = DEFAULT_ORDER
+) -> dict:
     """Everything an export depends on, normalised (what build.json records as "request")."""
     spec = model.validate()
     return {
@@ -105,6 +110,7 @@ def export_request(model: ModelSpec, batch: int, precision: str, opset: int) -> 
         "batch": int(batch),
         "precision": precision,
         "opset": int(opset),
+        "max_cache_order": max_cache_order,
     }
 
 
@@ -197,9 +203,32 @@ class ExportFolder:
     def aoti_packages(self) -> dict[str, dict]:
         return self.sidecar("aoti")
 
-    def sampling_graphs(self) -> list[str]:
-        """The graphs a sampler runs: the step, and the VAE decoder when exported."""
-        return [g for g in SAMPLING_GRAPHS if self.manifest.graphs.get(g) is not None]
+    def sampling_graphs(self, cache: bool = False) -> list[str]:
+        """The graphs a sampler runs: the step, and the VAE decoder when exported; with `cache`,
+        also the forecast cache's full and forecast steps when exported."""
+        names = SAMPLING_GRAPHS + (CACHE_GRAPHS if cache else ())
+        return [g for g in names if self.manifest.graphs.get(g) is not None]
+
+    # -- the forecast step cache (issue 21) -----------------------------------------------------
+    @property
+    def has_cache(self) -> bool:
+        """The export holds dit_step_full and dit_step_forecast (and their `cache` record)."""
+        return self.manifest.has_cache
+
+    @property
+    def cache_record(self) -> CacheInfo | None:
+        """The manifest's `cache` record (max_order, slots, shape, dtype, bytes_per_image, ...)."""
+        return self.manifest.cache
+
+    def require_cache(self, order: int = DEFAULT_ORDER) -> CacheInfo:
+        """The cache record for sampling with Taylor order `order`; one-line UserError when the
+        export has no forecast graphs, or graphs for a smaller order (both: re-export)."""
+        check_cache(2, order)  # the order itself first (0..MAX_ORDER)
+        rec = self.manifest.cache
+        if rec is None:
+            raise UserError(no_cache_message(self.path, max(order, DEFAULT_ORDER)))
+        check_cache(2, order, rec.max_order)  # "... re-export with --max-cache-order O"
+        return rec
 
     # -- checks (each at most once per object) --------------------------------------------------
     def check_files(self) -> None:
@@ -299,7 +328,7 @@ def choose_backend(
     if elsewhere:
         assert folder is not None
         have = {rec.get("graph") for rec in folder.plans.values()}
-        missing = [g for g in folder.sampling_graphs() if g not in have]
+        missing = [g for g in folder.sampling_graphs(cache=True) if g not in have]
         if not missing:
             return "trt", "backend auto → tensorrt: the folder holds TensorRT plans of every graph"
         return "ort", f"backend auto → onnxruntime: the folder has no TensorRT plan of {', '.join(missing)}"
@@ -311,7 +340,7 @@ def choose_backend(
     if building:
         return "trt", f"backend auto → tensorrt: {why}"
     target = Target.current()
-    for graph in folder.sampling_graphs():
+    for graph in folder.sampling_graphs(cache=True):
         status, reason = folder.plan_status(graph, target, check_hash=False)
         if status == "missing":  # stale plans are not a fallback: the load names the rebuild
             return "ort", f"backend auto → {_describe('ort')}: {reason}"

@@ -20,6 +20,7 @@ import numpy as np
 from dit_export.backends import default_ort_providers, env_threads
 from dit_export.errors import UserError
 from dit_export.export.manifest import GraphSpec, dtypes
+from dit_export.export.precision import ort_disabled_optimizers
 from dit_export.lazy import optional_import
 from dit_export.runtime.backend import Backend, Buffer
 
@@ -96,14 +97,30 @@ class OrtBackend(Backend):
         threads = threads or env_threads()
         if threads:
             so.intra_op_num_threads = threads
-        provider_options = [self._provider_options(p) for p in chosen]
+        self._session_args = (so, chosen, [self._provider_options(p) for p in chosen])
         self.sessions = {}
         self.bindings = {}
-        for g, io in self.graphs.items():
+        self.add_graphs_impl(list(self.graphs))
+        # What the sessions really run on (a provider that failed to load is silently dropped).
+        in_use = [s.get_providers()[0] for s in self.sessions.values()] or [chosen[0]]
+        self.active = in_use[0]
+        self.providers = list(next(iter(self.sessions.values())).get_providers()) if self.sessions else chosen
+        self.device = "cuda" if all(p in GPU_PROVIDERS for p in in_use) else "cpu"
+        self.unused = [p for p in asked if p not in in_use and p != "CPUExecutionProvider"]
+
+    def add_graphs_impl(self, names: Sequence[str]) -> None:
+        """One session (and I/O binding) per graph, checked against the manifest."""
+        ort, (so, chosen, provider_options) = self._ort, self._session_args
+        for g in names:
+            io = self.graphs[g]
             path = self.manifest.path(io.file)
             try:
                 sess = ort.InferenceSession(
-                    str(path), sess_options=so, providers=chosen, provider_options=provider_options
+                    str(path),
+                    sess_options=so,
+                    providers=chosen,
+                    provider_options=provider_options,
+                    disabled_optimizers=ort_disabled_optimizers(self.manifest.precision),  # int8 (issue 22)
                 )
             except Exception as e:  # onnxruntime raises its own pybind exception types
                 first = (str(e).strip().splitlines() or [type(e).__name__])[0]
@@ -111,12 +128,6 @@ class OrtBackend(Backend):
             self.check_loaded_io(g, session_io(sess), io.file.file)
             self.sessions[g] = sess
             self.bindings[g] = sess.io_binding()
-        # What the sessions really run on (a provider that failed to load is silently dropped).
-        in_use = [s.get_providers()[0] for s in self.sessions.values()] or [chosen[0]]
-        self.active = in_use[0]
-        self.providers = list(next(iter(self.sessions.values())).get_providers()) if self.sessions else chosen
-        self.device = "cuda" if all(p in GPU_PROVIDERS for p in in_use) else "cpu"
-        self.unused = [p for p in asked if p not in in_use and p != "CPUExecutionProvider"]
 
     def _provider_options(self, provider: str) -> dict:
         if (
@@ -147,6 +158,10 @@ class OrtBackend(Backend):
     def read_impl(self, buf: Buffer) -> np.ndarray:
         assert isinstance(buf, OrtBuffer)
         return buf.array.copy() if buf.array is not None else np.asarray(buf.value.numpy())
+
+    def free_bytes(self) -> int | None:
+        """Host memory on the CPU provider; unknown on a GPU one (ONNX Runtime does not say)."""
+        return super().free_bytes() if self.device == "cpu" else None
 
     # -- running -------------------------------------------------------------------------------
     def run_impl(self, graph: str, io: GraphSpec, bindings: Mapping[str, Buffer]) -> None:

@@ -13,6 +13,9 @@ the start of each chunk. Which samplers a folder runs, their table layout, state
 draw per-step noise come from the folder's record (`schedule.samplers` of the manifest plus the
 `schedules --add` sidecar), never from a list here; samplers that draw no noise (the ODE ones)
 draw only the initial latent and bind one zero noise row.
+A request with `cache_interval` above 1 runs the forecast step cache (`runtime.step_cache`): per
+step `dit_step_full` or `dit_step_forecast` with the cache buffers bound as well; interval 1 runs
+`dit_step` exactly as without it.
 Everything numeric happens inside the graph, so every backend runs the same math. Requests of
 any size are cut into chunks of the engine batch N (the last one padded with label 0 and zero
 noise; pad rows are discarded). Philox noise is keyed by the image's position in the request, so
@@ -36,10 +39,12 @@ from tqdm import tqdm
 from dit_export.backends import canonical_backend
 from dit_export.errors import UserError
 from dit_export.export.manifest import Manifest
+from dit_export.export.precision import check_backend
 from dit_export.export.schedule_tables import FolderSchedules
 from dit_export.images import to_uint8
 from dit_export.runtime.backend import Backend, Buffer, as_manifest, make_backend
 from dit_export.runtime.folder import ExportFolder
+from dit_export.runtime.step_cache import CacheLayout, LoopCache, check_request
 from dit_export.sampling.batch_noise import ChunkNoise, pad_rows
 from dit_export.sampling.request import SampleRequest
 from dit_export.sampling.schedule import STATE_NAMES, state_output
@@ -73,6 +78,7 @@ class Sampler:
         self.batch, self.image_size, self.precision = m.batch, m.image_size, m.precision
         self.latent_shape = (m.latent_channels, m.latent_size, m.latent_size)
         self._bufs: dict[str, Buffer] = {}
+        self.cache_layout = CacheLayout.of(m)  # None: the folder has no forecast graphs
 
     @classmethod
     def load(
@@ -83,9 +89,14 @@ class Sampler:
         *,
         graphs: Sequence[str] | None = None,
         check_hashes: bool | None = None,
+        cache: bool | None = None,
         **options,
     ) -> Sampler:
         """Read and check the manifest, then load the graphs (default: the step and the VAE).
+
+        `cache`: load the forecast cache's two step graphs now (True), never (False), or (None, the
+        default) on the first cached request where the backend can add graphs later (ort, torch:
+        no memory for them until then) and now elsewhere (trt, cpp).
 
         `backend`: ort | trt | torch | cpp (or onnxruntime, tensorrt, pytorch). `providers`:
         onnxruntime providers for ort (default: CUDA when available, else CPU). `check_hashes`:
@@ -100,10 +111,12 @@ class Sampler:
         folder, manifest = export.path, export.manifest
         export.check_files()
         name = canonical_backend(backend)
+        check_backend(manifest.precision, name)  # int8/fp8 graphs: who can run them (issue 22)
         if check_hashes if check_hashes is not None else name != "trt":
             export.verify_hashes()
         if graphs is None:
-            graphs = export.sampling_graphs()
+            eager = cache if cache is not None else name in ("trt", "cpp")
+            graphs = export.sampling_graphs(cache=eager)
         if providers:
             if name != "ort":
                 raise UserError("providers apply to the ort backend only")
@@ -139,13 +152,15 @@ class Sampler:
     def generate_many(
         self, requests: Sequence[SampleRequest], *, decode: bool = True, progress: bool = False
     ) -> list[SampleResult]:
-        """One result per request, in order; rows of requests that share cfg scale, steps, sampler
-        and Philox noise are packed into shared engine runs (a server's concurrent requests). Each
-        row keeps its own (seed, image index) noise, so every result equals `generate(request)`."""
+        """One result per request, in order; rows of requests that share cfg scale, steps, sampler,
+        cache settings and Philox noise are packed into shared engine runs (a server's concurrent
+        requests). Each row keeps its own (seed, image index) noise, so every result equals
+        `generate(request)`."""
         reqs = [self._checked(r) for r in requests]
         groups: dict[tuple, list[int]] = {}
         for i, r in enumerate(reqs):
-            key = (r.cfg_scale, r.steps, r.sampler) if r.noise == "philox" else ("alone", i)
+            cache = (r.cache_interval, r.cache_order if r.cached else None)
+            key = (r.cfg_scale, r.steps, r.sampler, cache) if r.noise == "philox" else ("alone", i)
             groups.setdefault(key, []).append(i)
         results: list[SampleResult | None] = [None] * len(reqs)
         for members in groups.values():
@@ -168,14 +183,17 @@ class Sampler:
             raise TypeError(
                 f"generate takes a SampleRequest, got {type(request).__name__} (see Sampler.sample)"
             )
-        return request.validate(self.num_classes, self.num_train_steps)
+        req = request.validate(self.num_classes, self.num_train_steps)
+        check_request(self.manifest, req)  # forecast graphs there, order within the export's
+        return req
 
     def sample(
         self, labels: Sequence[int], *, return_latents: bool = False, progress: bool = False, **fields
     ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
         """uint8 images (M, H, W, 3) for M labels (and the final latents (M, C, L, L) on request).
 
-        `fields`: the other `SampleRequest` fields (seed, cfg_scale, steps, sampler, noise).
+        `fields`: the other `SampleRequest` fields (seed, cfg_scale, steps, sampler, noise,
+        cache_interval, cache_order).
         """
         if not self.has_vae:
             raise UserError(
@@ -238,6 +256,12 @@ class Sampler:
         src = ChunkNoise(req.noise, *rows, n, self.latent_shape, req.guided, 0 if ode else num_steps)
         be = self.backend
         block = max(1, min(num_steps, MAX_NOISE_TABLE_BYTES // (n * math.prod(self.latent_shape) * 4)))
+        # the cache first: its memory check comes before anything else is allocated
+        cache = (
+            LoopCache(be, self.manifest, req, num_steps, self._buf, held=set(self._bufs))
+            if req.cached
+            else None
+        )
         b = self._buffers(num_steps, 1 if ode else block, decode)
         be.write(b["t"], np.repeat(timesteps[:, None], n, axis=1))
         be.write(b["coef"], coefs)
@@ -251,11 +275,13 @@ class Sampler:
             for c in range(chunks):
                 lo, hi = c * n, min(m, (c + 1) * n)
                 be.write(b["y"], pad_rows(labels[lo:hi], n))  # pad rows: label 0, discarded
-                final = self._chunk(c, src, num_steps, block, b, bar, ode=ode)
+                final = self._chunk(c, src, num_steps, block, b, bar, ode=ode, cache=cache)
                 assert isinstance(final, Buffer)
                 lat = be.read(final)[: hi - lo]
                 if not np.isfinite(lat).all():
-                    self._report_nonfinite(c, src, num_steps, block, b, timesteps, lo, hi, req.seed, ode)
+                    self._report_nonfinite(
+                        c, src, num_steps, block, b, timesteps, lo, hi, req.seed, ode, cache
+                    )
                 latents[lo:hi] = lat
                 if decode:
                     be.run("vae_decoder", {"latent": final, "image": b["image"]})
@@ -315,12 +341,14 @@ class Sampler:
         bar,
         watch: int | None = None,
         ode: bool = False,
+        cache: LoopCache | None = None,
     ) -> Buffer | int | None:
         """Run the whole step loop for chunk c; returns the buffer holding the final latents.
 
         With `watch` = number of real rows, reads the latents after every step instead and returns
         the first step whose output is not finite (None when none is): the slow path used only to
         name the step after a non-finite result. `ode`: bind one zero noise row (ODE samplers).
+        `cache`: the forecast cache of a cached request (picks the graph per step).
         """
         be = self.backend
         be.write(b["x0"], src.initial(c))
@@ -329,6 +357,8 @@ class Sampler:
         zeros = np.zeros((self.batch, *self.latent_shape), dtype=np.float32)
         for name, _ in state:  # the history starts at zero (0 · stale memory could be NaN)
             be.write(b[name + ":0"], zeros)
+        if cache is not None:
+            cache.start()
         if ode:  # per-step noise is never used: one zero row, bound at every step
             block = steps
             be.write(b["noise"], zeros[None])
@@ -349,7 +379,10 @@ class Sampler:
                 side = k % 2  # every state pair swaps with the latent
                 for name, out in state:
                     io[name], io[out] = b[f"{name}:{side}"], b[f"{name}:{1 - side}"]
-                be.run("dit_step", io)
+                graph = "dit_step" if cache is None else cache.bind(k, io)
+                be.run(graph, io)
+                if cache is not None:
+                    cache.after(k)
                 cur, nxt = nxt, cur
                 if watch is not None and not np.isfinite(be.read(cur)[:watch]).all():
                     return k
@@ -357,13 +390,16 @@ class Sampler:
                 bar.update(k1 - k0)
         return None if watch is not None else cur
 
-    def _report_nonfinite(self, c, src, steps, block, b, timesteps, lo, hi, seed, ode=False) -> None:
+    def _report_nonfinite(
+        self, c, src, steps, block, b, timesteps, lo, hi, seed, ode=False, cache=None
+    ) -> None:
         """Re-run the chunk step by step to name the first step that produced NaN/Inf; raises."""
-        k = self._chunk(c, src, steps, block, b, None, watch=hi - lo, ode=ode)
+        k = self._chunk(c, src, steps, block, b, None, watch=hi - lo, ode=ode, cache=cache)
         where = f"images {lo}..{hi - 1}, seed {seed}"
         if isinstance(k, int):
+            graph = "dit_step" if cache is None else cache.plan.graph(k)
             raise UserError(
-                f"{self.backend.describe()}: NaN/Inf in the dit_step output first at step {k + 1}/{steps} "
+                f"{self.backend.describe()}: NaN/Inf in the {graph} output first at step {k + 1}/{steps} "
                 f"(t={int(timesteps[k])}; {where})"
             )
         raise UserError(

@@ -2,8 +2,9 @@
 
 The graphs are rebuilt from what the manifest records (the model spec: checkpoint or model name
 and weights seed, and the VAE): `dit` is the DiT itself, `dit_step` the `SamplerStep` (guided,
-exactly as exported) and `vae_decoder` the `VAEDecode` module, so `verify` compares every
-backend against the very modules the graphs were traced from.
+exactly as exported), `dit_step_full` / `dit_step_forecast` the `CachedSamplerStep` of the forecast
+cache, and `vae_decoder` the `VAEDecode` module, so `verify` compares every backend against the
+very modules the graphs were traced from.
 
 Modes (`mode=`), the precision settings a user of the official code would pick:
 
@@ -32,7 +33,8 @@ from dit_export.models.configs import DiTConfig
 from dit_export.models.spec import ModelSpec
 from dit_export.models.vae import VAEDecode
 from dit_export.runtime.backend import Backend, Buffer
-from dit_export.sampling.step import SamplerStep
+from dit_export.sampling.cache import FORECAST_GRAPH, FULL_GRAPH
+from dit_export.sampling.step import CachedSamplerStep, SamplerStep
 
 torch = optional_import("torch", "the torch backend")
 
@@ -125,16 +127,27 @@ class TorchBackend(Backend):
                 else torch.compile(decode.to(self.device), mode=compile_mode, dynamic=False)
             )
         self.modules: dict = {}
-        if "dit" in self.graphs:
-            self.modules["dit"] = model
-        if "dit_step" in self.graphs:
-            # An export with the solver-state I/O (multistep samplers) gets the stateful step.
-            stateful = len(self.graphs["dit_step"].outputs) > 1
-            self.modules["dit_step"] = SamplerStep(model, guided=True, with_state=stateful).eval()
+        self._model = model
         if "vae_decoder" in self.graphs:
             if decode is None:
                 raise UserError("the torch backend has no VAE decoder for this export")
             self.modules["vae_decoder"] = decode.to(self.device)
+        self.add_graphs_impl([g for g in self.graphs if g != "vae_decoder"])
+
+    def add_graphs_impl(self, names: Sequence[str]) -> None:
+        """The DiT graphs are modules around the one loaded model (no second copy of the weights)."""
+        model = self._model
+        for g in names:
+            if g == "dit":
+                self.modules[g] = model
+            elif g == "dit_step":
+                # An export with the solver-state I/O (multistep samplers) gets the stateful step.
+                stateful = len(self.graphs[g].outputs) > 1
+                self.modules[g] = SamplerStep(model, guided=True, with_state=stateful).eval()
+            elif g in (FULL_GRAPH, FORECAST_GRAPH):  # the forecast step cache
+                self.modules[g] = CachedSamplerStep(model, "full" if g == FULL_GRAPH else "forecast").eval()
+            else:
+                raise UserError(f"the torch backend cannot add {g} after it was created")
 
     @contextlib.contextmanager
     def _math(self) -> Iterator[None]:
@@ -168,6 +181,9 @@ class TorchBackend(Backend):
                 dst = bindings[spec.name]
                 assert isinstance(dst, TorchBuffer)
                 dst.tensor.copy_(value)
+
+    def free_bytes(self) -> int | None:
+        return int(torch.cuda.mem_get_info(self.device)[0]) if self.gpu else super().free_bytes()
 
     def sync(self) -> None:
         """Wait for queued GPU work (for timing)."""

@@ -13,9 +13,11 @@
   k × row-bytes, which is not 256-byte aligned (TensorRT requires it). Each run copies the
   step's rows device-to-device into fixed staging inputs of their own cudaMalloc (256-byte
   aligned), with CUDA graphs on or off.
-- Optional CUDA graphs for `dit_step`: the first run of an address set executes uncaptured, then
-  it is captured and replayed. The two latent buffers give two graphs (x→x' and x'→x); the
-  staging inputs keep every other address fixed.
+- Optional CUDA graphs for `dit_step` and the forecast cache's `dit_step_full` /
+  `dit_step_forecast`: the first run of an address set executes uncaptured, then it is captured
+  and replayed. The two latent buffers give two graphs (x→x' and x'→x); the staging inputs keep
+  every other address fixed, except the cache's two buffers, which swap after every full step:
+  each cached graph gets up to four address sets (latent side × cache side), each captured once.
 
 The TensorRT and CUDA calls go through `dit_export.engine.trt_api` and `dit_export.engine.cuda`,
 which import `tensorrt` and cuda-python at first use (tests/runtime/test_trt_sim.py replaces both there).
@@ -33,8 +35,9 @@ from dit_export.engine.plans import Target, find_plan
 from dit_export.errors import UserError
 from dit_export.export.manifest import GraphSpec
 from dit_export.runtime.backend import Backend, Buffer
+from dit_export.sampling.cache import CACHE_GRAPHS
 
-CUDA_GRAPH_GRAPHS = ("dit_step",)
+CUDA_GRAPH_GRAPHS = ("dit_step", *CACHE_GRAPHS)
 ALIGNMENT = 256  # bytes: TensorRT's I/O address alignment (cudaMalloc gives at least this)
 
 
@@ -165,6 +168,9 @@ class TrtBackend(Backend):
             if bound.get(name) != ptr:
                 eng.set_address(name, ptr)
                 bound[name] = ptr
+
+    def free_bytes(self) -> int | None:
+        return self._cuda.mem_free()
 
     def describe(self) -> str:
         parts = [self.target.describe()]

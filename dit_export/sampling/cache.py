@@ -94,6 +94,7 @@ def cache_plan(steps: int, interval: int, order: int, slots: int) -> CachePlan:
     float64, stored float32 (the graphs' `cache_coef` dtype)."""
     check_cache(interval, order, slots - 1)
     full = full_steps(steps, interval)
+    order = min(order, slots - 1)  # interval 1 runs no forecast: any order is accepted there
     coefs = np.zeros((steps, slots), dtype=np.float64)
     nodes: list[int] = []  # full-step indices, latest first
     for k in range(steps):

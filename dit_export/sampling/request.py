@@ -5,6 +5,8 @@ Field for field the C API's `dit_sample_params` (cpp/include/dit_runtime.h): `la
 `cfg_scale`, `steps`, `sampler`, and `noise` (the C side takes a `noise_fn` for non-Philox noise);
 `first_index` is the global index of `labels[0]` in a larger set (Philox noise is keyed by
 (seed, first_index + j)), so a shard of a sample set draws exactly the images of a single run.
+`cache_interval` / `cache_order` choose the forecast step cache (`dit_export.sampling.cache`:
+interval 1 = every step full = no caching; order 0 = FORA reuse, 1–3 = Taylor).
 `validate()` is the one place where a request is checked; every failure is a one-line `UserError`
 that names the field, the value and the limit:
 
@@ -19,9 +21,12 @@ from __future__ import annotations
 import math
 import numbers
 from dataclasses import asdict, dataclass, replace
+from dataclasses import fields as dataclass_fields
 
 from dit_export.errors import UserError
 from dit_export.sampling import NUM_TRAIN_STEPS
+
+DEFAULT_CACHE_ORDER = 2  # = sampling.cache.DEFAULT_ORDER (numpy there; tests/sampling/test_request.py checks)
 
 NOISE_KINDS = ("philox", "torch")
 MAX_SEED = 2**64 - 1  # Philox key: two 32-bit words
@@ -48,6 +53,13 @@ class SampleRequest:
     sampler: str = "ddpm"  # a registered sampler (samplers.names())
     noise: str = "philox"  # NOISE_KINDS: philox (ours, every backend) | torch (the official stream)
     first_index: int = 0  # global index of labels[0]: its Philox noise is keyed by (seed, first_index)
+    cache_interval: int = 1  # forecast cache: one full step in every N (1 = no caching)
+    cache_order: int = DEFAULT_CACHE_ORDER  # Taylor order of the forecast (0 = FORA reuse); unused at N = 1
+
+    @property
+    def cached(self) -> bool:
+        """Whether the forecast cache runs (any interval above 1)."""
+        return self.cache_interval > 1
 
     def __post_init__(self) -> None:
         labels = self.labels
@@ -90,6 +102,7 @@ class SampleRequest:
         if self.steps > num_train_steps:
             raise UserError(f"steps {self.steps}: at most {num_train_steps} (the training steps)")
         from dit_export.sampling import samplers  # numpy: only when a request is checked
+        from dit_export.sampling.cache import check_cache
 
         samplers.get(self.sampler).check_steps(self.steps)  # the name and its fewest steps
         if self.noise not in NOISE_KINDS:
@@ -103,6 +116,12 @@ class SampleRequest:
             )
         if self.first_index and self.noise != "philox":
             raise UserError("torch noise reproduces one official batch only; first_index needs philox noise")
+        for name in ("cache_interval", "cache_order"):
+            if not _is_int(getattr(self, name)):
+                raise UserError(
+                    f"{name.replace('_', ' ')} must be an integer, got {_describe(getattr(self, name))}"
+                )
+        check_cache(int(self.cache_interval), int(self.cache_order))
         return replace(
             self,
             labels=tuple(int(c) for c in labels),
@@ -110,6 +129,8 @@ class SampleRequest:
             seed=int(self.seed),
             cfg_scale=float(cfg),
             steps=int(self.steps),
+            cache_interval=int(self.cache_interval),
+            cache_order=int(self.cache_order),
         )
 
     def to_dict(self) -> dict:
@@ -120,7 +141,7 @@ class SampleRequest:
 
     @classmethod
     def from_dict(cls, d: dict) -> SampleRequest:
-        fields = ("labels", "seed", "cfg_scale", "steps", "sampler", "noise", "first_index")
+        fields = tuple(f.name for f in dataclass_fields(cls))
         unknown = sorted(set(d) - set(fields))
         if unknown:
             raise UserError(f"unknown sample request field {unknown[0]!r}; fields: {', '.join(fields)}")

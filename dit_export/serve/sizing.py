@@ -26,13 +26,13 @@ that says how it was chosen (printed by the command).
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from dit_export.errors import first_line
 from dit_export.export.manifest import Manifest
+from dit_export.host import usable_cpus
 
 GPU_INSTANCES = 2
 CPU_WORKERS = 2
@@ -55,14 +55,6 @@ class Sizing:
     queue_delay_us: int
     step_ms: float | None = None  # the measured full-batch step, when measured
     lines: list[str] = field(default_factory=list)
-
-
-def cpu_cores() -> int:
-    """The cores this process may run on (affinity, cpusets; not CPU quotas), not the host's count."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except (AttributeError, OSError):
-        return max(1, os.cpu_count() or 1)
 
 
 def available_memory() -> int | None:
@@ -127,7 +119,7 @@ def choose(
             f"{graph_bytes(manifest) / 2**20:.0f} MiB of graphs)"
         )
     else:
-        cores = cores or cpu_cores()
+        cores = cores or usable_cpus()
         instances = instances or 1
         if workers is None:
             per = max(1, cores // instances)

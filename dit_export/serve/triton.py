@@ -53,6 +53,8 @@ SAMPLER_INPUTS = (
     ("steps", "TYPE_INT32", True, "sampling steps (default: parameter default_steps)"),
     ("sampler", "TYPE_STRING", True, f"{' | '.join(samplers.names())} (default: parameter default_sampler)"),
     ("first_index", "TYPE_INT64", True, "image index of the group's first row under its seed (default 0)"),
+    ("cache_interval", "TYPE_INT32", True, "forecast step cache: one full step in N (default 1: no caching)"),
+    ("cache_order", "TYPE_INT32", True, "Taylor order of the forecast, 0..3 (default 2; N > 1 only)"),
 )
 OUTPUT_NAME = "image"  # uint8 (H, W, 3) per row
 _TRITON_DTYPES = dtypes.to("triton")  # "float16" → "TYPE_FP16", from the one dtype table

@@ -5,8 +5,9 @@ Runs inside Triton's Python-backend stub, one process per model instance, with `
 folder and the runtime backend come from the config's parameters (written by `triton-repo`).
 
 Request rows (Triton's batch dimension) are images: `class_label`, `seed` (+ optional
-`cfg_scale`, `steps`, `sampler`, `first_index`). The rows of one request that share (seed,
-cfg_scale, steps, sampler, first_index) form one `SampleRequest`, so a request is exactly
+`cfg_scale`, `steps`, `sampler`, `first_index`, `cache_interval`, `cache_order`). The rows of one
+request that share (seed, cfg_scale, steps, sampler, first_index, cache settings) form one
+`SampleRequest`, so a request is exactly
 `dit_export sample --classes <its labels> --seed S …`: row i is image first_index + i of that
 seed, whatever else the server is doing. Rows are not run by `execute`: it queues them, and the
 instance's worker thread fills each engine run with up to the engine's rows from the queue (of
@@ -34,14 +35,15 @@ import numpy as np
 from dit_export.errors import UserError
 from dit_export.images import to_uint8
 from dit_export.runtime import Sampler
-from dit_export.sampling.request import SampleRequest
+from dit_export.sampling.request import DEFAULT_CACHE_ORDER, SampleRequest
 
 try:  # provided by the stub; absent when this file is imported elsewhere (import checks, docs)
     import triton_python_backend_utils as pb_utils
 except ModuleNotFoundError:
     pb_utils = None
 
-OPTIONAL = ("cfg_scale", "steps", "sampler", "first_index")
+OPTIONAL = ("cfg_scale", "steps", "sampler", "first_index", "cache_interval", "cache_order")
+CACHE_DEFAULTS = {"cache_interval": 1, "cache_order": DEFAULT_CACHE_ORDER}  # SampleRequest's
 
 
 def _param(config: dict, key: str, default: str | None = None) -> str | None:
@@ -93,12 +95,14 @@ def _groups(request, defaults: dict) -> list[tuple[SampleRequest, list[int]]]:
             int(cols["steps"][i]) if cols["steps"] is not None else defaults["steps"],
             _text(cols["sampler"][i]) if cols["sampler"] is not None else defaults["sampler"],
             int(cols["first_index"][i]) if cols["first_index"] is not None else 0,
+            *(int(cols[k][i]) if cols[k] is not None else v for k, v in CACHE_DEFAULTS.items()),
         )
         keys.setdefault(key, []).append(i)
     out = []
-    for (seed, cfg, steps, sampler, first), rows in keys.items():
+    for (seed, cfg, steps, sampler, first, interval, order), rows in keys.items():
         labs = tuple(int(labels[i]) for i in rows)
-        req = SampleRequest(labs, seed=seed, cfg_scale=cfg, steps=steps, sampler=sampler, first_index=first)
+        req = SampleRequest(labs, seed=seed, cfg_scale=cfg, steps=steps, sampler=sampler, first_index=first,
+                            cache_interval=interval, cache_order=order)  # fmt: skip
         out.append((req, rows))
     return out
 
@@ -188,7 +192,7 @@ class TritonPythonModel:
     @staticmethod
     def _key(entry: list) -> tuple:
         req = entry[0].groups[entry[1]][0]
-        return (req.cfg_scale, req.steps, req.sampler, req.noise)
+        return (req.cfg_scale, req.steps, req.sampler, req.noise, req.cache_interval, req.cache_order)
 
     def _rows_like_head(self) -> int:
         key = self._key(self._queue[0])

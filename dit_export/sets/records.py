@@ -14,7 +14,7 @@ import numpy as np
 
 from dit_export.errors import UserError
 from dit_export.fileio import sha256_file
-from dit_export.sampling.request import NUM_TRAIN_STEPS, SampleRequest
+from dit_export.sampling.request import DEFAULT_CACHE_ORDER, NUM_TRAIN_STEPS, SampleRequest
 from dit_export.sets.launcher import Shard
 
 if TYPE_CHECKING:
@@ -44,6 +44,8 @@ class SetRequest:
     sampler: str = "ddpm"
     chunk: int | None = None  # images per file, a multiple of the engine batch (None: ~64)
     per_class: int | None = None
+    cache_interval: int = 1  # the forecast step cache (SampleRequest's fields of the same names)
+    cache_order: int = DEFAULT_CACHE_ORDER
 
     def validate(self, num_classes: int, num_train_steps: int = NUM_TRAIN_STEPS) -> SetRequest:
         """The normalised request with N resolved; one-line UserError for a bad field."""
@@ -68,7 +70,13 @@ class SetRequest:
         if self.chunk is not None and not _is_count(self.chunk):
             raise UserError(f"chunk must be an integer ≥ 1 image, got {self.chunk!r}")
         req = SampleRequest(
-            labels=classes, seed=self.seed, cfg_scale=self.cfg_scale, steps=self.steps, sampler=self.sampler
+            labels=classes,
+            seed=self.seed,
+            cfg_scale=self.cfg_scale,
+            steps=self.steps,
+            sampler=self.sampler,
+            cache_interval=self.cache_interval,
+            cache_order=self.cache_order,
         ).validate(num_classes, num_train_steps)
         return replace(
             self,
@@ -77,6 +85,8 @@ class SetRequest:
             seed=req.seed,
             cfg_scale=req.cfg_scale,
             steps=req.steps,
+            cache_interval=req.cache_interval,
+            cache_order=req.cache_order,
             chunk=None if self.chunk is None else int(self.chunk),
             per_class=None,
         )
@@ -123,6 +133,12 @@ def set_record(req: SetRequest, sampler: Sampler, backend: str) -> dict:
     folder = Path(sampler.folder)
     manifest_path = folder / "manifest.json"
     labels = req.labels(sampler.num_classes)
+    # only a cached set records the cache: an uncached set's record is what it was before caching
+    cache = (
+        {"cache_interval": req.cache_interval, "cache_order": req.cache_order}
+        if req.cache_interval > 1
+        else {}
+    )
     return {
         "model": sampler.model_name,
         "manifest_sha256": sha256_file(manifest_path),
@@ -140,6 +156,7 @@ def set_record(req: SetRequest, sampler: Sampler, backend: str) -> dict:
         "sampler": req.sampler,
         "noise": "philox",
         "chunk": chunk_size(req.chunk, sampler.batch),
+        **cache,
     }
 
 

@@ -15,7 +15,9 @@ from tqdm import tqdm
 from dit_export.errors import UserError
 from dit_export.fileio import ensure_writable_dir, write_json
 from dit_export.images import to_uint8
+from dit_export.runtime.folder import ExportFolder
 from dit_export.runtime.sampler import Sampler
+from dit_export.runtime.step_cache import graphs_for
 from dit_export.sampling.request import SampleRequest
 from dit_export.sets.launcher import Shard
 from dit_export.sets.records import (
@@ -55,6 +57,8 @@ def _generate(sampler: Sampler, req: SetRequest, labels: np.ndarray, lo: int) ->
         sampler=req.sampler,
         noise="philox",
         first_index=lo,
+        cache_interval=req.cache_interval,
+        cache_order=req.cache_order,
     )
     res = sampler.generate(request, decode=True, progress=False)
     if res.images is None:
@@ -81,7 +85,11 @@ def run_shard(
     `backend_options` go to `Sampler.load` (e.g. trt `cuda_graph`).
     """
     out = Path(out)
-    with Sampler.load(engines, backend=backend, providers=providers, **backend_options) as sampler:
+    folder = ExportFolder.of(engines)
+    graphs = graphs_for(folder, req.cache_interval > 1)  # a cached set never runs dit_step
+    with Sampler.load(
+        folder, backend=backend, providers=providers, graphs=graphs, **backend_options
+    ) as sampler:
         if not sampler.has_vae:
             raise UserError("this export has no VAE decoder (exported with --vae none): a set needs images")
         req = req.validate(sampler.num_classes, sampler.num_train_steps)

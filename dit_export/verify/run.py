@@ -3,10 +3,13 @@
 Stages per seed (N = the engine batch, labels drawn from the seed); limits: `dit_export.compare`.
   dit          `dit` output at t ∈ {999, 500, 0} on the initial latent, labels then the null label
   guided_eps   classifier-free-guided ε from that output at the requested scale
-  step         one full `dit_step` call: the first step of the loop (t = 999 for DDPM)
+  step         one full `dit_step` call: the first step of the loop (t = 999 for DDPM); with the
+               forecast cache (cache_interval > 1) also one `dit_step_full` and one
+               `dit_step_forecast` call on a seeded cache with the plan's coefficient rows
   latents      the final latents after the whole loop (the runtime sampler on both sides)
   images       the decoded images as uint8: PSNR and max |Δ|
-The first failing row names the stage; the exit code is 1 then.
+The first failing row names the stage; the exit code is 1 then. With the cache, the loop on both
+sides runs the same cache settings (the reference: the torch backend's `CachedSamplerStep`).
 
 The default is a quick check (one seed, 10 steps: seconds on a small model); `thorough=True` runs
 3 seeds × 50 steps. The limits hold for every step count, so both judge the same way.
@@ -31,6 +34,8 @@ from dit_export.export.manifest import Manifest
 from dit_export.images import to_uint8
 from dit_export.runtime.folder import ExportFolder
 from dit_export.runtime.sampler import Sampler
+from dit_export.runtime.step_cache import check_request as check_cache_request
+from dit_export.sampling.cache import CACHE_GRAPHS, DEFAULT_ORDER, cache_plan
 from dit_export.sampling.noise import make_noise
 from dit_export.sampling.request import SampleRequest
 
@@ -52,6 +57,8 @@ class Report:
     rows: list[Row] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    cache_interval: int = 1
+    cache_order: int = DEFAULT_ORDER
 
     @property
     def passed(self) -> bool:
@@ -75,6 +82,8 @@ class Report:
             "steps": self.steps,
             "sampler": self.sampler,
             "cfg_scale": self.cfg_scale,
+            "cache_interval": self.cache_interval,
+            "cache_order": self.cache_order,
             "limits": compare.limits_dict(),
             "rows": [r.to_dict() for r in self.rows],
             "skipped": self.skipped,
@@ -116,17 +125,19 @@ def summary_line(report: Report) -> str:
     return f"verify FAILED at stage '{fail.stage}': {fail.describe()}{more}"
 
 
-def _phases(folder: ExportFolder, backend: str) -> tuple[list[list[str]], list[str]]:
-    """The graphs of each phase (dit, then dit_step + VAE), loaded one phase at a time, and what is
-    skipped: a TensorRT folder built without a `dit` plan skips the dit stages."""
-    want = [g for g in ("dit", "dit_step", "vae_decoder") if folder.manifest.graphs.get(g)]
+def _phases(folder: ExportFolder, backend: str, cached: bool = False) -> tuple[list[list[str]], list[str]]:
+    """The graphs of each phase (dit, then dit_step + VAE, and the cached steps when `cached`),
+    loaded one phase at a time, and what is skipped: a TensorRT folder built without a `dit` plan
+    skips the dit stages."""
+    loop = ["dit_step", "vae_decoder", *(CACHE_GRAPHS if cached else ())]
+    want = [g for g in ("dit", *loop) if folder.manifest.graphs.get(g)]
     skipped = []
     if backend == "trt" and "dit" in want:
         status, why = folder.plan_status("dit", Target.current(), check_hash=False)
         if status != "fresh":
             want.remove("dit")
             skipped.append(f"dit and guided_eps: {why}")
-    phases = [[g for g in want if g in phase] for phase in (["dit"], ["dit_step", "vae_decoder"])]
+    phases = [[g for g in want if g in phase] for phase in (["dit"], loop)]
     return [p for p in phases if p], skipped
 
 
@@ -185,7 +196,17 @@ def _check_loop(pair: _Pair, seed: int, progress: bool) -> None:
         state=True,
     )
     pair.add("step", "rel_l2", *pair.graph("dit_step", feeds), f"t={int(timesteps[0])} {rep.sampler}")
-    req = SampleRequest(tuple(int(v) for v in labels), seed, rep.cfg_scale, rep.steps, rep.sampler)
+    if rep.cache_interval > 1:
+        _check_cached_steps(pair, seed, shape, labels, timesteps, coefs)
+    req = SampleRequest(
+        tuple(int(v) for v in labels),
+        seed,
+        rep.cfg_scale,
+        rep.steps,
+        rep.sampler,
+        cache_interval=rep.cache_interval,
+        cache_order=rep.cache_order,
+    )
     got_r = sut.generate(req, decode=True, progress=progress)
     exp_r = pair.ref.generate(req, decode=True, progress=progress)
     pair.add("latents", "rel_l2", got_r.latents, exp_r.latents, f"{len(timesteps)} {rep.sampler} steps")
@@ -193,6 +214,32 @@ def _check_loop(pair: _Pair, seed: int, progress: bool) -> None:
         a, b = to_uint8(got_r.images), to_uint8(exp_r.images)
         pair.add("images", "psnr_db", a, b, "uint8")
         pair.add("images", "max_abs", a, b, "uint8 max |Δ|")
+
+
+def _check_cached_steps(pair: _Pair, seed: int, shape: dict, labels, timesteps, coefs) -> None:
+    """One `dit_step_full` and one `dit_step_forecast` call (the latest of each in the plan) on a
+    seeded N(0, 1) cache, x_next compared (the full step's refreshed cache is checked by export)."""
+    rep, m = pair.report, pair.manifest
+    assert m.cache is not None  # check_cache_request ran
+    plan = cache_plan(len(timesteps), rep.cache_interval, rep.cache_order, m.cache.slots)
+    for graph in CACHE_GRAPHS:
+        ks = [k for k in range(plan.steps) if plan.graph(k) == graph]
+        if not ks:
+            continue
+        k = ks[-1]
+        feeds = example_feeds(
+            graph,
+            **shape,
+            seed=[seed, 21],
+            labels=labels,
+            t=int(timesteps[k]),
+            guidance=rep.cfg_scale,
+            coef=coefs[k],
+            cache_shape=m.cache.shape,
+            cache_coef=plan.coefs[k],
+        )
+        case = f"{graph} k={k} t={int(timesteps[k])} N={rep.cache_interval} O={rep.cache_order}"
+        pair.add("step", "rel_l2", *pair.graph(graph, feeds), case)
 
 
 def verify(
@@ -204,6 +251,8 @@ def verify(
     cfg_scale: float = 4.0,
     providers: Sequence[str] | None = None,
     *,
+    cache_interval: int = 1,
+    cache_order: int = DEFAULT_ORDER,
     thorough: bool = False,
     log: Callable[[str], None] | None = None,
     progress: bool = False,
@@ -212,7 +261,8 @@ def verify(
     """Run every stage for every seed; the report says what passed (nothing raised for a failure).
 
     `seeds`/`steps` default to the quick check (seed 0, 10 steps), or with `thorough` to
-    seeds 0 1 2 × 50 steps. `options` go to the backend (trt `cuda_graph`, torch `mode`, ...).
+    seeds 0 1 2 × 50 steps. `cache_interval`/`cache_order`: the forecast cache, the same on both
+    sides. `options` go to the backend (trt `cuda_graph`, torch `mode`, ...).
     """
     t_start = time.perf_counter()
     plan = THOROUGH if thorough else QUICK
@@ -221,7 +271,10 @@ def verify(
     export = ExportFolder.of(folder)  # one read of the manifest for both samplers of every phase
     folder, manifest = export.path, export.manifest
     backend = canonical_backend(backend)
-    phases, skipped = _phases(export, backend)
+    cache = {"cache_interval": cache_interval, "cache_order": cache_order}
+    # one line before anything loads: bad settings, no forecast graphs, an order above the export's
+    check_cache_request(manifest, SampleRequest((0,), steps=steps, **cache).validate())
+    phases, skipped = _phases(export, backend, cached=cache_interval > 1)
     from dit_export.runtime.torch_backend import load_reference  # torch: the reference needs it
 
     # The reference modules are built once; the backend under test loads one phase's graphs at a
@@ -238,7 +291,7 @@ def verify(
             ref = Sampler.load(export, "torch", graphs=graphs, check_hashes=False, modules=modules)
             if report is None:
                 report = Report(str(folder), sut.backend.describe(), ref.backend.describe(), sut.precision,
-                                seeds, steps, sampler, float(cfg_scale), skipped=skipped)  # fmt: skip
+                                seeds, steps, sampler, float(cfg_scale), skipped=skipped, **cache)  # fmt: skip
             what = "dit at t = 999, 500, 0" if denoiser else f"{steps} {sampler} steps and the decode"
             say(f"verify: {what} on {backend} and torch, seed(s) {' '.join(map(str, seeds))} ...")
             for seed in seeds:

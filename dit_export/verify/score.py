@@ -132,6 +132,8 @@ class ScoreResult:
     classifier_heldout_accuracy: float
     sample_seconds: float
     extra: dict[str, Any] = field(default_factory=dict)
+    cache_interval: int = 1  # the forecast step cache (1: none)
+    cache_order: int = 2
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -182,6 +184,8 @@ def score_sampler(
     steps: int = 50,
     sampler: str = "ddpm",
     seed: int = 0,
+    cache_interval: int = 1,
+    cache_order: int = 2,
 ) -> ScoreResult:
     """Generate per_class images of every class with ``sample_fn`` and score them.
 
@@ -204,6 +208,8 @@ def score_sampler(
         **score_images(images, labels, clf, seed=seed),  # accuracy, per_class_accuracy, fd, fd_real
         classifier_heldout_accuracy=clf.heldout_accuracy,
         sample_seconds=seconds,
+        cache_interval=int(cache_interval),
+        cache_order=int(cache_order),
     )
 
 
@@ -216,9 +222,12 @@ def torch_sample_fn(
     sampler: str = "ddpm",
     seed: int = 0,
     batch: int = 500,
+    cache_interval: int = 1,
+    cache_order: int = 2,
 ) -> SampleFn:
     """The PyTorch fp32 reference as a sampler function: philox noise, image i of the request gets
-    noise index i (batches only bound memory; they do not change the images)."""
+    noise index i (batches only bound memory; they do not change the images). `cache_interval` > 1
+    runs the forecast step cache (`sampling.cache`)."""
     cfg = model.config
     shape = (cfg.in_channels, cfg.input_size, cfg.input_size)
 
@@ -228,7 +237,15 @@ def torch_sample_fn(
             part = list(labels[start : start + batch])
             noise = make_noise("philox", seed, len(part), shape, guided=cfg_scale > 1.0, first_image=start)
             z = sample_latents(
-                model, part, noise, steps=steps, sampler=sampler, cfg_scale=cfg_scale, progress=False
+                model,
+                part,
+                noise,
+                steps=steps,
+                sampler=sampler,
+                cfg_scale=cfg_scale,
+                progress=False,
+                cache_interval=cache_interval,
+                cache_order=cache_order,
             )
             with torch.inference_mode():
                 out.append(to_uint8(vae_decode(z).float().numpy()))
@@ -245,13 +262,28 @@ def load_embedded_reference(name: str) -> tuple[Any, Any]:
 
 
 def runtime_sample_fn(
-    runner: Sampler, *, cfg_scale: float, steps: int, sampler: str = "ddpm", seed: int = 0
+    runner: Sampler,
+    *,
+    cfg_scale: float,
+    steps: int,
+    sampler: str = "ddpm",
+    seed: int = 0,
+    cache_interval: int = 1,
+    cache_order: int = 2,
 ) -> SampleFn:
     """A loaded runtime sampler as a sampler function, through `Sampler.generate` (the path users
     sample with; image i of the request gets noise index i, whatever the engine batch)."""
 
     def sample(labels: Sequence[int]) -> np.ndarray:
-        request = SampleRequest(tuple(int(v) for v in labels), seed, cfg_scale, steps, sampler)
+        request = SampleRequest(
+            tuple(int(v) for v in labels),
+            seed,
+            cfg_scale,
+            steps,
+            sampler,
+            cache_interval=cache_interval,
+            cache_order=cache_order,
+        )
         res = runner.generate(request, decode=True, progress=False)
         if res.images is None:
             raise UserError("this export has no VAE decoder (exported with --vae none): nothing to score")
@@ -269,6 +301,12 @@ class ScoreSettings:
     steps: int = 50
     sampler: str = "ddpm"
     seed: int = 0
+    cache_interval: int = 1  # the forecast step cache (SampleRequest's fields)
+    cache_order: int = 2
+
+    @property
+    def cache(self) -> dict[str, int]:
+        return {"cache_interval": self.cache_interval, "cache_order": self.cache_order}
 
 
 def score_scales(
@@ -295,6 +333,7 @@ def score_scales(
             steps=s.steps,
             sampler=s.sampler,
             seed=s.seed,
+            **s.cache,
         )
         for g in s.cfg_scales
     ]
@@ -312,7 +351,7 @@ def score_engines(
 ) -> list[ScoreResult]:
     """Score a built folder on `backend` (ort | trt | torch | cpp; the caller resolves `auto` to the
     backend the folder was built for), one result per guidance scale."""
-    runner = Sampler.load(engines, backend, providers, **options)
+    runner = Sampler.load(engines, backend, providers, cache=settings.cache_interval > 1, **options)
     try:
         if (runner.num_classes, runner.image_size) != (info.num_classes, info.image_size):
             raise UserError(
@@ -321,7 +360,9 @@ def score_engines(
             )
         s = settings
         return score_scales(
-            lambda g: runtime_sample_fn(runner, cfg_scale=g, steps=s.steps, sampler=s.sampler, seed=s.seed),
+            lambda g: runtime_sample_fn(
+                runner, cfg_scale=g, steps=s.steps, sampler=s.sampler, seed=s.seed, **s.cache
+            ),
             settings,
             num_classes=info.num_classes,
             backend=f"{runner.backend.name}-rt" if runner.backend.name == "torch" else runner.backend.name,
@@ -339,7 +380,9 @@ def score_reference(
     model, decode = load_embedded_reference(info.name)
     s = settings
     return score_scales(
-        lambda g: torch_sample_fn(model, decode, cfg_scale=g, steps=s.steps, sampler=s.sampler, seed=s.seed),
+        lambda g: torch_sample_fn(
+            model, decode, cfg_scale=g, steps=s.steps, sampler=s.sampler, seed=s.seed, **s.cache
+        ),
         settings,
         num_classes=info.num_classes,
         backend="torch",
@@ -351,12 +394,18 @@ def score_reference(
 def format_table(results: Sequence[ScoreResult]) -> str:
     """The score table the command prints."""
     head = f"{'backend':8s} {'precision':9s} {'cfg':>5s} {'steps':>5s} {'images':>6s} {'accuracy':>8s} {'FD':>8s} {'FD real':>8s} {'time':>7s}"
+    cached = any(r.cache_interval > 1 for r in results)
+    if cached:
+        head += f" {'cache':>7s}"
     lines = [head]
     for r in results:
-        lines.append(
+        line = (
             f"{r.backend:8s} {r.precision:9s} {r.cfg_scale:5g} {r.steps:5d} {r.num_images:6d} "
             f"{100 * r.accuracy:7.1f}% {r.fd:8.2f} {r.fd_real:8.2f} {r.sample_seconds:6.1f}s"
         )
+        if cached:
+            line += f" {f'N{r.cache_interval} O{r.cache_order}' if r.cache_interval > 1 else 'none':>7s}"
+        lines.append(line)
     if results:
         lines.append(
             f"classifier: MLP on 8×8 real digits, held-out accuracy {100 * results[0].classifier_heldout_accuracy:.1f}%; "

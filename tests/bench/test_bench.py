@@ -31,24 +31,32 @@ def _bench_cmd() -> list[str]:
 
 @pytest.fixture(scope="module")
 def quick(tmp_path_factory):
+    """`bench --quick` with a work folder that already holds its batch-2 fp32 folder: a hard-linked
+    copy of the S/8 folder the runtime tests build (tests/folders.py), which bench reuses by
+    `build`'s rule; the batch-1 folder is exported (and checked) by bench's own worker."""
+    from folders import link_copy, s8_folder
+
+    from dit_export.bench.exports import folder_name
+    from dit_export.cli.bench import QUICK
+    from dit_export.models.spec import ModelSpec
+
     out = tmp_path_factory.mktemp("bench")
     paths = {k: out / f"quick.{ext}" for k, ext in (("json", "json"), ("md", "md"), ("png", "png"))}
+    spec = ModelSpec(model=QUICK["model"], random_weights=True, vae=QUICK["vae"]).validate()
+    shared = s8_folder(tmp_path_factory, "fp32")
+    seeded = link_copy(shared, out / "work" / folder_name(spec, "fp32", 2))
     proc = subprocess.run(
-        [
-            *_bench_cmd(),
-            "--quick",
-            "--json",
-            str(paths["json"]),
-            "--markdown",
-            str(paths["md"]),
-            "--plot",
-            str(paths["png"]),
-        ],
+        [*_bench_cmd(), "--quick", "--work-dir", str(out / "work"), "--json", str(paths["json"]),
+         "--markdown", str(paths["md"]), "--plot", str(paths["png"])],
         capture_output=True,
         text=True,
         timeout=900,
-    )
+    )  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "preparing 2 export folder(s)" in proc.stdout, proc.stdout
+    # batch 2 was reused as is (the same file, not a new export); batch 1 was exported
+    assert (seeded / "dit_step.onnx").samefile(shared / "dit_step.onnx")
+    assert (out / "work" / folder_name(spec, "fp32", 1) / "manifest.json").is_file()
     res = json.loads(paths["json"].read_text())
     return res, paths["md"].read_text(), paths, proc.stdout
 

@@ -274,22 +274,8 @@ def test_model_that_contradicts_engines_is_one_line(run_cli, one_line_error, tmp
 
 # issue 27: triton-repo's sizing flags (checked by argparse before the folder is read)
 TRITON_SIZING_CASES = {
-    "triton-repo workers 0": (
-        ["triton-repo", "--engines", "e", "--out", "r", "--workers", "0"],
-        ["--workers"],
-    ),
-    "triton-repo threads 0": (
-        ["triton-repo", "--engines", "e", "--out", "r", "--threads", "0"],
-        ["--threads"],
-    ),
-    "triton-repo instances 0": (
-        ["triton-repo", "--engines", "e", "--out", "r", "--instances", "0"],
-        ["--instances"],
-    ),
-    "triton-repo negative delay": (
-        ["triton-repo", "--engines", "e", "--out", "r", "--queue-delay-us", "-5"],
-        ["--queue-delay-us"],
-    ),
+    f"triton-repo {flag[2:]} {value}": (["triton-repo", "--engines", "e", "--out", "r", flag, value], [flag])
+    for flag, value in (("--workers", "0"), ("--threads", "0"), ("--instances", "0"), ("--queue-delay-us", "-5"))
 }
 
 

@@ -29,6 +29,7 @@ from dit_export.export.exporter import ExportOptions, check_out_dir, export
 from dit_export.export.manifest import FILENAME, Manifest
 from dit_export.models.checkpoints import random_dit
 from dit_export.models.spec import ModelSpec
+from dit_export.sampling.cache import CACHE_GRAPHS
 from dit_export.sampling.samplers import make_schedule
 from dit_export.sampling.schedule import COEF_NAMES, STATE_NAMES, state_output
 from dit_export.sampling.step import SamplerStep
@@ -58,6 +59,7 @@ def fp16_dir(tmp_path_factory) -> Path:
             out=out,
             batch=N,
             precision="fp16",
+            max_cache_order=None,  # no forecast-cache graphs (tests/export/test_cache_export.py has them)
         ),
         log=lambda s: None,
     )
@@ -108,8 +110,9 @@ def test_files_and_manifest(which, fp32_dir, fp16_dir):
     # External data: forced for the two DiT graphs of the fp32 export, which share ONE weights
     # file (issue 16.5: the weights are written once); the tiny VAE stays inline.
     ext = {k: [e["file"] for e in g[k]["external_data"]] for k in g}
-    if which == "fp32":
-        assert ext == {"dit": ["dit.onnx.data"], "dit_step": ["dit.onnx.data"], "vae_decoder": []}
+    if which == "fp32":  # the forecast cache's two step graphs (default --max-cache-order 2) share it too
+        shared = ["dit.onnx.data"]
+        assert ext == {"dit": shared, "dit_step": shared, "vae_decoder": [], **dict.fromkeys(CACHE_GRAPHS, shared)}
         assert (folder / "dit_step.onnx").stat().st_size < (folder / "dit.onnx.data").stat().st_size / 100
     else:
         assert ext == {"dit": [], "dit_step": [], "vae_decoder": []}
@@ -124,8 +127,11 @@ def test_files_and_manifest(which, fp32_dir, fp16_dir):
     ts, coefs = typed.table("ddim", 10)
     assert np.array_equal(coefs, make_schedule(10, "ddim").coefs)
     rows = m["checks"]["rows"]
-    # dit: 3 timesteps × 3 rows; dit_step: 3 timesteps × (ddim, ddpm, unipc rows); vae: 2
-    assert m["checks"]["passed"] is True and len(rows) == 9 + 3 * 3 + 2 and all(r["passed"] for r in rows)
+    # dit: 3 timesteps × 3 rows; dit_step: 3 timesteps × (ddim, ddpm, unipc rows); vae: 2; with the
+    # forecast cache: dit_step_full 2 cases × (x_next, cache_next), dit_step_forecast 2 cases
+    cached = 6 if typed.has_cache else 0
+    assert typed.has_cache == (which == "fp32")
+    assert m["checks"]["passed"] is True and len(rows) == 9 + 3 * 3 + 2 + cached and all(r["passed"] for r in rows)
 
 
 # --------------------------------------------------------------------------- static graphs
@@ -356,6 +362,7 @@ def test_failing_check_fails_export_and_writes_nothing(tmp_path, monkeypatch):
                 out=out,
                 batch=1,
                 precision="fp32",
+                max_cache_order=None,  # the plain step fails first; no need to trace the cached pair
             ),
             log=lambda s: None,
         )

@@ -22,6 +22,7 @@ from dit_export.pipeline import BuildConfig, build, export_request
 from dit_export.runtime import folder as folders
 from dit_export.runtime.folder import SIDECARS, ExportFolder, choose_backend
 from dit_export.runtime.sampler import Sampler
+from dit_export.sampling.cache import CACHE_GRAPHS
 
 S8 = ModelSpec(model="S/8", random_weights=True, vae="random-tiny")
 H100 = Target("10.13.0.35", "NVIDIA H100 80GB HBM3", "9.0")
@@ -130,6 +131,11 @@ def test_auto_with_plans_follows_the_one_rule(fp32, tmp_path, monkeypatch):
     backend, why = ExportFolder(folder).choose_backend("auto", elsewhere=True)
     assert backend == "ort" and "vae_decoder" in why
     fake_plan(folder, "vae_decoder")
+    # the forecast cache's step graphs (exported by default) are graphs it runs too
+    backend, why = ExportFolder(folder).choose_backend("auto", elsewhere=True)
+    assert backend == "ort" and "dit_step_full, dit_step_forecast" in why
+    for graph in CACHE_GRAPHS:
+        fake_plan(folder, graph)
     assert ExportFolder(folder).choose_backend("auto", elsewhere=True)[0] == "trt"
     # here, without a working TensorRT: ONNX Runtime, saying why
     ok, reason = trt_api.probe()

@@ -1,7 +1,7 @@
 """The C++ runtime (cpp/): build it, run ctest, and compare it with the Python runtime.
 
-One small export (DiT-S/8 at 256 px, random weights with perturbed adaLN-Zero, tiny random VAE,
-batch 2, fp32) gets its AOTInductor packages; the Python runtime (ort backend, CPU) samples
+The shared S/8 fp32 folder (tests/folders.py `s8_folder`: DiT-S/8 at 256 px, random weights with
+perturbed adaLN-Zero, tiny random VAE, batch 2) gets its AOTInductor packages in a hard-linked copy; the Python runtime (ort backend, CPU) samples
 reference requests; then the C++ library must give the same uint8 images (max |Δ| ≤ 1) through
 ctest's end-to-end test, the `dit_sample` example (PNG grid, .npy, .npz), ctypes (`CppSampler`)
 and the Python loop on the C++ graphs (`CppBackend`).
@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from filelock import FileLock
-from folders import shared_folder
+from folders import link_copy, s8_folder, shared_folder
 
 ROOT = Path(__file__).resolve().parents[2]
 BUILD = Path(os.environ.get("DIT_CPP_BUILD", ROOT / "cpp" / "build"))
@@ -94,24 +94,24 @@ def cpp_build() -> Path:
 
 @pytest.fixture(scope="session")
 def engines(tmp_path_factory) -> Path:
-    """A small fp32 export with its AOTI packages, compiled once per test run (shared by every
-    xdist worker: test_cpp_sde uses it too; tests that change it work on a link copy)."""
+    """The shared S/8 fp32 folder with AOTI packages, compiled once per test run (shared by every
+    xdist worker: test_cpp_sde uses it too; tests that change it work on a link copy).
+
+    A hard-linked copy of `s8_folder` (the export every runtime module reads) gets the packages:
+    the C++ tests run on the very export the Python runtime tests run on, exported once."""
     reuse = os.environ.get("DIT_TEST_CPP_ENGINES")
     if reuse:
         folder = Path(reuse)
         assert (folder / "aoti" / "dit_step.pt2.json").is_file(), f"{folder} has no AOTI packages"
         return folder
     from dit_export.engine.aoti import add_aoti_packages
-    from dit_export.export.exporter import ExportOptions, export
-    from dit_export.models.spec import ModelSpec
 
     def make(folder: Path) -> str:
         t0 = time.perf_counter()
-        spec = ModelSpec(model="S/8", random_weights=True, vae="random-tiny", image_size=256)
-        export(ExportOptions(model=spec, out=folder, batch=2, precision="fp32", check=False), log=lambda s: None)
+        link_copy(s8_folder(tmp_path_factory, "fp32"), folder)
         t1 = time.perf_counter()
         add_aoti_packages(folder, log=lambda s: None)
-        return f"export {t1 - t0:.1f} s, AOTI compile {time.perf_counter() - t1:.1f} s"
+        return f"S/8 fp32 folder {t1 - t0:.1f} s, AOTI compile {time.perf_counter() - t1:.1f} s"
 
     folder, log = shared_folder(tmp_path_factory, "cpp-s8", make)
     print(f"\n{log}")
@@ -133,27 +133,12 @@ def reference(engines, python_sampler, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("cpp_ref")
     meta: dict = {"engines": str(engines), "requests": []}
     for i, (labels, seed, cfg, steps, sampler) in enumerate(REQUESTS):
-        images, latents = python_sampler.sample(
-            labels,
-            seed=seed,
-            cfg_scale=cfg,
-            steps=steps,
-            sampler=sampler,
-            return_latents=True,
-            progress=False,
-        )
+        fields = {"seed": seed, "cfg_scale": cfg, "steps": steps, "sampler": sampler}
+        images, latents = python_sampler.sample(labels, **fields, return_latents=True, progress=False)
         np.save(out / f"images_{i}.npy", images)
         np.save(out / f"latents_{i}.npy", latents)
         meta["requests"].append(
-            {
-                "labels": labels,
-                "seed": seed,
-                "cfg_scale": cfg,
-                "steps": steps,
-                "sampler": sampler,
-                "images": f"images_{i}.npy",
-                "latents": f"latents_{i}.npy",
-            }
+            {"labels": labels, **fields, "images": f"images_{i}.npy", "latents": f"latents_{i}.npy"}
         )
     (out / "reference.json").write_text(json.dumps(meta, indent=1))
     return out / "reference.json"

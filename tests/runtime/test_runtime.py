@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import run_python
 from folders import (
     assert_one_line_error,
     inject_nan,
@@ -75,8 +74,7 @@ def test_import_and_ort_sampling_never_import_torch(fp32):
         "print('torch modules:', bad)\n"
         "sys.exit(1 if bad else 0)\n"
     )
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    run_python(code, timeout=300)
 
 
 def test_ort_and_torch_backends_agree(ort32, torch32):

@@ -19,6 +19,7 @@ from dit_export.sampling import samplers
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "sampling"))
 from test_samplers import toy_spec  # noqa: E402  (the toy sampler of the registry tests)
+from test_solvers import FilledStepNoise  # noqa: E402
 
 LABELS = [207, 360, 387]
 
@@ -122,21 +123,10 @@ def test_toy_sampler_on_onnx_runtime_equals_the_reference_loop(fp32, tmp_path, t
             ref = sample_latents(model, LABELS, noise, steps=6, sampler=toy.name, cfg_scale=cfg, progress=False)
             assert rel_l2(got, ref.numpy()) < 1e-5, cfg
     # the per-step noise term is live: the same loop without it ends elsewhere
-    quiet = sample_latents(model, LABELS, _NoStepNoise(noise), steps=6, sampler=toy.name, cfg_scale=4.0, progress=False)
+    quiet = sample_latents(model, LABELS, FilledStepNoise(noise, 0.0), steps=6, sampler=toy.name, cfg_scale=4.0, progress=False)
     assert rel_l2(got, quiet.numpy()) > 1e-2
 
 
-class _NoStepNoise:
-    """The initial latent of a noise source, zeros for every step."""
-
-    def __init__(self, src):
-        self.src = src
-
-    def initial(self):
-        return self.src.initial()
-
-    def step(self, k):
-        return np.zeros_like(self.src.initial())
 
 
 def test_export_and_build_take_schedules(fp32, tmp_path):

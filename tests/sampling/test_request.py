@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import numpy as np
 import pytest
+from conftest import run_python
 
 from dit_export.errors import UserError
 from dit_export.sampling.request import NUM_TRAIN_STEPS, SampleRequest
@@ -82,8 +80,7 @@ def test_request_imports_neither_numpy_nor_torch():
         "bad += [m for m in ('torch',) if m in sys.modules]\n"
         "sys.exit(f'imported {bad}' if bad else 0)\n"
     )
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    run_python(code, timeout=120)
 
 
 def test_first_index_round_trips():

@@ -214,17 +214,18 @@ def test_final_latents_approach_the_exact_ode_solution():
 # --------------------------------------------------------------------------- state, noise, layout
 
 
-class _NanStepNoise:
-    """A noise source whose per-step noise is NaN: an ODE solver must never read it."""
+class FilledStepNoise:
+    """A noise source's initial latent, and `fill` as every step's noise: NaN here (an ODE solver
+    must never read it), 0 in tests/runtime/test_schedules.py (a loop without its step noise)."""
 
-    def __init__(self, inner):
-        self.inner = inner
+    def __init__(self, inner, fill: float):
+        self.inner, self.fill = inner, fill
 
     def initial(self):
         return self.inner.initial()
 
     def step(self, k):
-        return np.full_like(self.inner.step(k), np.nan)
+        return np.full_like(self.inner.initial(), self.fill)
 
 
 @pytest.mark.parametrize("sampler", SOLVERS)
@@ -232,7 +233,8 @@ def test_ode_solvers_use_only_the_initial_noise(sampler):
     model = GaussianDataDenoiser().eval()
     kw = dict(steps=6, sampler=sampler, cfg_scale=1.0, progress=False)
     a = sample_latents(model, [0, 1], make_noise("philox", 3, 2, (4, 8, 8), False), **kw)
-    b = sample_latents(model, [0, 1], _NanStepNoise(make_noise("philox", 3, 2, (4, 8, 8), False)), **kw)
+    nan_steps = FilledStepNoise(make_noise("philox", 3, 2, (4, 8, 8), False), np.nan)
+    b = sample_latents(model, [0, 1], nan_steps, **kw)
     assert torch.isfinite(b).all()
     torch.testing.assert_close(a, b, rtol=0, atol=0)
 

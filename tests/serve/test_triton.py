@@ -66,8 +66,10 @@ def test_config_parses_against_the_model_config_schema(repo):
         "steps",
         "sampler",
         "first_index",
+        "cache_interval",
+        "cache_order",
     ]
-    assert [i.optional for i in c.input] == [False, False, True, True, True, True]
+    assert [i.optional for i in c.input] == [False, False, True, True, True, True, True, True]
     assert c.input[1].data_type == pb2.TYPE_UINT64 and c.input[4].data_type == pb2.TYPE_STRING
     assert c.output[0].name == "image" and c.output[0].data_type == pb2.TYPE_UINT8
     assert list(c.output[0].dims) == [32, 32, 3]
@@ -428,10 +430,10 @@ def test_served_config_carries_the_chosen_sizes(served):
     params = cfg["parameters"]
     for key in ("threads", "workers", "fill_delay_us", "engine_batch"):
         assert params[key] == chosen.parameters[key].string_value, key
-    from dit_export.serve.sizing import cpu_cores
+    from dit_export.host import usable_cpus
 
     used, workers = int(params["workers"]) * int(params["threads"]), int(params["workers"])
-    assert cpu_cores() - workers < used * chosen.instance_group[0].count <= cpu_cores()  # all cores, rounded
+    assert usable_cpus() - workers < used * chosen.instance_group[0].count <= usable_cpus()  # all cores, rounded
     assert int(params["fill_delay_us"]) > 0 and [
         int(b) for b in cfg["dynamic_batching"]["preferred_batch_size"]
     ] == [10]

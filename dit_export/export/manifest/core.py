@@ -16,7 +16,9 @@ from dit_export.export.manifest import disk, rules
 from dit_export.export.manifest.records import (
     FILENAME,
     GRAPH_NAMES,
+    OPTIONAL_GRAPHS,
     SCHEMA,
+    CacheInfo,
     FileRecord,
     GraphSpec,
     ModelInfo,
@@ -45,6 +47,7 @@ class Manifest:
     noise_doc: str = "docs/noise.md"
     precision_policy: Mapping | None = None
     checks: Mapping = field(default_factory=dict)
+    cache: CacheInfo | None = None  # the forecast step cache (with dit_step_full / dit_step_forecast)
     schema: str = SCHEMA
     folder: Path | None = field(default=None, compare=False)
 
@@ -71,7 +74,7 @@ class Manifest:
         assert isinstance(raw, dict)
         _check_table_sizes(raw["schedule"], where)
         graphs = {
-            n: None if raw["graphs"][n] is None else GraphSpec.from_dict(n, raw["graphs"][n])
+            n: None if raw["graphs"].get(n) is None else GraphSpec.from_dict(n, raw["graphs"][n])
             for n in GRAPH_NAMES
         }
         m = cls(
@@ -91,13 +94,14 @@ class Manifest:
             noise_doc=raw["noise"].get("doc", ""),
             precision_policy=raw.get("precision_policy"),
             checks=raw["checks"],
+            cache=CacheInfo.from_dict(raw["cache"]) if raw.get("cache") is not None else None,
             folder=None if folder is None else Path(folder),
         )
         m.check_consistency(where)
         return m
 
     def to_dict(self) -> dict:
-        return {
+        d = {
             "schema": self.schema,
             "versions": dict(self.versions),
             "model": self.model.to_dict(),
@@ -109,11 +113,18 @@ class Manifest:
             "precision": self.precision,
             "precision_policy": self.precision_policy,
             "opset": self.opset,
-            "graphs": {n: None if g is None else g.to_dict() for n, g in self.graphs.items()},
+            "graphs": {
+                n: None if g is None else g.to_dict()
+                for n, g in self.graphs.items()
+                if g is not None or n not in OPTIONAL_GRAPHS  # optional graphs: absent, never null
+            },
             "schedule": self.schedule.to_dict(),
             "noise": {"default": self.noise_default, "doc": self.noise_doc},
             "checks": self.checks,
         }
+        if self.cache is not None:
+            d["cache"] = self.cache.to_dict()
+        return d
 
     def write(self, folder: str | os.PathLike) -> Path:
         """Write manifest.json into a folder being built (export's staging folder); never over one."""
@@ -128,11 +139,18 @@ class Manifest:
     def has_vae(self) -> bool:
         return self.graphs.get("vae_decoder") is not None
 
+    @property
+    def has_cache(self) -> bool:
+        """The folder holds the forecast-cache step graphs (`cache` record and both graphs)."""
+        return self.cache is not None
+
     def graph(self, name: str) -> GraphSpec:
         if name not in GRAPH_NAMES:
             raise UserError(f"no graph {name!r}; an export has {', '.join(GRAPH_NAMES)}")
         g = self.graphs.get(name)
         if g is None:
+            if name in OPTIONAL_GRAPHS:
+                raise UserError(rules.no_cache_message(self.folder))
             raise UserError(f"{self.folder or 'this export'} has no {name} graph (exported with --vae none)")
         return g
 

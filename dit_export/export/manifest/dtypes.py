@@ -34,6 +34,7 @@ TABLE = (
     DType("uint32", 12, 4, "tensor(uint32)", None, "TYPE_UINT32"),
     DType("uint64", 13, 8, "tensor(uint64)", None, "TYPE_UINT64"),
     DType("bfloat16", 16, 2, "tensor(bfloat16)", "BF16", "TYPE_BF16"),
+    DType("float8e4m3fn", 17, 1, "tensor(float8e4m3fn)", "FP8"),  # fp8 QDQ graphs' weights (issue 22)
 )
 BY_NAME = {d.name: d for d in TABLE}
 # The manifest's graph I/O vocabulary (manifest.schema.json's tensor dtype enum lists the same).

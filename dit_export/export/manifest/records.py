@@ -19,10 +19,14 @@ import numpy as np
 
 from dit_export.errors import UserError
 from dit_export.fileio import sha256_file
+from dit_export.sampling.cache import CACHE_GRAPHS, FORECAST_GRAPH, FULL_GRAPH
 
 SCHEMA = "dit_export.manifest/2"
 FILENAME = "manifest.json"
-GRAPH_NAMES = ("dit", "dit_step", "vae_decoder")
+GRAPH_NAMES = ("dit", "dit_step", "vae_decoder", FULL_GRAPH, FORECAST_GRAPH)  # export order
+REQUIRED_GRAPHS = ("dit", "dit_step", "vae_decoder")  # keys every manifest has (vae_decoder may be null)
+OPTIONAL_GRAPHS = CACHE_GRAPHS  # keys present only when exported (the forecast cache, issue 21)
+CACHE_SCHEDULE = "taylorseer-dit"  # the full-step rule of `sampling.cache.full_steps`
 
 # annotation (as written, `from __future__ import annotations`) → (JSON → field, field → JSON)
 _CASTS: dict[str, tuple[Any, Any]] = {
@@ -175,3 +179,23 @@ class VaeInfo(Record):
     source: str
     scaling_factor: float
     factor: int
+
+
+@dataclass(frozen=True)
+class CacheInfo(Record):
+    """The forecast step cache of `dit_step_full` / `dit_step_forecast` (`sampling.cache`): the
+    largest Taylor order the graphs hold, their cache slots (max_order + 1), the cache tensor's
+    shape (depth, 2, slots, 2N, tokens, hidden) and dtype, the bytes of one cache tensor for one
+    image (the runtime holds two), and the schedule the full-step mask follows."""
+
+    max_order: int
+    slots: int
+    shape: tuple[int, ...]
+    dtype: str
+    bytes_per_image: int
+    schedule: str
+    first_full: int
+
+    def bytes_for(self, batch: int) -> int:
+        """Bytes of one cache tensor for `batch` images (shape[3] = 2·batch rows)."""
+        return self.bytes_per_image * int(batch)

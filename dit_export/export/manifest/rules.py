@@ -13,6 +13,16 @@ from typing import TYPE_CHECKING
 from dit_export.errors import UserError
 from dit_export.export.manifest.dtypes import DTYPE_NAMES
 from dit_export.export.manifest.records import FILENAME, SCHEMA, TensorSpec
+from dit_export.sampling.cache import (
+    CACHE_COEF,
+    CACHE_INPUT,
+    CACHE_OUTPUT,
+    DEFAULT_ORDER,
+    FIRST_FULL,
+    FORECAST_GRAPH,
+    FULL_GRAPH,
+    cache_shape,
+)
 from dit_export.sampling.schedule import STATE_NAMES, state_output
 
 if TYPE_CHECKING:
@@ -80,7 +90,61 @@ def consistency_problems(m: Manifest) -> Iterator[str]:
     factor = m.vae.factor if m.vae is not None else 8
     if m.image_size != size * factor:
         yield f"field 'image_size' {m.image_size} is not latent_size {size} × VAE factor {factor}"
-    yield from io_problems(m)
+    yield from io_problems(m)  # the cached graphs' I/O against the model (shape from max_order) first,
+    yield from cache_problems(m)  # then the cache record's own fields
+
+
+def no_cache_message(folder=None, order: int = DEFAULT_ORDER) -> str:
+    """The one line for caching asked of a folder without the forecast graphs (exported before
+    issue 21, or with --max-cache-order none)."""
+    where = f"{folder}: " if folder is not None else ""
+    return (
+        f"{where}this export has no forecast graphs ({FULL_GRAPH}, {FORECAST_GRAPH}): re-export with "
+        f"--max-cache-order {order} to sample with --cache-interval > 1"
+    )
+
+
+def expected_cache_shape(m: Manifest, slots: int) -> tuple[int, ...]:
+    """(depth, 2, slots, 2N, tokens, hidden) of this export's model and batch."""
+    cfg = m.model.config
+    tokens = (int(cfg["input_size"]) // int(cfg["patch_size"])) ** 2
+    return cache_shape(int(cfg["depth"]), m.batch, tokens, int(cfg["hidden_size"]), slots)
+
+
+def cache_problems(m: Manifest) -> Iterator[str]:
+    """The cache record against its graphs and the model (words shared with the C++ reader)."""
+    have = [m.graphs.get(FULL_GRAPH) is not None, m.graphs.get(FORECAST_GRAPH) is not None]
+    if any(have) != all(have) or (m.cache is not None) != all(have):
+        yield f"field 'cache' and 'graphs.{FULL_GRAPH}', 'graphs.{FORECAST_GRAPH}' must all be set or all absent"
+        return
+    c = m.cache
+    if c is None:
+        return
+    if c.first_full != FIRST_FULL:
+        yield f"field 'cache.first_full' is {c.first_full}; the {c.schedule} schedule runs the first {FIRST_FULL} steps in full"
+        return
+    if c.slots != c.max_order + 1:
+        yield f"field 'cache.slots' is {c.slots}; max_order {c.max_order} needs {c.max_order + 1}"
+        return
+    want = expected_cache_shape(m, c.slots)
+    if tuple(c.shape) != want:
+        cfg = m.model.config
+        yield (
+            f"field 'cache.shape' is {list(c.shape)}; depth {cfg['depth']}, batch {m.batch}, "
+            f"patch {cfg['patch_size']} and hidden {cfg['hidden_size']} need {list(want)}"
+        )
+        return
+    per_image = cache_bytes_per_image(c.shape, c.dtype, m.batch)
+    if c.bytes_per_image != per_image:
+        yield f"field 'cache.bytes_per_image' is {c.bytes_per_image}; the shape and dtype need {per_image}"
+
+
+def cache_bytes_per_image(shape, dtype: str, batch: int) -> int:
+    """Bytes of one cache tensor for one image (its rows are 2·batch)."""
+    n = 1
+    for d in shape:
+        n *= int(d)
+    return n // int(batch) * TensorSpec("cache", (), dtype).np_dtype.itemsize
 
 
 def _spec(name: str, shape: tuple[int, ...], dtype: str = "float32") -> TensorSpec:
@@ -89,7 +153,9 @@ def _spec(name: str, shape: tuple[int, ...], dtype: str = "float32") -> TensorSp
 
 def expected_io(m: Manifest) -> dict[str, tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]]:
     """{graph: (inputs, outputs)} the runtimes feed and read: the step graph (its 6 inputs, then
-    the multistep solvers' state) and the VAE decoder exactly; the dit graph by shape only."""
+    the multistep solvers' state), the cached step graphs (the step's I/O, then the cache and its
+    coefficient row; the full step also writes the refreshed cache) and the VAE decoder exactly;
+    the dit graph by shape only."""
     n, c, size, img, k = m.batch, m.latent_channels, m.latent_size, m.image_size, len(m.schedule.coef_names)
     lat = (n, c, size, size)
     out_c = 2 * c if m.model.learn_sigma else c
@@ -110,10 +176,18 @@ def expected_io(m: Manifest) -> dict[str, tuple[tuple[TensorSpec, ...], tuple[Te
         if dit
         else ()
     )
+    io: dict[str, tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]] = {}
+    if m.cache is not None:
+        slots = m.cache.max_order + 1
+        shape, dtype = expected_cache_shape(m, slots), m.cache.dtype
+        cache_in = (_spec(CACHE_INPUT, shape, dtype), _spec(CACHE_COEF, (slots,)))
+        io[FULL_GRAPH] = (step_in + cache_in, (*step_out, _spec(CACHE_OUTPUT, shape, dtype)))
+        io[FORECAST_GRAPH] = (step_in + cache_in, step_out)
     return {
         "dit_step": (step_in, step_out),
         "vae_decoder": ((_spec("latent", lat),), (_spec("image", (n, 3, img, img)),)),
         "dit": (dit_io[:3], dit_io[3:]),
+        **io,
     }
 
 

@@ -25,18 +25,32 @@ def dpmpp2m_row(k: int, steps: int, alpha, sigma, lam) -> dict[str, float]:
 # The columns a DPM-Solver++(2M) row sets (the SDE variants add pred_noise).
 COLUMNS = (*MULTISTEP_COLUMNS, "corr_x", "pred_x", "pred_x0", "pred_hist_x0")
 
-register(
-    SamplerSpec(
-        name="dpm++2m",
-        help="DPM-Solver++ 2M",
-        kind="ode",
+
+def dpmpp2m_spec(
+    name: str,
+    help: str,
+    *,
+    sde=False,
+    derive=dpmpp2m_row,
+    spacing="linspace",
+    points=None,
+    stored_steps=(25, 20, 10),
+) -> SamplerSpec:
+    """A DPM-Solver++(2M) sampler: the ODE (or, `sde`, the SDE) row `derive` on linspace timesteps
+    or on the `points` of another `spacing` (Karras): dpm++2m here, its variants in dpmpp_sde."""
+    return SamplerSpec(
+        name=name,
+        help=help,
+        kind="sde" if sde else "ode",
         multistep=True,
         min_steps=2,
-        spacing="linspace",
+        spacing=spacing,
         state=("hist_x0",),
-        draws_noise=False,
-        columns=COLUMNS,
-        rows=lambda steps: multistep_schedule(steps, "dpm++2m", dpmpp2m_row),
-        stored_steps=(25, 20, 10),
+        draws_noise=sde,
+        columns=(*COLUMNS, "pred_noise") if sde else COLUMNS,
+        rows=lambda steps: multistep_schedule(steps, name, derive, points=points),
+        stored_steps=stored_steps,
     )
-)
+
+
+register(dpmpp2m_spec("dpm++2m", "DPM-Solver++ 2M"))

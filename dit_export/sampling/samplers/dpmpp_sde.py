@@ -26,8 +26,8 @@ from __future__ import annotations
 import numpy as np
 
 from dit_export.sampling.samplers import SamplerSpec, register
-from dit_export.sampling.samplers.dpmpp2m import COLUMNS, dpmpp2m_row
-from dit_export.sampling.schedule import NUM_TRAIN_STEPS, multistep_schedule
+from dit_export.sampling.samplers.dpmpp2m import dpmpp2m_row, dpmpp2m_spec
+from dit_export.sampling.schedule import NUM_TRAIN_STEPS
 
 KARRAS_RHO = 7.0  # Karras et al. (2022), diffusers' value
 _BETA_START, _BETA_END = 1e-4, 0.02  # the linear training schedule (schedule.linear_betas)
@@ -89,20 +89,13 @@ def karras_points(steps: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _spec(name: str, help: str, sde: bool, karras: bool) -> SamplerSpec:
-    derive = dpmpp2m_sde_row if sde else dpmpp2m_row
-    columns = (*COLUMNS, "pred_noise") if sde else COLUMNS
-    points = karras_points if karras else None
-    return SamplerSpec(
-        name=name,
-        help=help,
-        kind="sde" if sde else "ode",
-        multistep=True,
-        min_steps=2,
+    return dpmpp2m_spec(
+        name,
+        help,
+        sde=sde,
+        derive=dpmpp2m_sde_row if sde else dpmpp2m_row,
         spacing="karras" if karras else "linspace",
-        state=("hist_x0",),
-        draws_noise=sde,
-        columns=columns,
-        rows=lambda steps: multistep_schedule(steps, name, derive, points=points),
+        points=karras_points if karras else None,
         stored_steps=(25, 20, 15, 10),  # the C++ runtime samples stored step counts only
     )
 

@@ -195,7 +195,7 @@ GraphEntry parse_graph(const Validator& v, const json& g, const std::string& lab
   }
   e.inputs = parse_specs(v, g, label, "inputs");
   e.outputs = parse_specs(v, g, label, "outputs");
-  if (v.get(g, "precision", Kind::kStr, label + ".", true)) e.precision = v.choice(g, "precision", label + ".", {"fp32", "fp16"});
+  if (v.get(g, "precision", Kind::kStr, label + ".", true)) e.precision = v.choice(g, "precision", label + ".", {"fp32", "fp16", "int8", "fp8"});
   if (check_files) {
     std::vector<FileEntry> files = {e.file};
     files.insert(files.end(), e.external_data.begin(), e.external_data.end());
@@ -316,7 +316,7 @@ void parse_sizes(const Validator& v, const json& j, Manifest& m) {
     *sizes[i] = v.integer(j, size_keys[i]);
     if (*sizes[i] <= 0) v.fail(std::string("field '") + size_keys[i] + "' must be positive");
   }
-  m.precision = v.choice(j, "precision", "", {"fp32", "fp16"});
+  m.precision = v.choice(j, "precision", "", {"fp32", "fp16", "int8", "fp8"});
 }
 
 // vae (null when exported with --vae none)

@@ -329,7 +329,7 @@ def test_a_copied_folder_still_finds_its_plans(fp32, tmp_path):
         ({"verify_steps": 0}, "--verify-steps must be in 1..1000"),
         ({"batch": 0}, "--batch must be in 1.."),
         ({"batch": True}, "--batch must be an integer"),
-        ({"precision": "int8"}, "--precision must be one of fp16, fp32"),
+        ({"precision": "int4"}, "--precision must be one of fp16, fp32, int8, fp8"),
         ({"opset": 3}, "--opset must be in"),
         ({"opt_level": 6}, "--opt-level must be in 0..5"),
         ({"workspace_gib": math.nan}, "--workspace-gib must be a positive number"),

@@ -57,7 +57,7 @@ bool is_integer(const json& v) {
 
 int64_t as_int(const json& v) { return v.is_number_float() ? static_cast<int64_t>(v.get<double>()) : v.get<int64_t>(); }
 
-// "field 'precision' is 'int8', not one of fp32, fp16" (the words of the Python reader's schema errors).
+// "field 'precision' is 'int4', not one of fp32, fp16, int8, fp8" (the words of the Python reader's schema errors).
 std::string not_one_of(const std::string& label, const std::string& value, std::initializer_list<const char*> allowed) {
   std::string list;
   for (const char* a : allowed) list += (list.empty() ? "" : ", ") + std::string(a);

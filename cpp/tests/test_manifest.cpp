@@ -282,7 +282,7 @@ int main() {
               "field 'graphs.dit_step.file' must be a relative path inside the folder, got '../dit_step.onnx'");
   expect_both(base, [](json& m) { m["graphs"]["dit"]["inputs"][0]["extra"] = 1; }, "unknown field 'graphs.dit.inputs[0].extra'");
   expect_both(base, [](json& m) { m["batch"] = 2.5; }, "field 'batch' should be int, got float");
-  expect_both(base, [](json& m) { m["precision"] = "int8"; }, "field 'precision' is 'int8', not one of fp32, fp16");
+  expect_both(base, [](json& m) { m["precision"] = "int4"; }, "field 'precision' is 'int4', not one of fp32, fp16, int8, fp8");
 
   // Hash and size mismatches of a graph file (same size, one byte changed; then truncated).
   {

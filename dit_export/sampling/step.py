@@ -115,16 +115,11 @@ class SamplerStep(nn.Module):
         return self.solve(x, self.denoiser(x, t, y, guidance), noise, coef, hist_x0, hist_x0_prev, hist_x)
 
     def solve(
-        self,
-        x: torch.Tensor,
-        out: torch.Tensor,
-        noise: torch.Tensor,
-        coef: torch.Tensor,
-        hist_x0: torch.Tensor | None = None,
-        hist_x0_prev: torch.Tensor | None = None,
-        hist_x: torch.Tensor | None = None,
+        self, x: torch.Tensor, out: torch.Tensor, noise: torch.Tensor, coef: torch.Tensor, *state: torch.Tensor | None
     ) -> torch.Tensor | tuple[torch.Tensor, ...]:
-        """The sampler update from the guided network output `out` (ε, then v when learned)."""
+        """The sampler update from the guided network output `out` (ε, then v when learned);
+        `state`: hist_x0, hist_x0_prev, hist_x (`STATE_NAMES` order; absent ones are zeros)."""
+        hist_x0, hist_x0_prev, hist_x = (*state, None, None, None)[:3]
         eps = out[:, : self.c]
         # one value per schedule.COEF_NAMES column, in order
         s1, s2, c1, c2, min_log, max_log, nonzero, ab_prev, sigma, is_ddpm = coef[:10].unbind(0)

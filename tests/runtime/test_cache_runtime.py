@@ -12,7 +12,8 @@ import json
 
 import numpy as np
 import pytest
-from folders import assert_one_line_error, link_copy, run_cli, s8_folder
+from folders import assert_one_line_error, link_copy, run_cli
+from test_runtime import fp32, ort32, torch32  # noqa: F401  (shared fixtures: the S/8 build and its samplers)
 
 from dit_export.compare import rel_l2
 from dit_export.errors import UserError
@@ -28,22 +29,13 @@ CASES = [("ddim", 4.0, 3, 2, 7), ("dpm++2m", 1.0, 2, 1, 6), ("dpm++2m", 4.0, 3, 
 
 
 @pytest.fixture(scope="module")
-def fp32(tmp_path_factory):
-    folder = s8_folder(tmp_path_factory, "fp32")
-    assert (folder / "dit_step_full.onnx").is_file(), "the shared S/8 build has no forecast graphs"
-    return folder
+def ort(ort32):
+    return ort32
 
 
 @pytest.fixture(scope="module")
-def ort(fp32):
-    with Sampler.load(fp32, backend="ort") as s:
-        yield s
-
-
-@pytest.fixture(scope="module")
-def torch_rt(fp32):
-    with Sampler.load(fp32, backend="torch") as s:
-        yield s
+def torch_rt(torch32):
+    return torch32
 
 
 @pytest.fixture(scope="module")
@@ -107,6 +99,7 @@ def test_backends_match_the_cached_reference_loop(ort, torch_rt, reference, case
 
 def test_each_step_runs_the_graph_of_the_plan(fp32, ort, monkeypatch):
     """Per chunk, the loop runs plan.graph(k) at step k with the cache swapped after full steps."""
+    assert (fp32 / "dit_step_full.onnx").is_file(), "the shared S/8 build has no forecast graphs"
     case = CASES[0]
     seen: list[tuple[str, int, int | None]] = []
     real = type(ort.backend).run

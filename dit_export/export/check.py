@@ -12,8 +12,9 @@ on a seeded random cache, their x_next and the refreshed cache against `CachedSa
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,7 +26,7 @@ from dit_export.compare import Row
 from dit_export.errors import UserError
 from dit_export.export.feeds import example_feeds, for_inputs
 from dit_export.images import to_uint8
-from dit_export.sampling.cache import CACHE_OUTPUT, FORECAST_GRAPH, FULL_GRAPH, cache_plan, cache_shape
+from dit_export.sampling.cache import CACHE_OUTPUT, FORECAST_GRAPH, FULL_GRAPH, cache_plan, config_cache_shape
 from dit_export.sampling.schedule import STATE_NAMES
 
 CHECK_TIMESTEPS = (999, 500, 0)
@@ -68,6 +69,22 @@ def guided_eps(out: np.ndarray, n: int, cfg_channels: int, in_channels: int, sca
     return np.concatenate([g, cond[:, k:in_channels]], axis=1)
 
 
+@contextlib.contextmanager
+def reference_forwards(model, hook: Callable | None = None) -> Iterator[None]:
+    """The fp32 reference forwards: fused SDPA (equal to the matmul-softmax path to ~1e-7) and
+    `hook` on the model's forward, both undone afterwards."""
+    fused = [b.attn.use_sdpa for b in model.blocks]
+    model.set_fused_attention(True)
+    handle = model.register_forward_hook(hook) if hook is not None else None
+    try:
+        yield
+    finally:
+        if handle is not None:
+            handle.remove()
+        for b, f in zip(model.blocks, fused):
+            b.attn.use_sdpa = f
+
+
 def model_cases(model, batch: int, seed: int = 0) -> dict[str, list[Case]]:
     """Cases for `dit.onnx` and `dit_step.onnx` from one set of PyTorch forwards.
 
@@ -88,12 +105,9 @@ def model_cases(model, batch: int, seed: int = 0) -> dict[str, list[Case]]:
     def hook(module, args, out):
         captured.append((tuple(a.detach().numpy().copy() for a in args), out.detach().numpy().copy()))
 
-    fused = [b.attn.use_sdpa for b in model.blocks]
-    model.set_fused_attention(True)
-    handle = model.register_forward_hook(hook)
     steps: list[Case] = []
     dits: list[Case] = []
-    try:
+    with reference_forwards(model, hook):
         for i, t in enumerate(CHECK_TIMESTEPS):
             for j, (scale, sampler, nsteps) in enumerate((*CHECK_GUIDANCE, CHECK_MULTISTEP)):
                 feeds = example_feeds(
@@ -118,10 +132,6 @@ def model_cases(model, batch: int, seed: int = 0) -> dict[str, list[Case]]:
                     dits.append(
                         Case("dit", f"t={t}", {"x": x2, "t": t2, "y": y2}, out, _dit_rows(cfg, batch))
                     )
-    finally:
-        handle.remove()
-        for b, f in zip(model.blocks, fused):
-            b.attn.use_sdpa = f
     return {"dit": dits, "dit_step": steps}
 
 
@@ -140,14 +150,12 @@ def cached_cases(model, batch: int, slots: int, seed: int = 0) -> dict[str, list
     from dit_export.sampling.step import CachedSamplerStep
 
     cfg = model.config
-    shape = cache_shape(cfg.depth, batch, cfg.num_tokens, cfg.hidden_size, slots)
+    shape = config_cache_shape(cfg, batch, slots)
     cache = np.random.default_rng([seed, 400]).standard_normal(shape, dtype=np.float32)
     tokens = (..., slice(None, None, max(1, shape[4] // CHECK_CACHE_TOKENS)), slice(None))
     steps_of = {m: CachedSamplerStep(model, m).eval() for m in ("full", "forecast")}
-    fused = [b.attn.use_sdpa for b in model.blocks]
-    model.set_fused_attention(True)
     out: dict[str, list[Case]] = {FULL_GRAPH: [], FORECAST_GRAPH: []}
-    try:
+    with reference_forwards(model):
         for i, (scale, sampler, nsteps, k_full, k_cast) in enumerate(CHECK_CACHE):
             plan = cache_plan(nsteps, CHECK_CACHE_INTERVAL, slots - 1, slots)
             timesteps = make_schedule(nsteps, sampler).timesteps
@@ -176,9 +184,6 @@ def cached_cases(model, batch: int, slots: int, seed: int = 0) -> dict[str, list
                 label = f"{mode} k={k} {sampler}"  # fits the table's case column; mode names the graph
                 out[graph].append(Case(graph, label, feeds, ref[0].numpy(), _step_rows, more, tokens))
                 del ref
-    finally:
-        for b, f in zip(model.blocks, fused):
-            b.attn.use_sdpa = f
     return out
 
 

@@ -258,7 +258,7 @@ def trace_specs(models: Models, batch: int, slots: int = 0) -> dict[str, tuple]:
         ),
     }  # fmt: skip
     if slots:
-        shape = cache_shape(models.cfg, batch, slots)
+        shape = step_cache.config_cache_shape(models.cfg, batch, slots)
         for mode, name in (("full", step_cache.FULL_GRAPH), ("forecast", step_cache.FORECAST_GRAPH)):
             ins, outs = cached_step_io(mode)
             args = cached_example_inputs(n, c, size, shape, NUM_COEFS)
@@ -266,11 +266,6 @@ def trace_specs(models: Models, batch: int, slots: int = 0) -> dict[str, tuple]:
     if models.decode is not None:
         specs["vae_decoder"] = (models.decode, (x.clone(),), ("latent",), ("image",))
     return specs
-
-
-def cache_shape(cfg, batch: int, slots: int) -> tuple[int, ...]:
-    """(depth, 2, slots, 2N, tokens, hidden) of a DiT config (`sampling.cache.cache_shape`)."""
-    return step_cache.cache_shape(cfg.depth, batch, cfg.num_tokens, cfg.hidden_size, slots)
 
 
 def cache_info(o: ExportOptions, cfg) -> CacheInfo | None:
@@ -281,7 +276,7 @@ def cache_info(o: ExportOptions, cfg) -> CacheInfo | None:
     return CacheInfo(
         max_order=o.max_cache_order,
         slots=o.cache_slots,
-        shape=cache_shape(cfg, o.batch, o.cache_slots),
+        shape=step_cache.config_cache_shape(cfg, o.batch, o.cache_slots),
         dtype="float32",
         bytes_per_image=step_cache.cache_bytes(cfg.depth, 1, cfg.num_tokens, cfg.hidden_size, o.cache_slots),
         schedule=CACHE_SCHEDULE,

@@ -116,6 +116,11 @@ def cache_shape(depth: int, batch: int, tokens: int, hidden: int, slots: int, gu
     return (depth, len(BRANCHES), slots, 2 * batch if guided else batch, tokens, hidden)
 
 
+def config_cache_shape(cfg, batch: int, slots: int) -> tuple:
+    """`cache_shape` of a DiT config (anything with depth, num_tokens, hidden_size)."""
+    return cache_shape(cfg.depth, batch, cfg.num_tokens, cfg.hidden_size, slots)
+
+
 def cache_bytes(depth: int, batch: int, tokens: int, hidden: int, slots: int, itemsize: int = 4) -> int:
     """Bytes of one cache tensor (the runtime holds two: the full step writes the refreshed one)."""
     return int(np.prod(cache_shape(depth, batch, tokens, hidden, slots))) * itemsize

@@ -19,7 +19,7 @@ from tqdm import tqdm
 from dit_export.errors import UserError
 from dit_export.models.dit import DiT
 from dit_export.sampling import samplers
-from dit_export.sampling.cache import DEFAULT_ORDER, cache_plan, cache_shape, check_cache
+from dit_export.sampling.cache import DEFAULT_ORDER, cache_plan, check_cache, config_cache_shape
 from dit_export.sampling.noise import NoiseSource
 from dit_export.sampling.request import SampleRequest
 from dit_export.sampling.schedule import STATE_NAMES
@@ -59,11 +59,10 @@ def sample_latents(
     total = schedule.num_steps
     n = len(labels)
     check_cache(cache_interval, cache_order)
-    plan = cache_plan(total, cache_interval, cache_order, cache_slots or cache_order + 1)
     if cache_interval > 1:
+        plan = cache_plan(total, cache_interval, cache_order, cache_slots or cache_order + 1)
         steps_of = {m: CachedSamplerStep(model, m).eval() for m in ("full", "forecast")}
-        d = model.config
-        shape = cache_shape(d.depth, n, d.num_tokens, d.hidden_size, plan.slots)
+        shape = config_cache_shape(model.config, n, plan.slots)
         cache = torch.zeros(shape, dtype=torch.float32)
         cache_coefs = torch.from_numpy(plan.coefs)
     else:

@@ -1,9 +1,10 @@
 """Sample quality of the forecast step cache (TaylorSeer / FORA) on the shipped tiny-digits model.
 
     python benchmarks/cache_quality.py [--per-class 20] [--seeds 0 1] [--costs F R]
-        [--engines DIR --backend ort] [--json benchmarks/results/cache_quality.json]
+        [--json benchmarks/results/cache_quality.json]
         [--out benchmarks/results/cache_quality.md] [--quick]
     python benchmarks/cache_quality.py --demo-check dpm++2m-sde:20:3:2 --per-class 50 --seeds 0 1 2 3
+    python benchmarks/cache_quality.py --backend ort [--engines DIR] [--rows key]
 
 For every sampler setting (ddpm-50, the demo's old setting; ddim-50; dpm++2m-20; dpm++2m-sde-20,
 the current demo default) and every cache interval N ∈ {2, 3, 4, 5} × order O ∈ {0, 1, 2}, with
@@ -21,7 +22,11 @@ A cached setting "beats plain fewer steps at equal time" when its FD is lower th
 sampler's at the equal-time step count on every seed (paired: same noise) and its mean accuracy is
 no more than 0.5 % lower. Default: the fp32 PyTorch reference loop (`sample_latents` with
 `cache_interval`/`cache_order`: the same full/forecast step modules the exporter writes);
-`--engines DIR --backend ort` samples an export through `Sampler.generate` instead.
+`--backend ort` samples an export through `Sampler.generate` instead (`--engines DIR`, or
+tiny-digits exported fp32 with the cache graphs into `--work-dir`) and by default re-scores only the
+table's key rows (`--rows key`: ddpm-50 uncached, N=4 O=0, N=3 O=2; ddim-50 and dpm++2m-20
+uncached and N=3 O=2) beside the reference loop's (`--compare`), with a pixel comparison of a few
+images (`--image-check`): results in cache_quality_ort.{md,json}.
 
 Every scored row is kept in `--json` as it finishes, keyed by its setting; a rerun skips what is
 there (so an interrupted run resumes, and new `--costs` only add the missing plain rows).
@@ -36,6 +41,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -43,17 +49,21 @@ from pathlib import Path
 
 import numpy as np
 
-from dit_export.fileio import write_json
-from dit_export.sampling.cache import cache_plan
-from dit_export.verify.score import (
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from solver_quality import _load_ref, band, load_subjects  # noqa: E402
+
+from dit_export.fileio import write_json  # noqa: E402
+from dit_export.sampling.cache import cache_plan  # noqa: E402
+from dit_export.verify.score import (  # noqa: E402
     ScoreResult,
-    load_embedded_reference,
+    ScoreSettings,
+    runtime_sample_fn,
     score_sampler,
     torch_sample_fn,
-    train_classifier,
 )
 
-ROOT = Path(__file__).resolve().parents[1]
 SAMPLERS = (("ddpm", 50), ("ddim", 50), ("dpm++2m", 20), ("dpm++2m-sde", 20))
 INTERVALS = (2, 3, 4, 5)
 ORDERS = (0, 1, 2)
@@ -63,6 +73,17 @@ SEEDS = (0, 1)
 DEFAULT_COSTS = (1.1, 0.2)
 SPEED_JSON = ROOT / "benchmarks/results/cache_speed.json"
 ACC_SLACK = 0.005
+# the rows re-scored through an export (--rows key): the uncached samplers, the recommended setting
+# and the issue's N=3, O=2
+KEY_ROWS = (
+    "ddpm:50:1:0",
+    "ddpm:50:4:0",
+    "ddpm:50:3:2",
+    "ddim:50:1:0",
+    "ddim:50:3:2",
+    "dpm++2m:20:1:0",
+    "dpm++2m:20:3:2",
+)
 
 
 @dataclass(frozen=True)
@@ -76,6 +97,12 @@ class Setting:
     @property
     def key(self) -> str:
         return f"{self.sampler}|{self.steps}|{self.interval}|{self.order}|{self.seed}"
+
+    @property
+    def name(self) -> str:
+        return f"{self.sampler}-{self.steps} " + (
+            f"N={self.interval} O={self.order}" if self.interval > 1 else "uncached"
+        )
 
     @property
     def plan(self):
@@ -137,53 +164,28 @@ class Store:
         write_json(self.path, {"meta": self.meta, **extra, "rows": self.rows})
 
 
+def fields(args, s: Setting) -> dict:
+    """The request fields of a setting: what its sampler function binds and its score records."""
+    return ScoreSettings(
+        steps=s.steps, sampler=s.sampler, seed=s.seed, cache_interval=s.interval, cache_order=s.order
+    ).at(args.cfg)
+
+
 def make_fn(args, model, decode, runner, s: Setting):
+    """The PyTorch reference loop's sampler function, or the runtime's (`Sampler.generate`)."""
     if runner is None:
-        return torch_sample_fn(
-            model,
-            decode,
-            cfg_scale=args.cfg,
-            steps=s.steps,
-            sampler=s.sampler,
-            seed=s.seed,
-            cache_interval=s.interval,
-            cache_order=s.order,
-        )
-    from dit_export.images import to_uint8
-    from dit_export.sampling.request import SampleRequest
-
-    def sample(labels):
-        req = SampleRequest(
-            tuple(int(v) for v in labels),
-            s.seed,
-            args.cfg,
-            s.steps,
-            s.sampler,
-            cache_interval=s.interval,
-            cache_order=s.order,
-        )
-        return to_uint8(runner.generate(req, decode=True, progress=False).images)
-
-    return sample
+        return torch_sample_fn(model, decode, **fields(args, s))
+    return runtime_sample_fn(runner, **fields(args, s))
 
 
 def score(args, model, decode, runner, clf, s: Setting, store: Store | None, extra: dict) -> dict:
     if store is not None and s.key in store.rows:
         return store.rows[s.key]
+    fn = make_fn(args, model, decode, runner, s)
     r: ScoreResult = score_sampler(
-        make_fn(args, model, decode, runner, s),
-        per_class=args.per_class,
-        classifier=clf,
-        backend=args.backend,
-        cfg_scale=args.cfg,
-        steps=s.steps,
-        sampler=s.sampler,
-        seed=s.seed,
-        cache_interval=s.interval,
-        cache_order=s.order,
+        fn, per_class=args.per_class, classifier=clf, backend=args.backend, **fields(args, s)
     )
-    plan = s.plan
-    r.extra = {"cache_interval": s.interval, "cache_order": s.order, "num_full": plan.num_full}
+    r.extra = {"cache_interval": s.interval, "cache_order": s.order, "num_full": s.plan.num_full}
     row = r.to_dict()
     print(
         f"{s.sampler:12s} {s.steps:3d} N={s.interval} O={s.order} seed {s.seed}: acc {r.accuracy:.4f} "
@@ -347,6 +349,152 @@ def report(args, store: Store, samplers, intervals, orders, seeds, cost, cost_sr
     return "\n".join(lines)
 
 
+def export_folder(work_dir: Path, name: str, export_args: list[str], batch: int, check: bool) -> Path:
+    """An fp32 export with the cache graphs up to order 2 in `work_dir`, written when missing
+    (reused by later runs: delete it after a change to the exporter)."""
+    out = work_dir / f"{name.replace('/', '')}-b{batch}-fp32-cache2"
+    if (out / "manifest.json").is_file():
+        return out
+    cmd = [sys.executable, "-m", "dit_export", "export", *export_args, "--batch", str(batch)]
+    cmd += ["--precision", "fp32", "--max-cache-order", "2", "--out", str(out), "--force"]
+    if not check:
+        cmd.append("--no-check")  # a throw-away timing folder (bench does the same)
+    print("$", " ".join(cmd[1:]), flush=True)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    subprocess.run(cmd, check=True, cwd=ROOT)
+    return out
+
+
+def image_check(args, runner, s: Setting, per_class: int, reference) -> dict:
+    """The first `per_class` images of every class of `s` from the runtime and from the PyTorch
+    reference loop (same noise): how far apart they are in uint8 pixels."""
+    from dit_export.verify.score import score_labels
+
+    labels = score_labels(10, per_class)
+    a = runtime_sample_fn(runner, **fields(args, s))(labels).astype(np.int16)
+    b = torch_sample_fn(*reference, **fields(args, s))(labels).astype(np.int16)
+    d = np.abs(a - b)
+    return {
+        "images": len(labels),
+        "max_abs_uint8": int(d.max()),
+        "mean_abs_uint8": float(d.mean()),
+        "values": int(d.size),
+        "values_differing": int((d > 0).sum()),
+    }
+
+
+def rescore(args, model, decode, runner, clf, store: Store, keys: list[str]) -> int:
+    """Score `keys` (SAMPLER:STEPS:N:O) with every seed on this backend and set them beside the
+    same rows of `--compare` (the reference loop's table): how closely the two agree."""
+    from dit_export.verify.score import load_embedded_reference
+
+    ref = json.loads(args.compare.read_text())
+    if ref["meta"]["per_class"] != args.per_class or ref["meta"]["cfg"] != args.cfg:
+        raise SystemExit(f"error: {args.compare} has other settings {ref['meta']}")
+    sets = []
+    for k in keys:
+        sampler, steps, n, o = k.split(":")
+        sets.append(
+            [Setting(sampler, int(steps), int(n), int(o) if int(n) > 1 else 0, sd) for sd in args.seeds]
+        )
+    load0, t0 = os.getloadavg(), time.perf_counter()
+    old = json.loads(args.json.read_text()) if args.json.is_file() else {}
+    where = args.compare.resolve()
+    extra = {
+        "compare": str(where.relative_to(ROOT) if where.is_relative_to(ROOT) else where),
+        "scored": old.get("scored"),
+    }
+    todo = [s for group in sets for s in group if s.key not in store.rows]
+    for s in todo:
+        score(args, model, decode, runner, clf, s, store, extra)
+    if todo or extra["scored"] is None:
+        extra["scored"] = {
+            "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+            "minutes": (time.perf_counter() - t0) / 60,
+            "load": [load0[0], os.getloadavg()[0]],
+        }
+    scored = extra["scored"]
+    pixels = {}
+    if args.image_check > 0 and runner is not None:
+        reference = load_embedded_reference("tiny-digits")
+        for group in sets:
+            pixels[group[0].key] = image_check(args, runner, group[0], args.image_check, reference)
+            print(f"{group[0].key}: {pixels[group[0].key]}", flush=True)
+    store.save({**extra, "image_check": pixels})
+    load1, minutes = os.getloadavg(), (time.perf_counter() - t0) / 60
+    cmd = " ".join(["python benchmarks/cache_quality.py", *sys.argv[1:]])
+    be = args.backend
+    lines = [
+        f"# Forecast step cache on tiny-digits: key rows re-scored on {args.backend}",
+        "",
+        f"`{cmd}` — {args.backend} on {args.engines} (`Sampler.generate` with the cache fields), beside the same"
+        f" rows of {args.compare.name} ({ref['meta']['where']}: the PyTorch fp32 reference loop). Same scorer,"
+        f" classifier, images ({10 * args.per_class} per row), cfg {args.cfg:g} and Philox noise seeds"
+        f" {', '.join(map(str, args.seeds))}. Machine: {_machine()}; load average (1/5/15 min) at start"
+        f" {'/'.join(f'{x:.1f}' for x in load0)}, at end {'/'.join(f'{x:.1f}' for x in load1)}; this invocation"
+        f" {minutes:.1f} min (rows already in its JSON are reused; rows scored {scored['when']}: {scored['minutes']:.1f}"
+        f" min, load average at start / end {scored['load'][0]:.1f} / {scored['load'][1]:.1f}).",
+        "",
+        f"| setting | seed | accuracy: ref → {be} | FD: ref | FD: {be} | Δ FD | Δ(FD vs uncached): ref |"
+        f" Δ(FD vs uncached): {be} |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    deltas, rel, verdict_d = [], [], []
+    for group in sets:
+        for s in group:
+            a, b = ref["rows"].get(s.key), store.rows[s.key]
+            base = Setting(s.sampler, s.steps, seed=s.seed).key
+            name = s.name
+            if a is None:
+                lines.append(
+                    f"| {name} | {s.seed} | – → {b['accuracy']:.4f} | – | {b['fd']:.3f} | – | – | – |"
+                )
+                continue
+            d = b["fd"] - a["fd"]
+            deltas.append(abs(d))
+            rel.append(abs(d) / a["fd"])
+            dv = "–", "–"
+            if s.interval > 1 and base in ref["rows"] and base in store.rows:
+                da, db = a["fd"] - ref["rows"][base]["fd"], b["fd"] - store.rows[base]["fd"]
+                verdict_d.append(abs(db - da))
+                dv = f"{da:+.4f}", f"{db:+.4f}"
+            lines.append(
+                f"| {name} | {s.seed} | {a['accuracy']:.4f} → {b['accuracy']:.4f} | {a['fd']:.3f} | {b['fd']:.3f} |"
+                f" {d:+.4f} | {dv[0]} | {dv[1]} |"
+            )
+    lines.append("")
+    if deltas:
+        lines.append(
+            f"Agreement over {len(deltas)} rows: |Δ FD| max {max(deltas):.4f} (mean {np.mean(deltas):.4f}; at most"
+            f" {100 * max(rel):.4f} % of the row's FD)"
+            + (
+                f"; the cache's effect (cached − uncached FD, per seed) moves by at most {max(verdict_d):.4f}"
+                if verdict_d
+                else ""
+            )
+            + "."
+        )
+    if pixels:
+        lines += [
+            "",
+            f"Pixels ({args.image_check} image(s) per class, seed 0, {args.backend} vs the reference loop, uint8):",
+            "",
+            "| setting | images | max abs | mean abs | uint8 values differing |",
+            "|---|---:|---:|---:|---:|",
+        ]
+        for group in sets:
+            v = pixels[group[0].key]
+            lines.append(
+                f"| {group[0].name} | {v['images']} | {v['max_abs_uint8']} | {v['mean_abs_uint8']:.4f} |"
+                f" {v['values_differing']} of {v['values']} |"
+            )
+    text = "\n".join(lines) + "\n"
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(text)
+    print(text)
+    return 0
+
+
 def _machine() -> str:
     from dit_export.bench.machine import cpu_name, usable_cpus
 
@@ -355,9 +503,6 @@ def _machine() -> str:
 
 def demo_check(args, model, decode, runner, clf) -> int:
     """Score SAMPLER:STEPS:N:O (and its uncached twin) with solver_quality.py's images and band."""
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    from solver_quality import _load_ref, band
-
     sampler, steps, n, o = args.demo_check.split(":")
     steps, n, o = int(steps), int(n), int(o)
     ref = _load_ref(args.ref_json, clf, args.per_class, args.cfg)
@@ -427,7 +572,10 @@ def main(argv=None) -> int:
         "--engines", type=Path, default=None, help="an export of tiny-digits (default: torch reference)"
     )
     p.add_argument(
-        "--backend", default="torch", help="torch (reference loop) | ort | trt | cpp with --engines"
+        "--backend",
+        default="torch",
+        help="torch (the reference loop) | ort | trt | cpp: sample an export (--engines, else tiny-digits fp32"
+        " exported into --work-dir) through Sampler.generate",
     )
     p.add_argument("--json", type=Path, default=ROOT / "benchmarks/results/cache_quality.json")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/cache_quality.md")
@@ -435,6 +583,32 @@ def main(argv=None) -> int:
     p.add_argument("--report-only", action="store_true", help="write the report from --json, score nothing")
     p.add_argument("--demo-check", default=None, metavar="SAMPLER:STEPS:N:O")
     p.add_argument("--ref-json", type=Path, default=ROOT / "benchmarks/results/solver_quality.json")
+    p.add_argument(
+        "--rows",
+        default=None,
+        help="all (the table; default with --backend torch) | key (default otherwise: the table's key rows, "
+        "re-scored and set beside --compare's) | SAMPLER:STEPS:N:O,… (N 1: uncached)",
+    )
+    p.add_argument(
+        "--compare",
+        type=Path,
+        default=ROOT / "benchmarks/results/cache_quality.json",
+        help="the rows to set re-scored rows beside (default: the reference loop's table)",
+    )
+    p.add_argument(
+        "--image-check",
+        type=int,
+        default=1,
+        metavar="K",
+        help="re-scoring: also compare K images per class (seed 0) with the reference loop's, pixel by pixel",
+    )
+    p.add_argument("--work-dir", type=Path, default=Path("/tmp/cache_quality_engines"))
+    p.add_argument(
+        "--export-batch",
+        type=int,
+        default=50,
+        help="--backend without --engines: export tiny-digits at this batch",
+    )
     args = p.parse_args(argv)
     samplers = [(s.split(":")[0], int(s.split(":")[1])) for s in args.samplers.split(",") if s]
     if args.quick:
@@ -443,17 +617,16 @@ def main(argv=None) -> int:
             args.json = Path("/tmp/cache_quality_quick.json")
         if args.out == p.get_default("out"):
             args.out = Path("/tmp/cache_quality_quick.md")
-    model = decode = runner = None
-    if args.engines is not None:
-        from dit_export.runtime import Sampler
-
-        runner = Sampler.load(args.engines, backend=args.backend)
-    else:
-        import torch
-
-        torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
-        model, decode = load_embedded_reference("tiny-digits")
-    clf = train_classifier(seed=0)
+    if args.backend != "torch" and args.engines is None:
+        args.engines = export_folder(
+            args.work_dir, "tiny-digits", ["--model", "tiny-digits"], args.export_batch, check=True
+        )
+    if args.backend != "torch" and not args.demo_check:
+        for name in ("json", "out"):  # a backend's rows never mix with the reference loop's
+            if getattr(args, name) == p.get_default(name):
+                path = getattr(args, name)
+                setattr(args, name, path.with_name(f"{path.stem}_{args.backend}{path.suffix}"))
+    model, decode, runner, clf = load_subjects(args.engines, args.backend)
     if args.demo_check:
         if args.json == p.get_default("json"):
             args.json = ROOT / "benchmarks/results/cache_quality_demo.json"
@@ -461,6 +634,11 @@ def main(argv=None) -> int:
     cost, cost_src = step_costs(args.costs, args.costs_source)
     where = args.backend if args.engines is None else f"{args.backend}:{args.engines}"
     store = Store(args.json, args.per_class, args.cfg, where, clf.heldout_accuracy)
+    rows = args.rows or ("all" if args.backend == "torch" else "key")
+    if rows != "all":
+        return rescore(
+            args, model, decode, runner, clf, store, KEY_ROWS if rows == "key" else rows.split(",")
+        )
     todo = settings(samplers, args.intervals, args.orders, args.seeds, cost)
     missing = [s for s in todo if s.key not in store.rows]
     print(f"{len(todo)} rows, {len(missing)} to score (F, R = {cost}: {cost_src})", flush=True)

@@ -3,6 +3,7 @@
     python benchmarks/cache_speed.py --models tiny-digits --run dpm++2m-sde:20 --grid
     python benchmarks/cache_speed.py --models S/2 --run ddim:50 --settings 1:0 3:2 --loop-only
     python benchmarks/cache_speed.py --models B/2 --run ddim:50 --settings 1:0 3:2 --loop-only --repeat 2
+    python benchmarks/cache_speed.py --models S/2 --run ddim:50 ddpm:250 --settings 1:0 3:2 --finished-only
         [--threads 1] [--work-dir /tmp/cache_speed_engines] [--json benchmarks/results/cache_speed.json]
         [--out benchmarks/results/cache_speed.md]
 
@@ -22,6 +23,12 @@ VAE at 256 px, batch 1; reused when already in `--work-dir`), then two measureme
    a B/2 finished image takes minutes; the decode is the same for every setting and comes from 1.).
    Settings interleaved (one call each per round, the order rotated every round) after an untimed
    warm-up call of each at 4 steps, `--repeat` rounds, medians.
+
+`--run` takes several SAMPLER:STEPS, timed side by side in the same rounds (e.g. `--run ddim:50
+ddpm:250`: TaylorSeer's setting and DiT's sample.py default, DDPM with 250 steps, where the decode
+is a smaller share of a finished image); the report opens with a table of N=3, O=2 against uncached
+at each step count. `--finished-only` leaves out the loop-only calls (the loop's ratio is then the
+graphs' composed one).
 
 The issue's target: ≥ 1.8× at N=3, O=2 on S/2 and B/2. `--grid` (tiny-digits): also times every
 setting of benchmarks/cache_quality.py's table (and every setting its JSON holds) end to end, for
@@ -46,7 +53,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from cache_quality import DEFAULT_COSTS, INTERVALS, ORDERS, SAMPLERS, equal_steps  # noqa: E402
+from cache_quality import DEFAULT_COSTS, INTERVALS, ORDERS, SAMPLERS, equal_steps, export_folder  # noqa: E402
 
 from dit_export.bench.machine import OtherLoad, machine_info, versions  # noqa: E402
 from dit_export.fileio import write_json  # noqa: E402
@@ -66,18 +73,10 @@ WARMUP_STEPS = 4  # the warm-up call: enough steps for a full and a forecast ste
 
 
 def folder_for(args, model: str) -> Path:
-    """The model's export in --work-dir, exported (fp32, cache graphs up to order 2) when missing."""
+    """The model's export in --work-dir (fp32, cache graphs up to order 2), exported when missing;
+    S/2 and B/2 unchecked (throw-away timing folders, as bench makes them)."""
     extra, batch = MODELS[model]
-    out = args.work_dir / f"{model.replace('/', '')}-b{batch}-fp32-cache2"
-    if (out / "manifest.json").is_file():
-        return out
-    cmd = [sys.executable, "-m", "dit_export", "export", *extra, "--batch", str(batch), "--precision", "fp32"]
-    cmd += ["--max-cache-order", "2", "--out", str(out), "--force"]
-    if model != "tiny-digits":
-        cmd.append("--no-check")  # a throw-away timing folder (bench does the same)
-    print("$", " ".join(cmd[1:]), flush=True)
-    subprocess.run(cmd, check=True, cwd=ROOT)
-    return out
+    return export_folder(args.work_dir, model, extra, batch, check=model == "tiny-digits")
 
 
 def parse(setting: str) -> tuple[int, int]:
@@ -246,10 +245,12 @@ def grid(runner, labels, repeat: int) -> tuple[list[dict], dict]:
     return rows, costs
 
 
-def run_model(args, model: str, folder: Path) -> dict:
+def run_model(args, model: str, folder: Path) -> dict[str, dict]:
+    """The model's entries: one per --run (keyed by the model's name alone for one run, else
+    "MODEL, SAMPLER-STEPS"), every run's settings timed in the same interleaved rounds."""
     from dit_export.runtime import Sampler
 
-    sampler_name, steps = args.run.split(":")[0], int(args.run.split(":")[1])
+    runs = [(r.split(":")[0], int(r.split(":")[1])) for r in args.run]
     batch = MODELS[model][1]
     other, load0, t_start = OtherLoad(), os.getloadavg(), dt.datetime.now(dt.timezone.utc)
     print(f"{model}: graphs, {args.graph_repeat} rounds", flush=True)
@@ -257,59 +258,113 @@ def run_model(args, model: str, folder: Path) -> dict:
     print(f"  {graphs['ms']}  F {graphs['F']:.3f} R {graphs['R']:.3f}", flush=True)
     labels = tuple(i % 10 for i in range(batch))
     runner = Sampler.load(folder, backend="ort", threads=args.threads)
-    entry: dict = {}
+    entries: dict[str, dict] = {}
     try:
-        cases: dict[str, tuple[SampleRequest, bool]] = {}
-        for s in args.e2e_settings or args.settings:
-            n, o = parse(s)
-            req = SampleRequest(labels, 0, 4.0, steps, sampler_name, cache_interval=n, cache_order=o)
-            if not args.loop_only:
-                cases[s] = (req, True)
-            if args.loop_only or s in LOOP_ONLY:
-                cases[f"{s} loop"] = (req, False)
-        print(f"{model}: {runner.describe()}: {sampler_name}-{steps}, {len(cases)} cases", flush=True)
+        cases: dict[str, tuple[SampleRequest, bool]] = {}  # "SAMPLER-STEPS N:O[ loop]"
+        for sampler_name, steps in runs:
+            for s in args.e2e_settings or args.settings:
+                n, o = parse(s)
+                req = SampleRequest(labels, 0, 4.0, steps, sampler_name, cache_interval=n, cache_order=o)
+                if not args.loop_only:
+                    cases[f"{sampler_name}-{steps} {s}"] = (req, True)
+                if args.loop_only or (s in LOOP_ONLY and not args.finished_only):
+                    cases[f"{sampler_name}-{steps} {s} loop"] = (req, False)
+        print(f"{model}: {runner.describe()}: {', '.join(args.run)}, {len(cases)} cases", flush=True)
         times = time_rounds(runner, cases, args.repeat) if args.repeat > 0 else {}
-        entry = {
-            "folder": str(folder),
-            "describe": runner.describe(),
-            "batch": batch,
-            "sampler": sampler_name,
-            "steps": steps,
-            "graphs": graphs,
-            "composed": {s: composed(graphs, steps, s, batch) for s in args.settings},
-            "cases": {
-                k: {
-                    "median_s": float(np.median(v)),
-                    "min_s": float(np.min(v)),
-                    "max_s": float(np.max(v)),
-                    "per_image_s": float(np.median(v)) / batch,
-                    "decode": cases[k][1],
-                    "num_full": cache_plan(steps, *parse(k.split()[0]), parse(k.split()[0])[1] + 1).num_full,
-                    "times_s": v,
-                }
-                for k, v in times.items()
-            },
-        }
+        for sampler_name, steps in runs:
+            run = f"{sampler_name}-{steps}"
+            mine = {k.split(" ", 1)[1]: v for k, v in times.items() if k.split(" ", 1)[0] == run}
+            entry = {
+                "folder": str(folder),
+                "describe": runner.describe(),
+                "batch": batch,
+                "sampler": sampler_name,
+                "steps": steps,
+                "graphs": graphs,
+                "composed": {s: composed(graphs, steps, s, batch) for s in args.settings},
+                "cases": {
+                    k: {
+                        "median_s": float(np.median(v)),
+                        "min_s": float(np.min(v)),
+                        "max_s": float(np.max(v)),
+                        "per_image_s": float(np.median(v)) / batch,
+                        "decode": not k.endswith(" loop"),
+                        "num_full": cache_plan(
+                            steps, *parse(k.split()[0]), parse(k.split()[0])[1] + 1
+                        ).num_full,
+                        "times_s": v,
+                    }
+                    for k, v in mine.items()
+                },
+            }
+            if len(runs) > 1:
+                entry["side_by_side"] = args.run
+            entries[model if len(runs) == 1 else f"{model}, {run}"] = entry
         if args.grid and model == "tiny-digits":
+            entry = entries[next(iter(entries))]
             entry["grid"], entry["step_costs"] = grid(runner, labels, args.repeat)
     finally:
         runner.close()
-    entry.update(
-        command=" ".join(["python benchmarks/cache_speed.py", *sys.argv[1:]]),
-        started=t_start.isoformat(timespec="seconds"),
-        load_average=[list(load0), list(os.getloadavg())],
-        other_cpu_percent=other.percent(),
-        uptime=subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip(),
-        threads=args.threads,
-        repeat=args.repeat,
-    )
-    return entry
+    for entry in entries.values():
+        entry.update(
+            command=" ".join(["python benchmarks/cache_speed.py", *sys.argv[1:]]),
+            started=t_start.isoformat(timespec="seconds"),
+            load_average=[list(load0), list(os.getloadavg())],
+            other_cpu_percent=other.percent(),
+            uptime=subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip(),
+            threads=args.threads,
+            repeat=args.repeat,
+        )
+    return entries
+
+
+def side_by_side(res: dict) -> list[str]:
+    """Lines comparing the runs of one side-by-side invocation (--run A B): N=3, O=2 (or the first
+    cached setting) against uncached, per finished image and for the loop, end to end and composed."""
+    lines = []
+    for key, r in res["models"].items():
+        if "side_by_side" not in r:
+            continue
+        cached = next((s for s in r["composed"] if s == "3:2"), None) or next(
+            (s for s in r["composed"] if parse(s)[0] > 1), None
+        )
+        if cached is None or "1:0" not in r["composed"]:
+            continue
+        c, u = r["composed"][cached], r["composed"]["1:0"]
+        e2e = []
+        for suffix, label in (("", "finished"), (" loop", "loop")):
+            a, b = r["cases"].get("1:0" + suffix), r["cases"].get(cached + suffix)
+            if a and b:
+                e2e.append(
+                    f"{label} {a['per_image_s']:.3f} → {b['per_image_s']:.3f} s = **{a['median_s'] / b['median_s']:.2f}×**"
+                )
+        n, o = parse(cached)
+        lines.append(
+            f"| {key} | N={n}, O={o} | {'; '.join(e2e) or '–'} | {u['finished_s'] / c['finished_s']:.2f}× |"
+            f" {u['loop_s'] / c['loop_s']:.2f}× | {r['graphs']['ms'].get('vae_decoder', 0.0) / 1e3:.2f} s |"
+        )
+    if not lines:
+        return []
+    return [
+        "## Side by side: cached vs uncached at each step count (one interleaved run)",
+        "",
+        "| model, run | cached | end to end: s / image (median) | composed: finished | composed: loop | VAE decode |",
+        "|---|---|---|---:|---:|---:|",
+        *lines,
+        "",
+    ]
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
-    p.add_argument("--run", default="ddim:50", help="SAMPLER:STEPS of the cached-vs-uncached rows")
+    p.add_argument(
+        "--run",
+        nargs="+",
+        default=["ddim:50"],
+        help="SAMPLER:STEPS of the cached-vs-uncached rows; several (e.g. ddim:50 ddpm:250, DiT's sample.py"
+        " default) are timed side by side in the same interleaved rounds",
+    )
     p.add_argument("--settings", nargs="+", default=list(SETTINGS), help="N:O (1:0 = uncached)")
     p.add_argument(
         "--e2e-settings", nargs="+", default=None, help="N:O timed end to end (default: all of --settings)"
@@ -317,6 +372,11 @@ def main(argv=None) -> int:
     p.add_argument("--repeat", type=int, default=3, help="end-to-end rounds (after the warm-up calls)")
     p.add_argument("--graph-repeat", type=int, default=5, help="rounds of the per-graph timing")
     p.add_argument("--loop-only", action="store_true", help="end to end without the decode (every setting)")
+    p.add_argument(
+        "--finished-only",
+        action="store_true",
+        help="end to end only finished images (no loop-only calls; the loop's ratio comes from the graphs)",
+    )
     p.add_argument("--threads", type=int, default=1, help="ONNX Runtime intra-op threads (default 1)")
     p.add_argument("--grid", action="store_true", help="tiny-digits: time every cache_quality.py setting too")
     p.add_argument("--work-dir", type=Path, default=Path("/tmp/cache_speed_engines"))
@@ -327,10 +387,10 @@ def main(argv=None) -> int:
     folders = {m: folder_for(args, m) for m in args.models}  # every export before any timing
     res = json.loads(args.json.read_text()) if args.json.is_file() else {"models": {}}
     for model, folder in folders.items():
-        entry = run_model(args, model, folder)
-        if "grid" in entry:
-            res["grid"], res["step_costs"] = entry.pop("grid"), entry.pop("step_costs")
-        res["models"][model] = entry
+        for key, entry in run_model(args, model, folder).items():
+            if "grid" in entry:
+                res["grid"], res["step_costs"] = entry.pop("grid"), entry.pop("step_costs")
+            res["models"][key] = entry
         res.update(machine=machine_info(), versions=versions())
         args.json.parent.mkdir(parents=True, exist_ok=True)
         write_json(args.json, res)
@@ -350,6 +410,7 @@ def report(res: dict) -> str:
         " interleaved (one call of each per round, the order rotated every round, warm-up calls first), medians.",
         "",
     ]
+    lines += side_by_side(res)
     for model, r in res["models"].items():
         g, batch = r["graphs"], r["batch"]
         lines += [

@@ -1,12 +1,19 @@
-"""int8 vs fp32 vs mixed fp16 on ONNX Runtime CPU: per-forward time of `dit_step`, and quality.
+"""int8 vs fp32 vs mixed fp16 on ONNX Runtime CPU: time per forward and per image, and quality.
 
-Not a test. Two parts, each written to benchmarks/results/int8.{json,md} (merged):
+Not a test. Three parts, each written to benchmarks/results/int8.{json,md} (merged):
 
     python benchmarks/int8_speed.py speed [--models tiny-digits S/2 B/2] [--rounds 7] [--threads 2]
+    python benchmarks/int8_speed.py image [--models tiny-digits S/2 B/2] [--run ddim:50] [--repeat 3]
     python benchmarks/int8_speed.py quality [--per-class 20] [--seeds 0 1]
 
-speed: exports each model (tiny-digits: the shipped trained model; S/2, B/2: random weights,
-256 px, batch 1, no VAE) at fp32, fp16 and int8 into --work (reused when present), then times
+Every part exports what it needs into --work (reused when present): tiny-digits is the shipped
+trained model with its VAE; S/2 and B/2 have random weights, 256 px, and the random-weight SD VAE
+decoder; fp32, mixed fp16 and int8 each, without forecast-cache graphs.
+
+image: seconds per finished image (all sampler steps + the VAE decode) through the runtime's
+`Sampler.generate` on batch-1 folders, the precisions interleaved, rotated every repeat.
+
+speed: at batch 1 (tiny-digits: 10), times
 one `dit_step` call per precision through the runtime's own ONNX Runtime backend (the session
 options the sampler uses, int8's disabled optimisers included), interleaved: every round runs
 every precision once in turn and the median over rounds is reported, so machine load hits all
@@ -27,6 +34,7 @@ import statistics
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -38,10 +46,12 @@ from dit_export.export import analysis  # noqa: E402
 from dit_export.export.calibrate import CalibSettings  # noqa: E402
 from dit_export.export.exporter import ExportOptions, export  # noqa: E402
 from dit_export.export.quantize import KERNEL_OPS, ort_kernels  # noqa: E402
+from dit_export.fileio import write_bytes  # noqa: E402
 from dit_export.models.spec import ModelSpec  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 PRECISIONS = ("fp32", "fp16", "int8")
+HISTORY = "## Earlier runs"
 
 
 def uptime() -> str:
@@ -49,31 +59,24 @@ def uptime() -> str:
 
 
 def spec_of(model: str) -> ModelSpec:
+    """tiny-digits: the shipped trained model and its VAE; S/2, B/2: random weights, 256 px, with the
+    random-weight SD VAE decoder (so a finished image includes its real decode cost)."""
     if model == "tiny-digits":
         return ModelSpec(model="tiny-digits")
-    return ModelSpec(model=model, random_weights=True, vae="none", image_size=256)
+    return ModelSpec(model=model, random_weights=True, vae="random-sd", image_size=256)
 
 
 def folder(work: Path, model: str, precision: str, batch: int) -> Path:
-    """The export (made once): int8 calibrates on ddpm-50 × 2 seeds (tiny) or ddpm-10 × 1 seed."""
-    out = work / f"{model.replace('/', '')}-{precision}-b{batch}"
+    """The export (made once, no forecast-cache graphs): int8 calibrates on ddpm-50 × 2 seeds
+    (tiny-digits) or ddpm-10 × 1 seed (the random-weight models)."""
+    tag = "" if model == "tiny-digits" else "-sdvae"
+    out = work / f"{model.replace('/', '')}-{precision}-b{batch}{tag}"
     if (out / "manifest.json").is_file():
         return out
     calib = CalibSettings() if model == "tiny-digits" else CalibSettings(steps=10, seeds=(0,))
+    opts = ExportOptions(spec_of(model), out, batch, precision, check=False, force=True, calibration=calib)
     t0 = time.perf_counter()
-    export(
-        ExportOptions(
-            model=spec_of(model),
-            out=out,
-            batch=batch,
-            precision=precision,
-            force=True,
-            max_cache_order=None,
-            check=False,
-            calibration=calib,
-        ),
-        log=lambda s: None,
-    )
+    export(replace(opts, max_cache_order=None), log=lambda s: None)
     print(f"exported {out} in {time.perf_counter() - t0:.0f} s", flush=True)
     return out
 
@@ -138,6 +141,49 @@ def speed(args) -> dict:
     return {"rows": rows, "rounds": args.rounds, "calls": args.calls, "threads": args.threads}
 
 
+def image(args) -> dict:
+    """Seconds per finished image (every sampler step + the VAE decode) through the runtime's own
+    `Sampler.generate` on each precision's folder, batch 1; every repeat runs all precisions, in an
+    order rotated by one, so machine load hits all alike."""
+    from dit_export.runtime.sampler import Sampler
+    from dit_export.sampling.request import SampleRequest
+
+    sampler, steps = args.run.split(":")
+    req = SampleRequest((1,), 0, 4.0, int(steps), sampler)
+    rows = []
+    for model in args.models:
+        runners = {
+            p: Sampler.load(folder(args.work, model, p, 1), "ort", threads=args.threads) for p in PRECISIONS
+        }
+        for r in runners.values():
+            r.generate(replace(req, steps=2))  # warm-up: sessions, buffers, the decode
+        times: dict[str, list[float]] = {p: [] for p in PRECISIONS}
+        for i in range(args.repeat):
+            for p in PRECISIONS[i % 3 :] + PRECISIONS[: i % 3]:
+                t0 = time.perf_counter()
+                res = runners[p].generate(req)
+                times[p].append(time.perf_counter() - t0)
+                assert res.images is not None  # a finished image: the folder has a VAE
+            print(
+                f"  {model}: repeat {i + 1}/{args.repeat}",
+                {p: round(v[-1], 2) for p, v in times.items()},
+                flush=True,
+            )
+        med = {p: statistics.median(v) for p, v in times.items()}
+        row = {
+            "model": model,
+            "describe": {p: r.describe() for p, r in runners.items()},
+            "s_per_image": {p: round(v, 4) for p, v in med.items()},
+            "all_s": {p: [round(x, 4) for x in v] for p, v in times.items()},
+            "speedup_vs_fp32": {p: round(med["fp32"] / v, 3) for p, v in med.items()},
+        }
+        for r in runners.values():
+            r.close()
+        print(json.dumps({k: row[k] for k in ("model", "s_per_image", "speedup_vs_fp32")}), flush=True)
+        rows.append(row)
+    return {"rows": rows, "run": args.run, "repeat": args.repeat, "threads": args.threads, "batch": 1}
+
+
 def quality(args) -> dict:
     from dit_export.runtime.sampler import Sampler
     from dit_export.verify.score import runtime_sample_fn, score_sampler, train_classifier
@@ -176,32 +222,44 @@ def quality(args) -> dict:
 
 
 def write(part: str, data: dict, command: str) -> None:
-    path = RESULTS / "int8.json"
+    """Merge the part into int8.json and re-render int8.md; the md's hand-kept tail (from the
+    `HISTORY` heading on: earlier runs, side measurements) is carried over."""
+    path, md = RESULTS / "int8.json", RESULTS / "int8.md"
     allres = json.loads(path.read_text()) if path.is_file() else {}
     allres[part] = data | {"command": command}
     allres["machine"] = {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count()}
-    path.write_text(json.dumps(allres, indent=1) + "\n")
-    (RESULTS / "int8.md").write_text(render(allres))
+    old = md.read_text() if md.is_file() else ""
+    tail = old[old.index(HISTORY) :] if HISTORY in old else ""
+    write_bytes(path, (json.dumps(allres, indent=1) + "\n").encode())
+    write_bytes(md, (render(allres) + tail).encode())
     print(f"wrote {path} and int8.md")
+
+
+def section(title: str, part: dict, columns: list[str]) -> list[str]:
+    """A part's heading, its command and load, and its table's header."""
+    return [
+        f"## {title}",
+        "",
+        f"Command: `{part['command']}`  ",
+        f"Load before: `{part['uptime_before']}`  ",
+        f"Load after: `{part['uptime_after']}`",
+        "",
+        "| " + " | ".join(columns) + " |",
+        "|" + "---|" * len(columns),
+    ]
 
 
 def render(res: dict) -> str:
     """The tables of int8.md from int8.json (the prose around them lives in NOTES below)."""
     out = ["# int8 (W8A8 QDQ) vs fp32 vs mixed fp16 on ONNX Runtime CPU", "", NOTES, ""]
-    sp = res.get("speed")
-    if sp:
-        out += [
-            f"## Per-forward time of dit_step ({sp['threads']} threads, median of {sp['rounds']} interleaved "
-            f"rounds × {sp['calls']} calls)",
-            "",
-            f"Command: `{sp['command']}`  ",
-            f"Load before: `{sp['uptime_before']}`  ",
-            f"Load after: `{sp['uptime_after']}`",
-            "",
-            "| model | batch | GEMM GFLOP/call | int8 share | ORT int8 kernels | fp32 ms | fp16 ms | int8 ms "
-            "| int8 speed-up | fp16 speed-up |",
-            "|---|---|---|---|---|---|---|---|---|---|",
-        ]
+    ups = ["int8 speed-up", "fp16 speed-up"]
+    if sp := res.get("speed"):
+        title = (
+            f"Per-forward time of dit_step ({sp['threads']} threads, median of {sp['rounds']} interleaved "
+        )
+        title += f"rounds × {sp['calls']} calls)"
+        cols = ["model", "batch", "GEMM GFLOP/call", "int8 share", "ORT int8 kernels", "fp32 ms", "fp16 ms"]
+        out += section(title, sp, [*cols, "int8 ms", *ups])
         for r in sp["rows"]:
             ms, up = r["ms_per_forward"], r["speedup_vs_fp32"]
             kern = ", ".join(f"{k} {v}" for k, v in r["ort_int8_kernels"].items())
@@ -211,18 +269,25 @@ def render(res: dict) -> str:
                 f"| {up['fp16']:.2f}× |"
             )
         out.append("")
-    q = res.get("quality")
-    if q:
-        out += [
-            f"## tiny-digits quality (cfg {q['cfg_scale']}, {q['per_class']} images per class, ORT CPU)",
-            "",
-            f"Command: `{q['command']}`  ",
-            f"Load before: `{q['uptime_before']}`  ",
-            f"Load after: `{q['uptime_after']}`",
-            "",
-            "| precision | sampler | seed | accuracy | FD | FD floor (real subset) | seconds |",
-            "|---|---|---|---|---|---|---|",
-        ]
+    if im := res.get("image"):
+        title = (
+            f"Per finished image ({im['run'].replace(':', '-')}, cfg 4, every step + the VAE decode, batch "
+        )
+        title += f"{im['batch']}, {im['threads']} threads, median of {im['repeat']} interleaved repeats)"
+        out += section(title, im, ["model", "fp32 s/image", "fp16 s/image", "int8 s/image", *ups])
+        for r in im["rows"]:
+            t, up = r["s_per_image"], r["speedup_vs_fp32"]
+            cells = [
+                r["model"],
+                *(f"{t[p]:.3f}" for p in PRECISIONS),
+                *(f"{up[p]:.2f}×" for p in ("int8", "fp16")),
+            ]
+            out.append("| " + " | ".join(cells) + " |")
+        out.append("")
+    if q := res.get("quality"):
+        title = f"tiny-digits quality (cfg {q['cfg_scale']}, {q['per_class']} images per class, ORT CPU)"
+        cols = ["precision", "sampler", "seed", "accuracy", "FD", "FD floor (real subset)", "seconds"]
+        out += section(title, q, cols)
         for r in q["rows"]:
             out.append(
                 f"| {r['precision']} | {r['sampler']} | {r['seed']} | {100 * r['accuracy']:.1f} % | {r['fd']:.2f} "
@@ -233,8 +298,8 @@ def render(res: dict) -> str:
 
 
 NOTES = """Machine: the project's 2-core AMD EPYC (AVX512-VNNI), shared with other sessions during these
-runs: the load average was 4.6–11 on 2 cores (each run's `uptime` below), so absolute times are a
-multiple of an idle machine's;
+runs: the load average was 4.6–22 on 2 cores (each run's `uptime` below), so absolute times are a
+multiple of an idle machine's (up to ~16× for the loaded per-image run);
 the ratios come from one interleaved run (every round times every precision in turn).
 
 int8 = `--precision int8`: onnxruntime.quantization.quantize_static (QDQ), the block GEMMs (qkv,
@@ -246,14 +311,19 @@ with it, ORT folds DQ→MatMul→Add into an fp32 Gemm: 0.76× fp32 on S/2 inste
 fp16 = the mixed-fp16 export: ORT's CPU provider has no fp16 GEMM on this CPU, so it is slower."""
 
 
+PARTS = {"speed": speed, "image": image, "quality": quality}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("part", choices=("speed", "quality"))
+    ap.add_argument("part", choices=tuple(PARTS))
     ap.add_argument("--models", nargs="+", default=["tiny-digits", "S/2", "B/2"])
     ap.add_argument("--batch", type=int, default=1, help="S/2, B/2 export batch (tiny-digits: 10)")
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--calls", type=int, default=3, help="forwards per round and precision")
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=2, help="ONNX Runtime intra-op threads")
+    ap.add_argument("--run", default="ddim:50", help="image: SAMPLER:STEPS of the finished image")
+    ap.add_argument("--repeat", type=int, default=3, help="image: interleaved repeats (median reported)")
     ap.add_argument("--per-class", type=int, default=20)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     ap.add_argument("--work", type=Path, default=Path("/tmp/int8_bench"))
@@ -261,7 +331,7 @@ def main() -> None:
     args.work.mkdir(parents=True, exist_ok=True)
     command = "python benchmarks/" + Path(__file__).name + " " + " ".join(sys.argv[1:])
     before = uptime()
-    data = speed(args) if args.part == "speed" else quality(args)
+    data = PARTS[args.part](args)
     data |= {"uptime_before": before, "uptime_after": uptime()}
     write(args.part, data, command)
 

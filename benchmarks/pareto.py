@@ -2,6 +2,7 @@
 
     python benchmarks/pareto.py [--quality benchmarks/results/cache_quality.json]
         [--speed benchmarks/results/cache_speed.json] [--out docs/cache_pareto.png]
+        [--int8 benchmarks/results/int8_pareto.json]
 
 One panel per sampler of benchmarks/cache_quality.py's table (tiny-digits): the uncached sampler at
 every step count scored (a line through the plain points, labelled with the steps) and every cached
@@ -11,6 +12,9 @@ cache_speed.py's `--grid` run (latents + decode, batch 10), else composed from i
 tiny-digits graph medians (steps × the step graph + the decode), else the sampling time of the
 quality run itself (the PyTorch reference loop) — the title says which (`--time-from`).
 Lower-left is better: a cached point below the plain line at the same seconds beats fewer steps.
+The int8 export's uncached points (orange, dashed; benchmarks/int8_pareto.py: scored through ONNX
+Runtime with the same seeds, noise and classifier) sit at the fp32 point's seconds × the int8/fp32
+ratio of int8_pareto.py's side-by-side timing, i.e. on the same footing as the fp32 points (`--int8`).
 Needs matplotlib (`pip install 'dit_export[plot]'`).
 """
 
@@ -27,6 +31,14 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 MARKERS = {0: "o", 1: "s", 2: "^", 3: "D"}
 COLOURS = {2: "tab:blue", 3: "tab:red", 4: "tab:green", 5: "tab:purple"}
+INT8_STYLE = {
+    "color": "tab:orange",
+    "marker": "P",
+    "ls": "--",
+    "lw": 1.0,
+    "capsize": 2,
+    "label": "int8, uncached",
+}
 OFF_SCALE = 6.0  # FD above the worst uncached point by more than this is drawn at the top edge
 
 
@@ -79,11 +91,38 @@ def speed_points(
     )
 
 
+def int8_points(path: Path, speed: dict) -> dict[tuple[str, int], dict]:
+    """(sampler, steps) → the int8 export's FD mean/min/max over its seeds at that uncached point
+    (int8_pareto.py score) and x = the plotted fp32 seconds × int8 / fp32 of int8_pareto.py's
+    side-by-side timing (its fit over all points where present), so int8 sits on the fp32 points'
+    footing; points without both are left out."""
+    if not path.is_file():
+        return {}
+    data = json.loads(path.read_text())
+    rows = data.get("time", {}).get("rows", {}).values()
+    ratio = {(t["sampler"], t["steps"]): t.get("int8_over_fp32_fit", t["int8_over_fp32"]) for t in rows}
+    groups: dict[tuple, list[dict]] = defaultdict(list)
+    for r in data.get("score", {}).values():
+        groups[r["sampler"], r["steps"]].append(r)
+    return {
+        k: {
+            "x": speed[(*k, 1, 0)] * ratio[k],
+            "fd": float(np.mean([r["fd"] for r in rs])),
+            "fd_lo": min(r["fd"] for r in rs),
+            "fd_hi": max(r["fd"] for r in rs),
+        }
+        for k, rs in groups.items()
+        if len(rs) > 1 and k in ratio and (*k, 1, 0) in speed
+    }
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quality", type=Path, default=ROOT / "benchmarks/results/cache_quality.json")
     p.add_argument("--speed", type=Path, default=ROOT / "benchmarks/results/cache_speed.json")
     p.add_argument("--out", type=Path, default=ROOT / "docs/cache_pareto.png")
+    int8_help = "int8_pareto.py's scores and int8/fp32 time ratios (no such file: no int8 points)"
+    p.add_argument("--int8", type=Path, default=ROOT / "benchmarks/results/int8_pareto.json", help=int8_help)
     p.add_argument(
         "--time-from",
         choices=("auto", "grid", "graphs", "quality"),
@@ -105,6 +144,7 @@ def main(argv=None) -> int:
     if not speed:
         where = "PyTorch fp32 reference loop, the quality run's own sampling time (CPU, shared machine)"
         speed = {k: v["torch_s"] for k, v in quality.items()}
+    int8 = int8_points(args.int8, speed)
     order = ["ddpm", "ddim", "dpm++2m", "dpm++2m-sde"]  # cache_quality.SAMPLERS' order, others after
     samplers = sorted(
         {(k[0], k[1]) for k in quality if k[2] > 1},
@@ -132,8 +172,18 @@ def main(argv=None) -> int:
             for (s, k, n, o), q in sorted(quality.items())
             if s == sampler and k == steps and n > 1 and (s, k, n, o) in speed
         ]
+        q8 = sorted((k[1], q) for k, q in int8.items() if k[0] == sampler)
+        if q8:
+            ax.errorbar(
+                [q["x"] for _, q in q8],
+                [q["fd"] for _, q in q8],
+                yerr=[[q["fd"] - q["fd_lo"] for _, q in q8], [q["fd_hi"] - q["fd"] for _, q in q8]],
+                **INT8_STYLE,
+            )
         # off-scale points (a forecast that diverged) are drawn at the top edge with their FD written
-        fds = [q["fd_hi"] for _, q, _ in plain] + [q["fd_hi"] for _, q in cached]
+        fds = (
+            [q["fd_hi"] for _, q, _ in plain] + [q["fd_hi"] for _, q in cached] + [q["fd_hi"] for _, q in q8]
+        )
         top = min(max(fds), (max(q["fd_hi"] for _, q, _ in plain) if plain else max(fds)) + OFF_SCALE)
         offs: list[str] = []
         for (s, k, n, o), q in cached:
@@ -172,6 +222,8 @@ def main(argv=None) -> int:
     for ax in list(axes.flat)[len(samplers) :]:
         ax.axis("off")
     handles = [plt.Line2D([], [], color="black", marker="x", label="uncached (steps)")]
+    if int8:
+        handles.append(plt.Line2D([], [], **{k: v for k, v in INT8_STYLE.items() if k != "capsize"}))
     handles += [
         plt.Line2D([], [], color=c, marker="o", ls="none", label=f"N = {n}") for n, c in COLOURS.items()
     ]
@@ -181,13 +233,16 @@ def main(argv=None) -> int:
         if o < 3
     ]
     fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=8)
-    fig.suptitle(f"Forecast step cache on tiny-digits — time: {where}", fontsize=10)
+    title = f"Forecast step cache on tiny-digits — time: {where}"
+    if int8:
+        title += "\nint8 (orange): its FD through ONNX Runtime; its time = the fp32 point's × int8/fp32 measured side by side (fit)"
+    fig.suptitle(title, fontsize=10)
     fig.tight_layout(rect=(0, 0.04, 1, 0.97))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     tmp = args.out.with_suffix(".tmp.png")
     fig.savefig(tmp, dpi=110)
     tmp.replace(args.out)
-    print(f"wrote {args.out} ({len(quality)} settings; time: {where})")
+    print(f"wrote {args.out} ({len(quality)} settings, {len(int8)} int8 points; time: {where})")
     return 0
 
 

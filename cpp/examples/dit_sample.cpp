@@ -37,14 +37,14 @@ const char* kUsage =
     "network, the others forecast its branch outputs (1 = off, the default); --cache-order O: 0 = reuse\n"
     "(FORA), 1-3 = Taylor (default 2). Needs a folder exported with the cached graphs.\n";
 
+// The flags land in the wrapper's own option structs: their defaults are the runtime's.
 struct Args {
-  std::string engines, out = "sample.png", save_latents, save_images, sampler = "ddpm", noise = "philox";
+  std::string engines, out = "sample.png", save_latents, save_images, noise = "philox";
   std::string backend = "auto";
   std::vector<int64_t> classes;
-  int steps = 250, threads = 0, device = 0, cache_interval = 1, cache_order = 2;
-  float cfg = 4.0f;
-  uint64_t seed = 0;
-  bool progress = true, verify = true, cuda_graph = true, help = false;
+  dit::OpenOptions open;
+  dit::SampleOptions sample;
+  bool progress = true, help = false;
 };
 
 // --help: the usage, then (with --engines DIR) the folder's samplers and stored step counts.
@@ -102,19 +102,19 @@ Args parse(int argc, char** argv) {
     else if (f == "--out") a.out = value();
     else if (f == "--save-latents") a.save_latents = value();
     else if (f == "--save-images") a.save_images = value();
-    else if (f == "--sampler") a.sampler = value();
+    else if (f == "--sampler") a.sample.sampler = value();
     else if (f == "--noise") a.noise = value();
     else if (f == "--backend") a.backend = value();
-    else if (f == "--steps") a.steps = number<int>(f, value());
-    else if (f == "--cache-interval") a.cache_interval = number<int>(f, value());  // checked by the runtime
-    else if (f == "--cache-order") a.cache_order = number<int>(f, value());
-    else if (f == "--threads") a.threads = number<int>(f, value());
-    else if (f == "--device") a.device = number<int>(f, value());
-    else if (f == "--cfg-scale") a.cfg = number<float>(f, value());
-    else if (f == "--seed") a.seed = number<uint64_t>(f, value());
+    else if (f == "--steps") a.sample.steps = number<int>(f, value());
+    else if (f == "--cache-interval") a.sample.cache_interval = number<int>(f, value());  // checked by the runtime
+    else if (f == "--cache-order") a.sample.cache_order = number<int>(f, value());
+    else if (f == "--threads") a.open.num_threads = number<int>(f, value());
+    else if (f == "--device") a.open.device = number<int>(f, value());
+    else if (f == "--cfg-scale") a.sample.cfg_scale = number<float>(f, value());
+    else if (f == "--seed") a.sample.seed = number<uint64_t>(f, value());
     else if (f == "--no-progress") a.progress = false;
-    else if (f == "--no-verify") a.verify = false;
-    else if (f == "--no-cuda-graph") a.cuda_graph = false;
+    else if (f == "--no-verify") a.open.verify_hashes = 0;
+    else if (f == "--no-cuda-graph") a.open.cuda_graph = 0;
     else if (f == "--classes") {
       while (i + 1 < argc && argv[i + 1][0] != '-') a.classes.push_back(number<int64_t>(f, argv[++i]));
       if (a.classes.empty()) usage_error("argument --classes: expected at least one class id");
@@ -128,7 +128,9 @@ Args parse(int argc, char** argv) {
   if (a.backend == "trt") a.backend = "tensorrt";  // the Python CLI's word
   if (a.backend != "auto" && a.backend != "cpu" && a.backend != "tensorrt")
     usage_error("argument --backend: choose auto, cpu or tensorrt (trt)");
-  if (a.steps <= 0) usage_error("--steps must be >= 1, got " + std::to_string(a.steps));
+  a.open.backend =
+      a.backend == "cpu" ? DIT_BACKEND_CPU : a.backend == "tensorrt" ? DIT_BACKEND_TENSORRT : DIT_BACKEND_AUTO;
+  if (a.sample.steps <= 0) usage_error("--steps must be >= 1, got " + std::to_string(a.sample.steps));
   return a;
 }
 
@@ -152,13 +154,7 @@ int on_progress(void* user, int64_t done, int64_t total) {
 int main(int argc, char** argv) {
   const Args a = parse(argc, argv);
   try {
-    dit::OpenOptions o;
-    o.backend = a.backend == "cpu" ? DIT_BACKEND_CPU : a.backend == "tensorrt" ? DIT_BACKEND_TENSORRT : DIT_BACKEND_AUTO;
-    o.verify_hashes = a.verify;
-    o.num_threads = a.threads;
-    o.device = a.device;
-    o.cuda_graph = a.cuda_graph;
-    dit::Runtime rt(a.engines, o);
+    dit::Runtime rt(a.engines, a.open);
     const dit_info& info = rt.info();
     if (!info.has_vae && (!a.save_images.empty()))
       throw dit::RuntimeError(DIT_ERROR_INVALID_ARGUMENT, "--save-images needs a VAE, and this export has none");
@@ -170,13 +166,7 @@ int main(int argc, char** argv) {
     }
     std::printf("sampling %zu image(s) with %s\n", labels.size(), info.description);
     std::fflush(stdout);
-    dit::SampleOptions so;
-    so.seed = a.seed;
-    so.cfg_scale = a.cfg;
-    so.steps = a.steps;
-    so.sampler = a.sampler;
-    so.cache_interval = a.cache_interval;
-    so.cache_order = a.cache_order;
+    dit::SampleOptions so = a.sample;
     Progress progress;
     if (a.progress && isatty(STDERR_FILENO)) {
       so.progress_fn = on_progress;

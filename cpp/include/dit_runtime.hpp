@@ -35,13 +35,10 @@ inline std::string describe_samplers(const std::string& engines_dir) {
   return s;
 }
 
-struct OpenOptions {
-  dit_backend_kind backend = DIT_BACKEND_AUTO;
-  bool verify_hashes = true;
-  int num_threads = 0;
-  int device = 0;
-  bool cuda_graph = true;
-  bool load_vae = true;
+// The C struct itself (fields and defaults stated once, in dit_runtime.h / dit_open_options_init):
+// backend, verify_hashes, num_threads, device, cuda_graph, load_vae.
+struct OpenOptions : dit_open_options {
+  OpenOptions() : dit_open_options() { dit_open_options_init(this); }
 };
 
 struct SampleOptions {
@@ -62,15 +59,7 @@ struct SampleOptions {
 class Runtime {
  public:
   explicit Runtime(const std::string& engines_dir, const OpenOptions& o = OpenOptions()) {
-    dit_open_options c;
-    dit_open_options_init(&c);
-    c.backend = o.backend;
-    c.verify_hashes = o.verify_hashes;
-    c.num_threads = o.num_threads;
-    c.device = o.device;
-    c.cuda_graph = o.cuda_graph;
-    c.load_vae = o.load_vae;
-    handle_ = dit_open(engines_dir.c_str(), &c);
+    handle_ = dit_open(engines_dir.c_str(), &o);
     if (!handle_) throw RuntimeError(dit_last_status(), dit_last_error());
     check(dit_get_info(handle_, &info_));
   }

@@ -22,11 +22,7 @@ namespace {
 
 struct Request {
   std::vector<int64_t> labels;
-  uint64_t seed = 0;
-  float cfg = 4.0f;
-  int steps = 0;
-  std::string sampler;
-  int cache_interval = 1, cache_order = 2;  // the forecast cache (optional in the reference)
+  dit::SampleOptions opts;  // seed, cfg_scale, steps, sampler, cache_interval, cache_order (optional)
   Npy images, latents;
 };
 
@@ -35,12 +31,12 @@ dit_sample_params params(const Request& r) {
   dit_sample_params_init(&p);
   p.labels = r.labels.data();
   p.num_images = r.labels.size();
-  p.seed = r.seed;
-  p.cfg_scale = r.cfg;
-  p.steps = r.steps;
-  p.sampler = r.sampler.c_str();
-  p.cache_interval = r.cache_interval;
-  p.cache_order = r.cache_order;
+  p.seed = r.opts.seed;
+  p.cfg_scale = r.opts.cfg_scale;
+  p.steps = r.opts.steps;
+  p.sampler = r.opts.sampler.c_str();
+  p.cache_interval = r.opts.cache_interval;
+  p.cache_order = r.opts.cache_order;
   return p;
 }
 
@@ -73,12 +69,12 @@ int main() {
   for (const json& r : ref["requests"]) {
     Request q;
     q.labels = r["labels"].get<std::vector<int64_t>>();
-    q.seed = r["seed"].get<uint64_t>();
-    q.cfg = r["cfg_scale"].get<float>();
-    q.steps = r["steps"].get<int>();
-    q.sampler = r["sampler"].get<std::string>();
-    q.cache_interval = r.value("cache_interval", 1);
-    q.cache_order = r.value("cache_order", 2);
+    q.opts.seed = r["seed"].get<uint64_t>();
+    q.opts.cfg_scale = r["cfg_scale"].get<float>();
+    q.opts.steps = r["steps"].get<int>();
+    q.opts.sampler = r["sampler"].get<std::string>();
+    q.opts.cache_interval = r.value("cache_interval", 1);
+    q.opts.cache_order = r.value("cache_order", 2);
     q.images = read_npy(base + r["images"].get<std::string>());
     q.latents = read_npy(base + r["latents"].get<std::string>());
     requests.push_back(std::move(q));
@@ -132,8 +128,8 @@ int main() {
     }
     std::printf("request %zu: %zu images, %s %d steps, cfg %g, seed %llu, cache interval %d order %d: %.2f s; "
                 "uint8 max |delta| %d (%zu of %zu values differ); latents max |delta| %.3g, rel-L2 %.3g\n",
-                qi, n, r.sampler.c_str(), r.steps, double(r.cfg), static_cast<unsigned long long>(r.seed),
-                r.cache_interval, r.cache_order, secs,
+                qi, n, r.opts.sampler.c_str(), r.opts.steps, double(r.opts.cfg_scale),
+                static_cast<unsigned long long>(r.opts.seed), r.opts.cache_interval, r.opts.cache_order, secs,
                 max_diff, differing, u8.size(), max_abs, std::sqrt(num / std::max(den, 1e-30)));
     CHECK_MSG(max_diff <= 1, "uint8 images differ from the Python runtime's by " + std::to_string(max_diff));
     worst = std::max(worst, max_diff);
@@ -143,7 +139,7 @@ int main() {
     CHECK(again == u8);
     // Caller-provided noise that is the Philox stream gives the very same images.
     dit_sample_params pc = p;
-    uint64_t seed = r.seed;
+    uint64_t seed = r.opts.seed;
     pc.noise_fn = philox_noise;
     pc.noise_user = &seed;
     std::vector<uint8_t> viacb(n * img);
@@ -178,7 +174,8 @@ int main() {
     p = params(r);
     p.steps = 7;
     CHECK(dit_sample(rt, &p, out.data()) == DIT_ERROR_INVALID_ARGUMENT);
-    CHECK(std::string(dit_last_error()).find("no stored " + r.sampler + " table for 7 steps") != std::string::npos);
+    CHECK(std::string(dit_last_error()).find("no stored " + r.opts.sampler + " table for 7 steps") !=
+          std::string::npos);
     p = params(r);
     p.sampler = "euler";
     CHECK(dit_sample(rt, &p, out.data()) == DIT_ERROR_INVALID_ARGUMENT);
@@ -208,13 +205,7 @@ int main() {
     oo.num_threads = o.num_threads;
     dit::Runtime w(engines, oo);
     const Request& r = requests.back();
-    dit::SampleOptions so;
-    so.seed = r.seed;
-    so.cfg_scale = r.cfg;
-    so.steps = r.steps;
-    so.sampler = r.sampler;
-    so.cache_interval = r.cache_interval;
-    so.cache_order = r.cache_order;
+    dit::SampleOptions so = r.opts;
     const std::vector<uint8_t> u8 = w.sample(r.labels, so);
     std::vector<uint8_t> direct(u8.size());
     const dit_sample_params p = params(r);

@@ -54,6 +54,19 @@ int max_delta(const std::vector<uint8_t>& a, const uint8_t* b) {
   return worst;
 }
 
+// The request every check samples: the 3 labels, seed 3, sampler `name` (kept alive by the caller) at
+// `steps`, uncached.
+dit_sample_params request(const int64_t* labels, const std::string& name, int steps) {
+  dit_sample_params p;
+  dit_sample_params_init(&p);
+  p.labels = labels;
+  p.num_images = 3;
+  p.seed = 3;
+  p.steps = steps;
+  p.sampler = name.c_str();
+  return p;
+}
+
 // The forecast cache (issue 21), where the folder has its graphs: a cached request (N = 3, the
 // export's order up to 2) runs the plans of dit_step_full and dit_step_forecast as CUDA graphs, gives
 // the same images twice and not the uncached ones, and equals the Python TensorRT runtime's cached
@@ -67,13 +80,7 @@ void check_cache(dit_runtime* rt, const std::string& engines, const nlohmann::js
     return;
   }
   const auto& [name, stored] = *samplers.begin();
-  dit_sample_params p;
-  dit_sample_params_init(&p);
-  p.labels = labels;
-  p.num_images = 3;
-  p.seed = 3;
-  p.steps = stored;
-  p.sampler = name.c_str();
+  dit_sample_params p = request(labels, name, stored);
   const size_t lat = manifest["latent_channels"].get<size_t>() * manifest["latent_size"].get<size_t>() *
                      manifest["latent_size"].get<size_t>();
   std::vector<float> plain(3 * lat), cached(3 * lat);
@@ -129,13 +136,7 @@ void check_folder(const std::string& engines) {
   for (const auto& [name, stored] : samplers) {
     CHECK_MSG(stored > 0, name + " has no stored step count in " + engines);
     if (stored <= 0) continue;
-    dit_sample_params p;
-    dit_sample_params_init(&p);
-    p.labels = labels;
-    p.num_images = 3;
-    p.seed = 3;
-    p.steps = stored;
-    p.sampler = name.c_str();
+    const dit_sample_params p = request(labels, name, stored);
     std::vector<uint8_t> a(3 * hw * hw * 3), b(a.size());
     CHECK_MSG(dit_sample(rt, &p, a.data()) == DIT_OK, name + ": " + dit_last_error());
     CHECK_MSG(dit_sample(rt, &p, b.data()) == DIT_OK, name + ": " + dit_last_error());

@@ -246,6 +246,7 @@ def cache_figures(
         "forecast_steps": steps - full,
         "steps_s": full * ms[FULL_GRAPH] + (steps - full) * ms[FORECAST_GRAPH],
         "uncached_estimate_s": uncached,
+        "dtype": layout.dtype.name,  # float16 in mixed-fp16 exports (precision.cache_dtype)
         "bytes_per_image": layout.bytes_per_image(sampler.batch),
         "held_bytes": 2 * layout.nbytes,
     }

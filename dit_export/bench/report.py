@@ -63,6 +63,11 @@ def _measured(res: dict) -> list[dict]:
     return [r for r in res["results"] if r["status"] == "measured"]
 
 
+def _median_ms(r: dict, graph: str) -> str:
+    """A result's median time of one graph's call (`denoiser`, `step`, `vae`, a cache step), formatted."""
+    return fmt_ms((r.get(graph) or {}).get("median_ms"))
+
+
 def _ratio(r: dict, key: str) -> float | None:
     rt = r.get("ratio_to_torch_fp32") or {}
     return rt.get(key)
@@ -200,9 +205,9 @@ def summary_table(res: dict) -> list[str]:
             [
                 r["backend"],
                 str(r["batch"]),
-                fmt_ms((r.get("denoiser") or {}).get("median_ms")),
-                fmt_ms((r.get("step") or {}).get("median_ms")),
-                fmt_ms((r.get("vae") or {}).get("median_ms")),
+                _median_ms(r, "denoiser"),
+                _median_ms(r, "step"),
+                _median_ms(r, "vae"),
                 fmt_s(s.get("total_s")),
                 s.get("kind", NA),
                 fmt_num(s.get("images_per_s")),
@@ -270,14 +275,14 @@ def cache_table(res: dict) -> list[str]:
             [
                 r["backend"],
                 str(r["batch"]),
-                fmt_ms((r.get("dit_step_full") or {}).get("median_ms")),
-                fmt_ms((r.get("dit_step_forecast") or {}).get("median_ms")),
-                fmt_ms((r.get("step") or {}).get("median_ms")),
+                _median_ms(r, "dit_step_full"),
+                _median_ms(r, "dit_step_forecast"),
+                _median_ms(r, "step"),
                 f"{c['full_steps']} / {c['full_steps'] + c['forecast_steps']}",
                 f"{fmt_s(s.get('total_s'))} ({s.get('kind', NA)})",
                 fmt_s(c.get("uncached_estimate_s")),
                 fmt_ratio(c.get("speedup_vs_uncached_estimate")),
-                fmt_bytes(c.get("bytes_per_image")),
+                f"{fmt_bytes(c.get('bytes_per_image'))} {c.get('dtype', 'float32')}",
                 fmt_bytes(c.get("held_bytes")),
             ]
         )
@@ -309,7 +314,7 @@ def to_markdown(res: dict) -> str:
     if any((r.get("sample") or {}).get("cache") for r in _measured(res)):
         lines += ["## Forecast step cache", ""] + cache_table(res)
         lines += ["", "Speed-up: the uncached estimate (steps × the fused step + VAE) over the cached "
-                  "sample, measured in the same run. Cache per image: one cache tensor (fp32); the "
+                  "sample, measured in the same run. Cache per image: one cache tensor (in its dtype); the "
                   "runtime holds two (the full step writes the refreshed one).", ""]  # fmt: skip
     lines += ["## Memory", ""] + memory_table(res)
     failed = [r for r in res["results"] if r["status"] != "measured"]

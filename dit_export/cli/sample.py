@@ -21,7 +21,6 @@ from dit_export.errors import UserError
 from dit_export.fileio import atomic_path
 from dit_export.runtime.sampler import Sampler
 from dit_export.runtime.step_cache import graphs_for
-from dit_export.sampling.noise import make_noise
 from dit_export.sampling.request import SampleRequest
 
 DEFAULT_OUT = "sample.png"
@@ -161,7 +160,7 @@ def run_reference(args: argparse.Namespace) -> int:
     import torch
 
     from dit_export.models.vae import VAEDecode, vae_factor
-    from dit_export.sampling.reference import sample_latents
+    from dit_export.sampling.reference import request_latents
 
     model, cfg = spec.load_dit()
     request = RequestArgs.parse(args, cfg.num_classes)
@@ -171,19 +170,7 @@ def run_reference(args: argparse.Namespace) -> int:
         if args.image_size and vae_factor(vae) * cfg.input_size != args.image_size:
             raise UserError("--image-size does not match the model's latent size and the VAE factor")
         decode = VAEDecode(vae).eval()
-    shape = (cfg.in_channels, cfg.input_size, cfg.input_size)
-    noise = make_noise(request.noise, request.seed, len(request.labels), shape, guided=request.guided)
-    latents = sample_latents(
-        model,
-        list(request.labels),
-        noise,
-        steps=request.steps,
-        sampler=request.sampler,
-        cfg_scale=request.cfg_scale,
-        progress=not args.no_progress,
-        cache_interval=request.cache_interval,
-        cache_order=request.cache_order,
-    )
+    latents = request_latents(model, request, progress=not args.no_progress)
     images = None
     if decode is not None:
         with torch.inference_mode():

@@ -113,12 +113,12 @@ COMPILER_LOGGERS = ("torch._inductor", "torch.export", "torch._dynamo")
 def _example_inputs(source: GraphSource) -> tuple:
     """Zero tensors of the graph's static input shapes and dtypes (torch.export traces on them)."""
     torch = optional_import("torch", "compiling AOTInductor packages")
-    dtypes = {"float32": torch.float32, "int64": torch.int64}
+    dtypes = {"float32": torch.float32, "int64": torch.int64, "float16": torch.float16}  # fp16: the cache
     args = []
     for t in source.input_specs:
         if t["dtype"] not in dtypes:
             raise UserError(
-                f"{source.name} input {t['name']} is {t['dtype']}; AOTI packages take float32/int64 only"
+                f"{source.name} input {t['name']} is {t['dtype']}; AOTI packages take float32/int64 (and an fp16 cache) only"
             )
         value = torch.ones if t["name"] == "guidance" else torch.zeros
         args.append(value(tuple(t["shape"]), dtype=dtypes[t["dtype"]]))
@@ -178,12 +178,12 @@ def check_agreement(folder: Path, manifest: Any, graph: str, package: Path) -> f
         runner = inductor.aoti_load_package(str(package))
     worst = 0.0
     limit = AGREEMENT.get(precision(manifest), AGREEMENT["fp16"])
-    names = [i.name for i in sess.get_inputs()]
     # dit_step: x_next first, then the solver state; the cache's full step also its refreshed cache
     outs = [o.name for o in sess.get_outputs()]
     checked = [0] + ([outs.index(CACHE_OUTPUT)] if CACHE_OUTPUT in outs else [])
     for feed in _check_inputs(manifest, graph):
-        wants = sess.run(None, for_inputs(feed, names))
+        feed = for_inputs(feed, sess.get_inputs())  # an fp16 export's cache: float16
+        wants = sess.run(None, feed)
         with torch.no_grad():
             gots = runner(*[torch.from_numpy(feed[t["name"]]) for t in source.input_specs])
         gots = gots if isinstance(gots, (list, tuple)) else [gots]

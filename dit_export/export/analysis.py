@@ -18,6 +18,7 @@ from dit_export.export import quant_checks, trt_ops
 from dit_export.export.graphs import SCOPE_KEY
 from dit_export.export.manifest.dtypes import DTYPE_NAMES, ITEMSIZE
 from dit_export.export.precision import FP16, POLICY, QUANTIZED, PrecisionPolicy
+from dit_export.sampling.cache import CACHE_INPUT, CACHE_OUTPUT
 
 # Ops that only move or view data: not "compute" for the island report.
 _MOVEMENT = frozenset(
@@ -26,6 +27,8 @@ _MOVEMENT = frozenset(
 )
 _GRAPH_IO_INPUT = {"float32", "int64"}
 _GRAPH_IO_OUTPUT = {"float32"}
+# the forecast cache may be float16 I/O (mixed-fp16 exports: precision.cache_dtype)
+_CACHE_IO = {CACHE_INPUT: "float16", CACHE_OUTPUT: "float16"}
 
 
 @dataclass
@@ -308,8 +311,16 @@ def _shape_checks(model, infos: dict[str, TensorInfo], inits: dict, report: Grap
             else f"computed at run time: {_fmt_list(nonconst)}",
         )
     )
-    bad_io = [f"input {t.name} {t.dtype}" for t in report.inputs if t.dtype not in _GRAPH_IO_INPUT]
-    bad_io += [f"output {t.name} {t.dtype}" for t in report.outputs if t.dtype not in _GRAPH_IO_OUTPUT]
+    bad_io = [
+        f"input {t.name} {t.dtype}"
+        for t in report.inputs
+        if t.dtype not in _GRAPH_IO_INPUT and _CACHE_IO.get(t.name) != t.dtype
+    ]
+    bad_io += [
+        f"output {t.name} {t.dtype}"
+        for t in report.outputs
+        if t.dtype not in _GRAPH_IO_OUTPUT and _CACHE_IO.get(t.name) != t.dtype
+    ]
     checks.append(
         Check(
             "graph I/O types",

@@ -69,6 +69,17 @@ def guided_eps(out: np.ndarray, n: int, cfg_channels: int, in_channels: int, sca
     return np.concatenate([g, cond[:, k:in_channels]], axis=1)
 
 
+def _step_feeds(cfg, batch: int, graph: str, seed: list[int], t: int, row: tuple, **cached) -> dict:
+    """Seeded `example_feeds` of a step graph at timestep `t` for a check row (guidance, sampler,
+    steps of the coefficient row): the config's shapes, the solver state, and `cached` (the cache
+    graphs' cache shape, coefficient row and cache)."""
+    scale, sampler, steps = row
+    shape = dict(batch=batch, channels=cfg.in_channels, size=cfg.input_size, num_classes=cfg.num_classes)
+    return example_feeds(
+        graph, **shape, seed=seed, t=t, guidance=scale, sampler=sampler, steps=steps, state=True, **cached
+    )
+
+
 @contextlib.contextmanager
 def reference_forwards(model, hook: Callable | None = None) -> Iterator[None]:
     """The fp32 reference forwards: fused SDPA (equal to the matmul-softmax path to ~1e-7) and
@@ -109,20 +120,9 @@ def model_cases(model, batch: int, seed: int = 0) -> dict[str, list[Case]]:
     dits: list[Case] = []
     with reference_forwards(model, hook):
         for i, t in enumerate(CHECK_TIMESTEPS):
-            for j, (scale, sampler, nsteps) in enumerate((*CHECK_GUIDANCE, CHECK_MULTISTEP)):
-                feeds = example_feeds(
-                    "dit_step",
-                    batch=batch,
-                    channels=cfg.in_channels,
-                    size=cfg.input_size,
-                    num_classes=cfg.num_classes,
-                    seed=[seed, 200 + 10 * i + j],
-                    t=t,
-                    guidance=scale,
-                    sampler=sampler,
-                    steps=nsteps,
-                    state=True,
-                )
+            for j, row in enumerate((*CHECK_GUIDANCE, CHECK_MULTISTEP)):
+                scale, sampler, _ = row
+                feeds = _step_feeds(cfg, batch, "dit_step", [seed, 200 + 10 * i + j], t, row)
                 captured.clear()
                 with torch.inference_mode():
                     ref = step(*(torch.from_numpy(v) for v in feeds.values()))[0].numpy()
@@ -163,21 +163,9 @@ def cached_cases(model, batch: int, slots: int, seed: int = 0) -> dict[str, list
             for j, (mode, graph, k) in enumerate(checked):
                 assert plan.full[k] == (mode == "full")
                 t = int(timesteps[k])
-                feeds = example_feeds(
-                    graph,
-                    batch=batch,
-                    channels=cfg.in_channels,
-                    size=cfg.input_size,
-                    num_classes=cfg.num_classes,
-                    seed=[seed, 400 + 10 * i + j],
-                    t=t,
-                    guidance=scale,
-                    sampler=sampler,
-                    steps=nsteps,
-                    cache_shape=shape,
-                    cache_coef=plan.coefs[k],
-                    cache=cache,
-                )
+                cached = {"cache_shape": shape, "cache_coef": plan.coefs[k], "cache": cache}
+                row = (scale, sampler, nsteps)
+                feeds = _step_feeds(cfg, batch, graph, [seed, 400 + 10 * i + j], t, row, **cached)
                 with torch.inference_mode():
                     ref = steps_of[mode](*(torch.from_numpy(v) for v in feeds.values()))
                 more = {CACHE_OUTPUT: ref[-1].numpy()[tokens].copy()} if mode == "full" else {}
@@ -257,7 +245,7 @@ def run_cases(path: str | Path, cases: list[Case], precision: str) -> list[Row]:
             case.label.endswith(CHECK_MULTISTEP[1]) and not set(STATE_NAMES) <= set(names)
         ):
             continue  # a multistep case for a graph without the solver state
-        outs = sess.run(None, for_inputs(case.feeds, names))  # the steps: x_next first, then the state
+        outs = sess.run(None, for_inputs(case.feeds, sess.get_inputs()))  # x_next first, then the state
         rows += case.rows(np.asarray(outs[0]), case.reference, precision, case.label)
         named = dict(zip(out_names, outs))
         for name, ref in case.more.items():

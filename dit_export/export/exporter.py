@@ -37,7 +37,7 @@ from dit_export.export.outdir import (  # re-exported: the exporter's own API si
     lock_path,
     remove_stale_partials,
 )
-from dit_export.export.precision import FP16, FP32, POLICY, PRECISIONS
+from dit_export.export.precision import FP16, FP32, POLICY, PRECISIONS, cache_dtype
 from dit_export.export.schedule_tables import export_tables
 from dit_export.fileio import atomic_dir, ensure_writable_dir
 from dit_export.lazy import optional_import
@@ -88,11 +88,17 @@ class ExportOptions:
     calibration: object = None  # int8/fp8: calibrate.CalibSettings (None: ddpm-50, seeds 0 1; issue 22)
     # the forecast step cache's graphs hold Taylor orders ≤ this (slots = order + 1); None: no cache graphs
     max_cache_order: int | None = step_cache.DEFAULT_ORDER
+    cache_dtype: str | None = None  # None: the precision policy's (precision.cache_dtype); set to compare
 
     @property
     def cache_slots(self) -> int:
         """Cache slots of dit_step_full / dit_step_forecast (0: not exported)."""
         return 0 if self.max_cache_order is None else step_cache.slots_for(self.max_cache_order)
+
+    @property
+    def cache_storage(self) -> str:
+        """The cache graphs' `cache` / `cache_next` dtype ("float32" | "float16")."""
+        return cache_dtype(self.precision, self.cache_dtype)
 
 
 @dataclass
@@ -144,7 +150,7 @@ def export(
 
     `on_stage(name, seconds)` is called as each stage ends (the XL benchmark samples memory there).
     """
-    o = quantize.export_options(o)  # int8/fp8 (issue 22): no cache graphs yet; fp8 opset ≥ 19
+    o = quantize.export_options(o)  # int8/fp8 (issue 22): fp8 opset ≥ 19
     spec = validate_options(o)
     out = Path(o.out)
     with export_lock(out), disk_errors(out):
@@ -190,6 +196,7 @@ def validate_options(o: ExportOptions) -> ModelSpec:
         raise UserError(
             f"--opset {o.opset} is outside {trt_ops.OPSET_MIN}–{trt_ops.OPSET_MAX} (what every TensorRT 10.x reads)"
         )
+    cache_dtype(o.precision, o.cache_dtype)  # a bad ExportOptions.cache_dtype: one line
     m = o.max_cache_order
     if m is not None and (isinstance(m, bool) or m not in MAX_CACHE_ORDERS):
         raise UserError(
@@ -242,7 +249,7 @@ def reference_cases(models: Models, o: ExportOptions, stages: Stages) -> dict[st
     return cases
 
 
-def trace_specs(models: Models, batch: int, slots: int = 0) -> dict[str, tuple]:
+def trace_specs(models: Models, batch: int, slots: int = 0, cache_dtype: str = "float32") -> dict[str, tuple]:
     """graph name → (module, example inputs, input names, output names), static shapes; with
     `slots`, also the forecast cache's full and forecast steps (`CachedSamplerStep`)."""
     n, c, size = batch, models.cfg.in_channels, models.cfg.input_size
@@ -262,6 +269,7 @@ def trace_specs(models: Models, batch: int, slots: int = 0) -> dict[str, tuple]:
         for mode, name in (("full", step_cache.FULL_GRAPH), ("forecast", step_cache.FORECAST_GRAPH)):
             ins, outs = cached_step_io(mode)
             args = cached_example_inputs(n, c, size, shape, NUM_COEFS)
+            args = (*args[:-2], args[-2].to(getattr(torch, cache_dtype)), args[-1])  # cache I/O dtype
             specs[name] = (CachedSamplerStep(models.dit, mode), args, ins, outs)
     if models.decode is not None:
         specs["vae_decoder"] = (models.decode, (x.clone(),), ("latent",), ("image",))
@@ -277,8 +285,10 @@ def cache_info(o: ExportOptions, cfg) -> CacheInfo | None:
         max_order=o.max_cache_order,
         slots=o.cache_slots,
         shape=step_cache.config_cache_shape(cfg, o.batch, o.cache_slots),
-        dtype="float32",
-        bytes_per_image=step_cache.cache_bytes(cfg.depth, 1, cfg.num_tokens, cfg.hidden_size, o.cache_slots),
+        dtype=o.cache_storage,
+        bytes_per_image=step_cache.cache_bytes(
+            cfg.depth, 1, cfg.num_tokens, cfg.hidden_size, o.cache_slots, o.cache_storage
+        ),
         schedule=CACHE_SCHEDULE,
         first_full=step_cache.FIRST_FULL,
     )
@@ -288,7 +298,7 @@ def export_graphs(
     models: Models, o: ExportOptions, tmp: Path, stages: Stages, log: Callable[[str], None]
 ) -> tuple[dict[str, graphs.SavedGraph], dict[str, analysis.GraphReport]]:
     """Trace, clean up, save and statically check each graph; the DiT pair shares one weights file."""
-    specs = trace_specs(models, o.batch, o.cache_slots)
+    specs = trace_specs(models, o.batch, o.cache_slots, o.cache_storage)
     shared_bytes = graphs.param_bytes_of(models.dit)
     share = shared_bytes > graphs.shared_data_threshold(o.external_data_threshold)
     weights = graphs.SharedWeights(SHARED_WEIGHTS) if share else None

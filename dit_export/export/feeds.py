@@ -102,6 +102,14 @@ def example_feeds(
     return feeds
 
 
-def for_inputs(feeds: dict[str, np.ndarray], names) -> dict[str, np.ndarray]:
-    """The feeds a graph with input `names` takes (an older dit_step has no solver-state inputs)."""
-    return {name: feeds[name] for name in names}
+def for_inputs(feeds: dict[str, np.ndarray], inputs) -> dict[str, np.ndarray]:
+    """The feeds a graph with `inputs` takes (an older dit_step has no solver-state inputs).
+
+    `inputs`: input names, or an ONNX Runtime session's `get_inputs()`: then a float feed of an
+    fp16 input is cast to it (the forecast cache of a mixed-fp16 export is float16 I/O)."""
+    out = {}
+    for i in inputs:
+        name = getattr(i, "name", i)
+        a = feeds[name]
+        out[name] = a.astype(np.float16) if getattr(i, "type", "") == "tensor(float16)" else a
+    return out

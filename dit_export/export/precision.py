@@ -26,6 +26,12 @@ from memory every step.
 VAE decoder: fp16 throughout except GroupNorm (statistics and affine in fp32), whose inputs
 are sums of many fp16 conv outputs.
 
+The forecast step cache (`dit_step_full` / `dit_step_forecast`) is stored in `cache_dtype`:
+float16 in mixed-fp16 graphs (half the memory and bandwidth; its slot 0 holds branch outputs
+that left an fp16 region, so storing them is exact), float32 otherwise. The refresh (divided
+differences) and the forecast sum run in fp32 inside the graph, with one Cast at each end
+(measured: benchmarks/results/fp16_cache.md).
+
 This module is data only (no torch): `dit_export.export.mixed` applies it to the modules.
 """
 
@@ -62,6 +68,7 @@ class PrecisionPolicy:
     dit_fp16_modules: tuple[str, ...]  # module paths (fnmatch) computed in fp16, I/O cast at the edges
     vae_fp32_module_types: tuple[str, ...]  # class names kept fp32 inside the otherwise-fp16 decoder
     regions: tuple[Region, ...] = field(default_factory=tuple)  # reporting, first match wins
+    cache_dtype: str = "float32"  # the forecast cache's graph I/O dtype (its arithmetic stays fp32)
 
     def dit_module_is_fp16(self, path: str) -> bool:
         return any(fnmatch.fnmatchcase(path, p) for p in self.dit_fp16_modules)
@@ -81,6 +88,7 @@ class PrecisionPolicy:
             "name": self.name,
             "dit_fp16_modules": list(self.dit_fp16_modules),
             "vae_fp32_module_types": list(self.vae_fp32_module_types),
+            "cache_dtype": self.cache_dtype,
             "fp32_islands": [
                 {"region": r.label, "pattern": r.pattern, "why": r.why} for r in self.regions if r.why
             ],
@@ -108,7 +116,21 @@ POLICY = PrecisionPolicy(
     dit_fp16_modules=("blocks.*.attn", "blocks.*.mlp", "blocks.*.adaLN_modulation"),
     vae_fp32_module_types=("GroupNorm",),
     regions=_REGIONS,
+    cache_dtype="float16",
 )
+CACHE_DTYPES = ("float32", "float16")
+
+
+def cache_dtype(precision: str, override: str | None = None) -> str:
+    """The forecast cache's dtype in graphs of `precision`: the mixed policy's in fp16 exports,
+    float32 otherwise (fp32, and int8/fp8, which quantize the fp32 graphs). `override` (an
+    `ExportOptions.cache_dtype`, for comparisons) wins when given."""
+    if override is not None:
+        if override not in CACHE_DTYPES:
+            raise UserError(f"cache dtype must be one of {', '.join(CACHE_DTYPES)}, got {override!r}")
+        return override
+    return POLICY.cache_dtype if precision == FP16 else "float32"
+
 
 _INDEX = re.compile(r"\.\d+(?=\.|$)")
 _PREFIXES = ("denoiser.model.", "denoiser.model", "inner.")

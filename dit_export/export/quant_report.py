@@ -29,6 +29,15 @@ def print_policy(policy: dict | None, out: Callable[[str], None]) -> None:
             f"calls ({s.get('sampler')}-{s.get('steps')}, seeds {s.get('seeds')}, cfg {s.get('cfg_scale')}), "
             f"captured in {cal.get('capture_seconds')} s"
         )
+        c = cal.get("cache")
+        if c:
+            out(
+                f"    dit_step_full calibrated with the cache {'on' if c.get('settings') else 'off'}: "
+                f"{c.get('full_calls')} full-step calls ({c.get('source')})"
+            )
+    for name, g in (policy.get("graphs") or {}).items():
+        if g.get("nodes") == 0:
+            out(f"    {name}: not quantized ({g.get('why')})")
 
 
 def print_graph(rep, precision: str | None, out: Callable[[str], None], path: Path | None = None) -> None:

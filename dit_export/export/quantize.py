@@ -8,7 +8,10 @@ onnxruntime-gpu 1.24 and onnx 1.23 by 1.21 (checked with `pip install --dry-run`
 a dependency here (see benchmarks/results/int8.md).
 
 What is quantized and what stays fp32 is `precision.QUANT_POLICIES` (one place); calibration data
-is `calibrate` (real trajectories, every step). The VAE decoder stays fp32. Flow inside the
+is `calibrate` (real trajectories, every step; the forecast cache's full-step graph on cached
+trajectories, cache on). The VAE decoder stays fp32, and so does `dit_step_forecast`: it runs no
+attention or MLP, so none of its GEMMs (patch embedding, timestep MLP, adaLN modulation, final
+layer) is one the policy quantizes — it reads the int8 full step's cache. Flow inside the
 exporter's staging folder: fp32 graphs saved and statically checked → calibration set (reused
 when unchanged) → each DiT graph quantized into a temporary file, shape-inferred and checked,
 then renamed over the fp32 one; the shared fp32 weights file goes once no graph references it.
@@ -32,8 +35,10 @@ from dit_export.export.graphs import SCOPE_KEY, SavedGraph
 from dit_export.export.precision import FP8, FP32, INT8, QUANT_POLICIES, QUANTIZED, QuantPolicy
 from dit_export.fileio import sha256_file
 from dit_export.lazy import optional_import
+from dit_export.sampling.cache import CACHE_INPUT, FORECAST_GRAPH, FULL_GRAPH
 
-QUANTIZED_GRAPHS = ("dit_step", "dit")  # the VAE decoder and the cache graphs stay out
+QUANTIZED_GRAPHS = ("dit_step", "dit", FULL_GRAPH)  # the VAE decoder and the forecast graph stay fp32
+FLOAT_DIT_GRAPHS = (FORECAST_GRAPH,)  # DiT graphs without a GEMM the policy quantizes (checked in `apply`)
 MIN_FP8_OPSET = 19  # QuantizeLinear/DequantizeLinear take float8 types from opset 19
 
 
@@ -47,16 +52,11 @@ def graph_precision(graph: str, precision: str) -> str:
 
 
 def export_options(o):
-    """The options an int8/fp8 export really runs with: no forecast-cache graphs (calibrating with
-    the cache on is not done yet), and opset ≥ 19 for fp8. Others unchanged."""
-    if not is_quantized(o.precision):
-        return o
-    changes: dict = {}
-    if getattr(o, "max_cache_order", None) is not None:
-        changes["max_cache_order"] = None
-    if o.precision == FP8 and o.opset < MIN_FP8_OPSET:
-        changes["opset"] = MIN_FP8_OPSET
-    return dataclasses.replace(o, **changes) if changes else o
+    """The options an int8/fp8 export really runs with: opset ≥ 19 for fp8. Others unchanged (the
+    forecast-cache graphs are written as for fp32, `--max-cache-order none` leaves them out)."""
+    if is_quantized(o.precision) and o.precision == FP8 and o.opset < MIN_FP8_OPSET:
+        return dataclasses.replace(o, opset=MIN_FP8_OPSET)
+    return o
 
 
 def traced(o):
@@ -70,8 +70,14 @@ def prepare(model, o, spec, stages) -> CalibSet | None:
     if not is_quantized(o.precision):
         return None
     settings = getattr(o, "calibration", None) or CalibSettings()
-    stages.begin(f"calibration set ({settings.sampler}-{settings.steps}, seeds {list(settings.seeds)})")
-    calib, _ = load_or_capture(Path(o.out) / CALIB_FILE, model, o.batch, settings, spec.to_dict(), stages.log)
+    slots = getattr(o, "cache_slots", 0)
+    cached = f"; cache graphs: (N, O) {[list(p) for p in settings.cache] or 'cache off'}" if slots else ""
+    stages.begin(
+        f"calibration set ({settings.sampler}-{settings.steps}, seeds {list(settings.seeds)}{cached})"
+    )
+    calib, _ = load_or_capture(
+        Path(o.out) / CALIB_FILE, model, o.batch, settings, spec.to_dict(), stages.log, cache_slots=slots
+    )
     stages.end("calibrate")
     return calib
 
@@ -87,6 +93,24 @@ def node_names(path: Path, policy: QuantPolicy) -> list[str]:
     return names
 
 
+CACHE_NOT_STORED = (
+    "reaches no quantized GEMM of dit_step_full (checked on the graph): fed as zeros, same ranges"
+)
+
+
+def quantized_nodes_reached(path: Path, input_name: str, policy: QuantPolicy) -> list[str]:
+    """The policy's GEMM nodes that graph input `input_name` reaches (forward through every node)."""
+    model = analysis.load_structure(path)
+    live, reached = {input_name}, []
+    quantized = set(node_names(path, policy))
+    for n in model.graph.node:  # ONNX nodes are topologically sorted
+        if live.intersection(n.input):
+            live.update(n.output)
+            if n.name in quantized:
+                reached.append(n.name)
+    return reached
+
+
 def quantize_graph(src: Path, dst: Path, calib: CalibSet, graph: str, precision: str) -> dict:
     """Write the QDQ graph of `src` to `dst`; what was done, as a record."""
     q = optional_import("onnxruntime.quantization", "pip install onnxruntime")
@@ -96,12 +120,16 @@ def quantize_graph(src: Path, dst: Path, calib: CalibSet, graph: str, precision:
     if not nodes:
         raise UserError(f"{src.name}: no node carries a quantizable scope ({SCOPE_KEY} metadata missing?)")
 
+    onnx_types = {i.name: i.type.tensor_type.elem_type for i in analysis.load_structure(src).graph.input}
+    np_types = {k: onnx.helper.tensor_dtype_to_np_dtype(v) for k, v in onnx_types.items()}
+
     class Reader(q.CalibrationDataReader):
         def __init__(self) -> None:
             self.it = calib.feeds(graph)
 
-        def get_next(self):
-            return next(self.it, None)
+        def get_next(self):  # fed as the graph declares (a float16 cache I/O, say)
+            feed = next(self.it, None)
+            return None if feed is None else {k: v.astype(np_types[k], copy=False) for k, v in feed.items()}
 
     int8 = precision == INT8
     qtype = q.QuantType.QInt8 if int8 else q.QuantType.QFLOAT8E4M3FN
@@ -168,15 +196,35 @@ def apply(
     if calib is None or not is_quantized(o.precision):
         return saved, reports
     tmp = Path(tmp)
+    if FULL_GRAPH in saved and calib.full:
+        reached = quantized_nodes_reached(saved[FULL_GRAPH].path, CACHE_INPUT, QUANT_POLICIES[o.precision])
+        if not reached:  # then no calibrated range depends on the cache: store none of it
+            calib = calib.without_cache(CACHE_NOT_STORED)
+        elif calib.full[CACHE_INPUT].shape[3] == 0:
+            raise UserError(
+                f"{FULL_GRAPH}.onnx: the cache reaches quantized GEMMs ({reached[0]}, …) but the stored "
+                f"calibration set has no cache: re-export with --force to recapture it"
+            )
     calib.save(tmp / CALIB_FILE)
+    float_graphs: dict[str, dict] = {}
     done: dict[str, dict] = {}
+    policy = QUANT_POLICIES[o.precision]
+    for name in FLOAT_DIT_GRAPHS:  # nothing there to quantize: say so in the record, prove it here
+        if name in saved:
+            if node_names(saved[name].path, policy):
+                raise UserError(
+                    f"{name}.onnx has GEMMs the {policy.name} policy quantizes: it is not calibrated"
+                )
+            float_graphs[name] = {"nodes": 0, "precision": FP32, "why": FLOAT_WHY}
     for name in QUANTIZED_GRAPHS:
         if name not in saved:
             continue
         src = saved[name].path
         dst = src.with_name(f".{src.stem}.{o.precision}.onnx")
-        stages.begin(f"quantizing {src.name} to {o.precision} ({calib.calls} calibration calls)")
+        calls = calib.full_calls if name == FULL_GRAPH else calib.calls
+        stages.begin(f"quantizing {src.name} to {o.precision} ({calls} calibration calls)")
         done[name] = quantize_graph(src, dst, calib, name, o.precision)
+        done[name]["calibration_calls"] = calls
         stages.end(f"quantize {name}")
     old_data = {f for name in done for f in saved[name].external_data}
     for name in done:
@@ -193,10 +241,14 @@ def apply(
             raise UserError(
                 f"{name}.onnx ({o.precision}) fails the static check '{failed[0].name}': {failed[0].detail}"
             )
-    _RECORDS[str(tmp)] = {"graphs": done, "calibration": calibration_record(tmp, calib)}
+    _RECORDS[str(tmp)] = {"graphs": done | float_graphs, "calibration": calibration_record(tmp, calib)}
     return saved, reports
 
 
+FLOAT_WHY = (
+    "forecast step: no attention or MLP runs, so no block qkv/proj/fc1/fc2 GEMM; its patch "
+    "embedding, timestep MLP, adaLN modulation and final layer stay fp32 by policy"
+)
 _RECORDS: dict[str, dict] = {}  # staging folder → what `apply` did (read once by `policy_record`)
 
 
@@ -211,6 +263,8 @@ def calibration_record(tmp: Path, calib: CalibSet) -> dict:
         "settings": calib.meta.get("key", {}).get("settings"),
         "labels": calib.meta.get("labels"),
         "source": calib.meta.get("source"),
+        # dit_step_full's calibration (exports with the cache graphs): the cache setting(s) it ran
+        "cache": calib.meta.get("cache"),
     }
 
 

@@ -134,7 +134,7 @@ class FolderSchedules:
         return {s: tuple(sorted(v)) for s, v in sorted(self.tables.items())}
 
     def stored_text(self) -> str:
-        """"ddim 10,25,50; ddpm 25,50,100,250" (the C++ runtime writes the same)."""
+        """ "ddim 10,25,50; ddpm 25,50,100,250" (the C++ runtime writes the same)."""
         return "; ".join(f"{s} {','.join(map(str, v))}" for s, v in self.stored().items()) or "none"
 
     def describe(self) -> list[str]:
@@ -185,7 +185,13 @@ def read_sidecar(folder: str | Path, manifest: Manifest) -> ScheduleTables | Non
                     f"{path}: field 'tables.{sampler}.{steps}' should hold {steps} timesteps and rows of {len(k)} values"
                 )
     side = ScheduleTables.from_dict(
-        {"coef_names": k, "num_train_steps": manifest.schedule.num_train_steps, "rule": "", "tables": tabs, "samplers": recs}
+        {
+            "coef_names": k,
+            "num_train_steps": manifest.schedule.num_train_steps,
+            "rule": "",
+            "tables": tabs,
+            "samplers": recs,
+        }
     )
     for sampler, by_steps in side.tables.items():
         for steps, t in by_steps.items():
@@ -243,7 +249,10 @@ def _add_tables(folder: Path, wanted: Iterable[tuple[str, int]]) -> list[tuple[s
                 "coef_names": list(m.schedule.coef_names),
                 "samplers": recs,
                 "tables": {
-                    s: {str(k): {**t.to_dict(), "sha256": table_digest(t.timesteps, t.coefs)} for k, t in sorted(v.items())}
+                    s: {
+                        str(k): {**t.to_dict(), "sha256": table_digest(t.timesteps, t.coefs)}
+                        for k, t in sorted(v.items())
+                    }
                     for s, v in tables.items()
                 },
             },

@@ -7,8 +7,11 @@ Both call the blocks' own sub-modules (`DiTBlock.modulation`, `attn_branch`, `ml
 full step computes exactly the uncached network and the mixed-fp16 policy's module scopes apply
 unchanged; the cache arithmetic lies outside every block's fp16 region, in fp32.
 
-Cache layout: (depth, 2 branches [attn, mlp], slots, rows, tokens, hidden) fp32, slot i holding the
-i-th Newton divided difference; `coef` is one row of `CachePlan.coefs` (slots,).
+Cache layout: (depth, 2 branches [attn, mlp], slots, rows, tokens, hidden), slot i holding the
+i-th Newton divided difference; `coef` is one row of `CachePlan.coefs` (slots,). The cache is
+stored in whatever dtype it comes in (float32, or float16 in mixed-fp16 exports:
+`precision.cache_dtype`); each block's slice is read up to fp32, the differences and the forecast
+sum are computed in fp32, and the refreshed cache is cast back once (an fp32 cache adds no Cast).
 """
 
 from __future__ import annotations
@@ -26,6 +29,10 @@ def _refresh(fresh: torch.Tensor, old: torch.Tensor, coef: torch.Tensor) -> torc
     return torch.stack(diffs)
 
 
+def _f32(t: torch.Tensor) -> torch.Tensor:
+    return t if t.dtype == torch.float32 else t.float()
+
+
 def full_forward(
     model: DiT, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor, cache: torch.Tensor, coef: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -38,9 +45,9 @@ def full_forward(
         h = h + gate_msa.unsqueeze(1) * attn
         mlp = block.mlp_branch(h, shift_mlp, scale_mlp)
         h = h + gate_mlp.unsqueeze(1) * mlp
-        refreshed += [_refresh(attn, cache[b, 0], coef), _refresh(mlp, cache[b, 1], coef)]
+        refreshed += [_refresh(attn, _f32(cache[b, 0]), coef), _refresh(mlp, _f32(cache[b, 1]), coef)]
     new = torch.stack(refreshed).reshape(cache.shape)
-    return model.head(h, c), new
+    return model.head(h, c), (new if new.dtype == cache.dtype else new.to(cache.dtype))
 
 
 def forecast_forward(
@@ -51,6 +58,6 @@ def forecast_forward(
     w = coef.reshape(-1, 1, 1, 1)
     for b, block in enumerate(model.blocks):
         _, _, gate_msa, _, _, gate_mlp = block.modulation(c)
-        h = h + gate_msa.unsqueeze(1) * (w * cache[b, 0]).sum(0)
-        h = h + gate_mlp.unsqueeze(1) * (w * cache[b, 1]).sum(0)
+        h = h + gate_msa.unsqueeze(1) * (w * _f32(cache[b, 0])).sum(0)
+        h = h + gate_mlp.unsqueeze(1) * (w * _f32(cache[b, 1])).sum(0)
     return model.head(h, c)

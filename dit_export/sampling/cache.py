@@ -121,6 +121,6 @@ def config_cache_shape(cfg, batch: int, slots: int) -> tuple:
     return cache_shape(cfg.depth, batch, cfg.num_tokens, cfg.hidden_size, slots)
 
 
-def cache_bytes(depth: int, batch: int, tokens: int, hidden: int, slots: int, itemsize: int = 4) -> int:
+def cache_bytes(depth: int, batch: int, tokens: int, hidden: int, slots: int, dtype: str = "float32") -> int:
     """Bytes of one cache tensor (the runtime holds two: the full step writes the refreshed one)."""
-    return int(np.prod(cache_shape(depth, batch, tokens, hidden, slots))) * itemsize
+    return int(np.prod(cache_shape(depth, batch, tokens, hidden, slots))) * np.dtype(dtype).itemsize

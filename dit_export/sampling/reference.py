@@ -20,7 +20,7 @@ from dit_export.errors import UserError
 from dit_export.models.dit import DiT
 from dit_export.sampling import samplers
 from dit_export.sampling.cache import DEFAULT_ORDER, cache_plan, check_cache, config_cache_shape
-from dit_export.sampling.noise import NoiseSource
+from dit_export.sampling.noise import NoiseSource, make_noise
 from dit_export.sampling.request import SampleRequest
 from dit_export.sampling.schedule import STATE_NAMES
 from dit_export.sampling.step import CachedSamplerStep, SamplerStep
@@ -98,3 +98,22 @@ def sample_latents(
                 f"images {', '.join(map(str, bad[:8]))}): the model's weights or inputs are not finite"
             )
     return x
+
+
+def request_latents(model: DiT, request: SampleRequest, *, progress: bool = False) -> torch.Tensor:
+    """`sample_latents` of one `SampleRequest` (the reference twin of the runtime's `generate`): its
+    noise kind for images first_index, …, its sampler, steps, guidance and forecast cache."""
+    cfg, r = model.config, request
+    shape = (cfg.in_channels, cfg.input_size, cfg.input_size)
+    noise = make_noise(r.noise, r.seed, len(r.labels), shape, guided=r.guided, first_image=r.first_index)
+    return sample_latents(
+        model,
+        list(r.labels),
+        noise,
+        steps=r.steps,
+        sampler=r.sampler,
+        cfg_scale=r.cfg_scale,
+        progress=progress,
+        cache_interval=r.cache_interval,
+        cache_order=r.cache_order,
+    )

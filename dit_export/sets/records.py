@@ -26,6 +26,8 @@ DEFAULT_CHUNK_IMAGES = 64  # images per file, rounded up to a multiple of the en
 # The record's fields that say which engines made the set, in the order a difference is named: a set
 # resumed with another folder reports the model or its manifest, not a consequence such as the batch.
 ENGINE_FIELDS = ("model", "manifest_sha256", "image_size", "num_classes", "precision", "batch", "backend")
+# The fields a set request shares with every `SampleRequest` it runs (same names, same checks).
+REQUEST_FIELDS = ("seed", "cfg_scale", "steps", "sampler", "cache_interval", "cache_order")
 
 
 @dataclass(frozen=True)
@@ -69,27 +71,20 @@ class SetRequest:
             raise UserError(f"{n} images: at most 2**32 (the Philox image index)")
         if self.chunk is not None and not _is_count(self.chunk):
             raise UserError(f"chunk must be an integer ≥ 1 image, got {self.chunk!r}")
-        req = SampleRequest(
-            labels=classes,
-            seed=self.seed,
-            cfg_scale=self.cfg_scale,
-            steps=self.steps,
-            sampler=self.sampler,
-            cache_interval=self.cache_interval,
-            cache_order=self.cache_order,
-        ).validate(num_classes, num_train_steps)
+        req = self.sample_request(classes).validate(num_classes, num_train_steps)
         return replace(
             self,
+            **{k: getattr(req, k) for k in REQUEST_FIELDS},
             num_images=int(n),
             classes=None if self.classes is None else req.labels,
-            seed=req.seed,
-            cfg_scale=req.cfg_scale,
-            steps=req.steps,
-            cache_interval=req.cache_interval,
-            cache_order=req.cache_order,
             chunk=None if self.chunk is None else int(self.chunk),
             per_class=None,
         )
+
+    def sample_request(self, labels: Sequence[int], first_index: int = 0) -> SampleRequest:
+        """The runtime's request for `labels` (global images first_index, …) with this set's fields."""
+        fields = {k: getattr(self, k) for k in REQUEST_FIELDS}
+        return SampleRequest(labels=tuple(labels), noise="philox", first_index=first_index, **fields)
 
     def labels(self, num_classes: int) -> np.ndarray:
         """All N labels of a validated request (see set_labels)."""

@@ -18,7 +18,6 @@ from dit_export.images import to_uint8
 from dit_export.runtime.folder import ExportFolder
 from dit_export.runtime.sampler import Sampler
 from dit_export.runtime.step_cache import graphs_for
-from dit_export.sampling.request import SampleRequest
 from dit_export.sets.launcher import Shard
 from dit_export.sets.records import (
     SCHEMA,
@@ -49,17 +48,7 @@ class ShardResult:
 
 def _generate(sampler: Sampler, req: SetRequest, labels: np.ndarray, lo: int) -> np.ndarray:
     """uint8 (M, H, W, 3) images of global indices lo .. lo + len(labels) − 1."""
-    request = SampleRequest(
-        labels=tuple(int(v) for v in labels),
-        seed=req.seed,
-        cfg_scale=req.cfg_scale,
-        steps=req.steps,
-        sampler=req.sampler,
-        noise="philox",
-        first_index=lo,
-        cache_interval=req.cache_interval,
-        cache_order=req.cache_order,
-    )
+    request = req.sample_request([int(v) for v in labels], first_index=lo)
     res = sampler.generate(request, decode=True, progress=False)
     if res.images is None:
         raise UserError(

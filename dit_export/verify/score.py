@@ -20,7 +20,7 @@ from __future__ import annotations
 import time
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -33,8 +33,7 @@ from dit_export.models.embedded import EmbeddedModel, downscale_images, load_dig
 from dit_export.models.spec import ModelSpec
 from dit_export.models.vae import VAEDecode
 from dit_export.runtime.sampler import Sampler
-from dit_export.sampling.noise import make_noise
-from dit_export.sampling.reference import sample_latents
+from dit_export.sampling.reference import request_latents
 from dit_export.sampling.request import SampleRequest
 
 SampleFn = Callable[[Sequence[int]], np.ndarray]  # labels -> (N, H, W, 3) uint8
@@ -228,25 +227,15 @@ def torch_sample_fn(
     """The PyTorch fp32 reference as a sampler function: philox noise, image i of the request gets
     noise index i (batches only bound memory; they do not change the images). `cache_interval` > 1
     runs the forecast step cache (`sampling.cache`)."""
-    cfg = model.config
-    shape = (cfg.in_channels, cfg.input_size, cfg.input_size)
+    request = SampleRequest(
+        (), seed, cfg_scale, steps, sampler, cache_interval=cache_interval, cache_order=cache_order
+    )
 
     def sample(labels: Sequence[int]) -> np.ndarray:
         out = []
         for start in range(0, len(labels), batch):
-            part = list(labels[start : start + batch])
-            noise = make_noise("philox", seed, len(part), shape, guided=cfg_scale > 1.0, first_image=start)
-            z = sample_latents(
-                model,
-                part,
-                noise,
-                steps=steps,
-                sampler=sampler,
-                cfg_scale=cfg_scale,
-                progress=False,
-                cache_interval=cache_interval,
-                cache_order=cache_order,
-            )
+            part = replace(request, labels=tuple(labels[start : start + batch]), first_index=start)
+            z = request_latents(model, part)
             with torch.inference_mode():
                 out.append(to_uint8(vae_decode(z).float().numpy()))
         return np.concatenate(out)
@@ -273,18 +262,14 @@ def runtime_sample_fn(
 ) -> SampleFn:
     """A loaded runtime sampler as a sampler function, through `Sampler.generate` (the path users
     sample with; image i of the request gets noise index i, whatever the engine batch)."""
+    request = SampleRequest(
+        (), seed, cfg_scale, steps, sampler, cache_interval=cache_interval, cache_order=cache_order
+    )
 
     def sample(labels: Sequence[int]) -> np.ndarray:
-        request = SampleRequest(
-            tuple(int(v) for v in labels),
-            seed,
-            cfg_scale,
-            steps,
-            sampler,
-            cache_interval=cache_interval,
-            cache_order=cache_order,
+        res = runner.generate(
+            replace(request, labels=tuple(int(v) for v in labels)), decode=True, progress=False
         )
-        res = runner.generate(request, decode=True, progress=False)
         if res.images is None:
             raise UserError("this export has no VAE decoder (exported with --vae none): nothing to score")
         return to_uint8(res.images)
@@ -308,6 +293,11 @@ class ScoreSettings:
     def cache(self) -> dict[str, int]:
         return {"cache_interval": self.cache_interval, "cache_order": self.cache_order}
 
+    def at(self, cfg_scale: float) -> dict[str, Any]:
+        """The request keywords at guidance `cfg_scale`: what the sample functions bind and
+        `score_sampler` records."""
+        return dict(cfg_scale=cfg_scale, steps=self.steps, sampler=self.sampler, seed=self.seed, **self.cache)
+
 
 def score_scales(
     sample_fn_at: Callable[[float], SampleFn],
@@ -329,11 +319,7 @@ def score_scales(
             classifier=clf,
             backend=backend,
             precision=precision,
-            cfg_scale=g,
-            steps=s.steps,
-            sampler=s.sampler,
-            seed=s.seed,
-            **s.cache,
+            **s.at(g),
         )
         for g in s.cfg_scales
     ]
@@ -358,11 +344,8 @@ def score_engines(
                 f"{engines} holds a {runner.num_classes}-class {runner.image_size}px model, "
                 f"not {info.name} ({info.num_classes} classes, {info.image_size}px)"
             )
-        s = settings
         return score_scales(
-            lambda g: runtime_sample_fn(
-                runner, cfg_scale=g, steps=s.steps, sampler=s.sampler, seed=s.seed, **s.cache
-            ),
+            lambda g: runtime_sample_fn(runner, **settings.at(g)),
             settings,
             num_classes=info.num_classes,
             backend=f"{runner.backend.name}-rt" if runner.backend.name == "torch" else runner.backend.name,
@@ -378,11 +361,8 @@ def score_reference(
 ) -> list[ScoreResult]:
     """Score the fp32 PyTorch reference of a shipped model, one result per guidance scale."""
     model, decode = load_embedded_reference(info.name)
-    s = settings
     return score_scales(
-        lambda g: torch_sample_fn(
-            model, decode, cfg_scale=g, steps=s.steps, sampler=s.sampler, seed=s.seed, **s.cache
-        ),
+        lambda g: torch_sample_fn(model, decode, **settings.at(g)),
         settings,
         num_classes=info.num_classes,
         backend="torch",

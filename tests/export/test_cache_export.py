@@ -98,10 +98,13 @@ def _cases(m: Manifest, k_full: int, k_cast: int, seed: int):
 
 
 def _compare(folder: Path, torch_model, limit: float, k_full: int = 4, k_cast: int = 5) -> dict[str, float]:
-    """Every output of both cached graphs in ORT against CachedSamplerStep (fp32 torch): worst rel-L2."""
+    """Every output of both cached graphs in ORT against CachedSamplerStep (fp32 torch): worst rel-L2.
+    Both get the same cache, in the graphs' cache dtype (the reference computes in fp32 on it)."""
     m = Manifest.read(folder)
+    store = np.dtype(m.cache.dtype)
     worst: dict[str, float] = {}
     for graph, f in _cases(m, k_full, k_cast, seed=7):
+        f[CACHE_INPUT] = f[CACHE_INPUT].astype(store)
         sess = _session(m.path(m.graph(graph).file))
         ins, outs = cached_step_io("full" if graph == FULL_GRAPH else "forecast")
         assert [i.name for i in sess.get_inputs()] == list(ins) == list(f)
@@ -112,7 +115,9 @@ def _compare(folder: Path, torch_model, limit: float, k_full: int = 4, k_cast: i
             want = [w.numpy() for w in step(*(torch.from_numpy(v) for v in f.values()))]
         assert len(got) == len(want) == len(outs)
         for name, g, w in zip(outs, got, want):
-            assert g.shape == w.shape and g.dtype == np.float32, name
+            assert g.shape == w.shape and g.dtype == w.dtype == (
+                store if name == CACHE_OUTPUT else np.float32
+            ), name
             err = rel_l2(g, w)
             assert err < limit, f"{graph} {name}: rel-L2 {err:.3g} ≥ {limit}"
             worst[f"{graph}.{name}"] = err
@@ -164,20 +169,44 @@ def test_graphs_share_the_weights_file(fp32):
     assert not [p for p in fp32.glob("*.data") if p.name.startswith("dit") and p.name != SHARED_WEIGHTS]
 
 
-def test_fp16_cached_graphs_keep_the_cache_io_fp32(fp16, torch_model):
+def test_fp16_cached_graphs_store_the_cache_in_fp16(fp16, fp32, torch_model):
+    """A mixed-fp16 export stores the cache as float16 (precision.cache_dtype): the manifest's record
+    and both graphs' cache I/O say so (the ONNX files' own types too), its memory is half the fp32
+    export's, and the graphs still match the fp32 torch step on the same (fp16-valued) cache."""
+    import onnx
+
+    from dit_export.export.precision import FP16, FP32, cache_dtype
+
+    assert (cache_dtype(FP16), cache_dtype(FP32), cache_dtype("int8")) == ("float16", "float32", "float32")
     m = Manifest.read(fp16)
     assert m.precision == "fp16" and m.cache.max_order == 2 and m.cache.slots == 3
+    assert m.cache.dtype == "float16"
+    assert m.cache.bytes_per_image * 2 == Manifest.read(fp32).cache.bytes_per_image
+    assert m.cache.bytes_for(m.batch) == int(np.prod(m.cache.shape)) * 2
     for graph in CACHE_GRAPHS:
         g = m.graph(graph)
         io = {t.name: t for t in g.inputs + g.outputs}
-        assert io[CACHE_INPUT].dtype == io[CACHE_COEF].dtype == "float32"
-        assert all(t.dtype in ("float32", "int64") for t in io.values())
+        assert io[CACHE_INPUT].dtype == "float16" and io[CACHE_COEF].dtype == "float32"
+        assert all(
+            t.dtype in ("float32", "int64") for n, t in io.items() if n not in (CACHE_INPUT, CACHE_OUTPUT)
+        )
+        onnx_io = {
+            v.name: v.type.tensor_type.elem_type
+            for v in onnx.load(m.path(g.file), load_external_data=False).graph.input
+        }
+        assert (
+            onnx_io[CACHE_INPUT] == onnx.TensorProto.FLOAT16 and onnx_io[CACHE_COEF] == onnx.TensorProto.FLOAT
+        )
         assert all(c["ok"] for c in g.info["static_checks"]), g.info["static_checks"]
         assert g.info["fp32_islands"], graph  # the policy applied: fp16 inside, islands reported
     assert m.graph(FULL_GRAPH).info["fp16_flop_share"] > 0.9  # attention and MLP in fp16, as dit_step
-    assert m.graph(FULL_GRAPH).spec(CACHE_OUTPUT).dtype == "float32"
+    assert m.graph(FULL_GRAPH).spec(CACHE_OUTPUT).dtype == "float16"
+    # the export's own check ran both graphs on the fp16 cache, against the fp32 torch step
+    rows = [r for r in m.checks["rows"] if r["case"].split(" ", 1)[0] in check.CASE_GRAPHS]
+    assert len(rows) == 6 and all(r["passed"] for r in rows), rows
     worst = _compare(fp16, torch_model, 3e-2, k_full=7, k_cast=9)
     assert max(worst.values()) > 1e-6  # really fp16 inside (an fp32 graph would match to ~1e-7)
+    assert "float16" in cache_line(m)
 
 
 # --------------------------------------------------------------------------- the manifest
@@ -283,6 +312,8 @@ def test_bad_max_cache_order_is_one_line(tmp_path):
     for bad in (4, -1, True, "2"):
         with pytest.raises(UserError, match="--max-cache-order"):
             export(ExportOptions(model=SPEC, out=tmp_path / "y", max_cache_order=bad))
+    with pytest.raises(UserError, match="cache dtype must be one of float32, float16, got 'bfloat16'"):
+        export(ExportOptions(model=SPEC, out=tmp_path / "y", cache_dtype="bfloat16"))
     assert not (tmp_path / "y").exists()
 
 
@@ -313,3 +344,9 @@ def test_inspect_line_gives_the_cache_memory_of_xl(fp32):
     line = cache_line(dataclasses.replace(Manifest.read(fp32), cache=info, batch=4))
     assert "0.40 GB per image, 1.59 GB for batch 4" in line and "holds two: 3.17 GB" in line, line
     assert cache_info(ExportOptions(model=SPEC, out=Path("unused"), max_cache_order=None), cfg) is None
+    # mixed fp16: the policy's float16 cache, half the memory; ExportOptions.cache_dtype overrides it
+    half = cache_info(ExportOptions(model=SPEC, out=Path("unused"), batch=4, precision="fp16"), cfg)
+    assert (half.dtype, half.bytes_per_image * 2) == ("float16", info.bytes_per_image)
+    assert "0.20 GB per image" in cache_line(dataclasses.replace(Manifest.read(fp32), cache=half, batch=4))
+    kept = ExportOptions(model=SPEC, out=Path("unused"), precision="fp16", cache_dtype="float32")
+    assert cache_info(kept, cfg).dtype == "float32"

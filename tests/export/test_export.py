@@ -1,8 +1,9 @@
 """ONNX export: real exports of DiT-S/8 (random weights, perturbed adaLN-Zero) + a tiny random VAE.
 
-Two folders are exported once per module and shared: fp32 through the CLI with external data
-forced by a tiny threshold, and mixed fp16 through the Python API with inline weights. Every
-number is checked by running the real graphs in ONNX Runtime against the PyTorch modules.
+Two folders, each made once per test run and shared with other modules (tests/folders.py): fp32
+through the CLI `export` with external data forced by a tiny threshold, and the mixed-fp16 `build`
+(its export checked, weights inline). Every number is checked by running the real graphs in ONNX
+Runtime against the PyTorch modules.
 """
 
 from __future__ import annotations
@@ -19,10 +20,11 @@ import torch
 from conftest import assert_user_error as assert_one_line_error
 from conftest import hidden_names as leftovers
 from conftest import run_dit_export
-from folders import s8_export_folder
+from folders import link_copy, s8_export_folder, s8_folder
 
 from dit_export import compare
 from dit_export.compare import psnr, rel_l2
+from dit_export.engine.lock import lock_path
 from dit_export.errors import UserError
 from dit_export.export import analysis, check, trt_ops
 from dit_export.export.exporter import ExportOptions, check_out_dir, export
@@ -52,18 +54,8 @@ def fp32_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def fp16_dir(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("export16") / "s8_fp16"
-    export(
-        ExportOptions(
-            model=ModelSpec(model="S/8", random_weights=True, vae="random-tiny"),
-            out=out,
-            batch=N,
-            precision="fp16",
-            max_cache_order=None,  # no forecast-cache graphs (tests/export/test_cache_export.py has them)
-        ),
-        log=lambda s: None,
-    )
-    return out
+    """The shared S/8 mixed-fp16 `build` folder (the same request as an fp16 `export`, plus build.json); read only."""
+    return s8_folder(tmp_path_factory, "fp16")  # shared with the runtime, build and cache-export tests
 
 
 @pytest.fixture(scope="module")
@@ -110,16 +102,20 @@ def test_files_and_manifest(which, fp32_dir, fp16_dir):
     # External data: forced for the two DiT graphs of the fp32 export, which share ONE weights
     # file (issue 16.5: the weights are written once); the tiny VAE stays inline.
     ext = {k: [e["file"] for e in g[k]["external_data"]] for k in g}
-    if which == "fp32":  # the forecast cache's two step graphs (default --max-cache-order 2) share it too
+    # both hold the forecast cache's two step graphs (default --max-cache-order 2)
+    if which == "fp32":  # ... which share the one external weights file too
         shared = ["dit.onnx.data"]
-        assert ext == {"dit": shared, "dit_step": shared, "vae_decoder": [], **dict.fromkeys(CACHE_GRAPHS, shared)}
+        assert ext == {"dit": shared, "dit_step": shared, "vae_decoder": [], **dict.fromkeys(CACHE_GRAPHS, shared)}  # fmt: skip
         assert (folder / "dit_step.onnx").stat().st_size < (folder / "dit.onnx.data").stat().st_size / 100
-    else:
-        assert ext == {"dit": [], "dit_step": [], "vae_decoder": []}
+        assert not leftovers(folder.parent)  # a folder of its own: nothing hidden beside it
+    else:  # the build's folder: its build record besides the export, no scratch or set-aside folder
+        assert ext == {"dit": [], "dit_step": [], "vae_decoder": [], **dict.fromkeys(CACHE_GRAPHS, [])}
+        beside = [n for n in leftovers(folder.parent) if n.startswith(f".{folder.name}.")]
+        assert beside in ([], [lock_path(folder).name]), beside  # the build's lock file may stay
+    record = ["build.json"] if which == "fp16" else []
     assert sorted(p.name for p in folder.iterdir()) == sorted(
-        {FILENAME, *(g[k]["file"] for k in g), *sum(ext.values(), [])}
+        {FILENAME, *(g[k]["file"] for k in g), *sum(ext.values(), []), *record}
     )
-    assert not leftovers(folder.parent)
     typed.verify_hashes()
     ts, coefs = typed.table("ddpm", 250)
     ref = make_schedule(250, "ddpm")
@@ -129,9 +125,8 @@ def test_files_and_manifest(which, fp32_dir, fp16_dir):
     rows = m["checks"]["rows"]
     # dit: 3 timesteps × 3 rows; dit_step: 3 timesteps × (ddim, ddpm, unipc rows); vae: 2; with the
     # forecast cache: dit_step_full 2 cases × (x_next, cache_next), dit_step_forecast 2 cases
-    cached = 6 if typed.has_cache else 0
-    assert typed.has_cache == (which == "fp32")
-    assert m["checks"]["passed"] is True and len(rows) == 9 + 3 * 3 + 2 + cached and all(r["passed"] for r in rows)
+    assert typed.has_cache and m["checks"]["passed"] is True
+    assert len(rows) == 9 + 3 * 3 + 2 + 6 and all(r["passed"] for r in rows)
 
 
 # --------------------------------------------------------------------------- static graphs
@@ -331,9 +326,10 @@ def test_bad_inputs_one_line_errors(tmp_path, fp16_dir):
     assert_one_line_error(run_cli(*base, "--out", str(blocker / "sub" / "out")), "cannot create folder")
     assert not out.exists() and not leftovers(tmp_path)
     # An existing export is never replaced without --force, and stays as it was.
-    before = (fp16_dir / FILENAME).read_bytes()
-    assert_one_line_error(run_cli(*base, "--out", str(fp16_dir)), "already holds an export", "--force")
-    assert (fp16_dir / FILENAME).read_bytes() == before
+    folder = link_copy(fp16_dir, tmp_path / "fp16")  # the shared folder is read by other workers meanwhile
+    before = (folder / FILENAME).read_bytes()
+    assert_one_line_error(run_cli(*base, "--out", str(folder)), "already holds an export", "--force")
+    assert (folder / FILENAME).read_bytes() == before
     # A half-written folder (no manifest) is not overwritten silently either.
     half = tmp_path / "half"
     half.mkdir()
@@ -350,7 +346,8 @@ def test_leftover_partial_folder_is_not_output(tmp_path):
 
 
 def test_failing_check_fails_export_and_writes_nothing(tmp_path, monkeypatch):
-    """A graph outside its tolerance: exit with the measured number; --out does not appear."""
+    """A graph outside its tolerance: exit with the measured number; --out does not appear. (The
+    shipped tiny-digits model: the same exporter and check as S/8, a third of the CPU time.)"""
     monkeypatch.setitem(
         compare._TABLE, ("step", "rel_l2"), compare.Limit("step", "rel_l2", 1e-12, 1e-12, "test")
     )
@@ -358,7 +355,7 @@ def test_failing_check_fails_export_and_writes_nothing(tmp_path, monkeypatch):
     with pytest.raises(UserError) as e:
         export(
             ExportOptions(
-                model=ModelSpec(model="S/8", random_weights=True, vae="none"),
+                model=ModelSpec(model="tiny-digits", vae="none"),
                 out=out,
                 batch=1,
                 precision="fp32",

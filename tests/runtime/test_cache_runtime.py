@@ -12,7 +12,7 @@ import json
 
 import numpy as np
 import pytest
-from folders import assert_one_line_error, link_copy, run_cli
+from folders import assert_one_line_error, link_copy, rehash, run_cli, s8_folder
 from test_runtime import fp32, ort32, torch32  # noqa: F401  (shared fixtures: the S/8 build and its samplers)
 
 from dit_export.compare import rel_l2
@@ -134,6 +134,108 @@ def test_interval_1_is_the_uncached_sampler_bit_for_bit(fp32, ort, torch_rt):
                 SampleRequest(tuple(LABELS), seed=4, steps=3, sampler="dpm++2m"), decode=False
             )
         np.testing.assert_array_equal(got, want.latents)
+
+
+# ------------------------------------------------------------------------------ the fp16 cache
+
+
+@pytest.fixture(scope="module")
+def fp16(tmp_path_factory):
+    """The shared S/8 mixed-fp16 build: its cache is float16 (precision.cache_dtype)."""
+    return s8_folder(tmp_path_factory, "fp16")
+
+
+@pytest.fixture(scope="module")
+def fp16_fp32_cache(fp16, tmp_path_factory):
+    """The same mixed-fp16 export with an fp32 cache, made cheaply from it: the cached graphs cast
+    the cache to fp32 right after reading it and back just before writing it (models/cached.py),
+    so retyping the cache I/O to float32 (the read Casts become identities, the write Cast
+    float32) gives exactly what `ExportOptions(cache_dtype="float32")` exports. Checked: on this
+    S/8 and on tiny-digits the retyped graphs sample bit-identical latents to that real export
+    (ddim-20, N = 3, O = 2 and 3; benchmarks/results/fp16_cache.md)."""
+    import onnx
+
+    dst = link_copy(fp16, tmp_path_factory.mktemp("fp16c32") / "s8")
+    m = json.loads((dst / "manifest.json").read_text())
+    io = (cache.CACHE_INPUT, cache.CACHE_OUTPUT)
+    for g in cache.CACHE_GRAPHS:
+        f = dst / f"{g}.onnx"
+        model = onnx.load(str(f), load_external_data=False)
+        for v in [*model.graph.input, *model.graph.output]:
+            if v.name in io:
+                assert v.type.tensor_type.elem_type == onnx.TensorProto.FLOAT16
+                v.type.tensor_type.elem_type = onnx.TensorProto.FLOAT
+        (write,) = [n for n in model.graph.node if cache.CACHE_OUTPUT in n.output] or [None]
+        if write is not None:
+            assert write.op_type == "Cast" and write.attribute[0].i == onnx.TensorProto.FLOAT16
+            write.attribute[0].i = onnx.TensorProto.FLOAT
+        del model.graph.value_info[:]
+        f.unlink()  # a new file: the hard-linked shared folder stays intact
+        onnx.save(model, str(f))
+        for t in m["graphs"][g]["inputs"] + m["graphs"][g]["outputs"]:
+            if t["name"] in io:
+                t["dtype"] = "float32"
+    m["cache"]["dtype"], m["cache"]["bytes_per_image"] = "float32", 2 * m["cache"]["bytes_per_image"]
+    (dst / "manifest.json").write_text(json.dumps(m, indent=1))
+    for g in cache.CACHE_GRAPHS:
+        rehash(dst, g)
+    return dst
+
+
+def test_fp16_cache_agrees_with_an_fp32_cache(fp16, fp16_fp32_cache, reference):
+    """ONNX Runtime, mixed fp16: sampling with the float16 cache against the same export with an fp32
+    cache, beside the fp16 graphs' own difference from fp32 (measured: benchmarks/results/fp16_cache.md)."""
+    case = CASES[0]  # ddim, N = 3, O = 2
+    with (
+        Sampler.load(fp16, backend="ort", cache=True) as s16,
+        Sampler.load(fp16_fp32_cache, backend="ort") as s32,
+    ):
+        assert s16.cache_layout.dtype == np.float16 and s32.cache_layout.dtype == np.float32
+        assert s16.cache_layout.nbytes * 2 == s32.cache_layout.nbytes
+        half = s16.generate(request(case), decode=False).latents
+        full = s32.generate(request(case), decode=False).latents
+        plain = s16.generate(request(case[:2] + (1,) + case[3:]), decode=False).latents
+        # order 0 reuses D_0, the branch outputs as they left their fp16 region: stored exactly
+        reuse = CASES[2]
+        np.testing.assert_array_equal(
+            s16.generate(request(reuse), decode=False).latents,
+            s32.generate(request(reuse), decode=False).latents,
+        )
+    ref, uncached = reference[case]
+    # measured (ORT CPU): storage 1.3e-7, the fp16 graphs vs the fp32 reference loop 1.7e-5, the
+    # cache's effect 9.5e-5 of which the fp16 run reproduces all but 0.7 %
+    storage, graphs = rel_l2(half, full), rel_l2(full, ref)
+    assert np.isfinite(half).all() and 0 < storage < 1e-5, storage
+    assert storage < graphs, (storage, graphs)  # the cache's dtype matters less than the fp16 graphs
+    assert rel_l2(half - plain, ref - uncached) < 5e-2, rel_l2(half - plain, ref - uncached)
+
+
+def test_fp16_cache_interval_1_is_the_uncached_sampler_bit_for_bit(fp16):
+    with (
+        Sampler.load(fp16, backend="ort", cache=True) as s,
+        Sampler.load(fp16, backend="ort", cache=False) as plain,
+    ):
+        req = SampleRequest(
+            tuple(LABELS), seed=4, steps=3, sampler="dpm++2m", cache_interval=1, cache_order=2
+        )
+        np.testing.assert_array_equal(
+            s.generate(req, decode=False).latents,
+            plain.generate(
+                SampleRequest(tuple(LABELS), seed=4, steps=3, sampler="dpm++2m"), decode=False
+            ).latents,
+        )
+
+
+def test_torch_backend_runs_the_fp16_folders_cache(fp16, torch_rt, reference):
+    """The torch backend computes in fp32 on the folder's float16 cache buffers: the cache's storage
+    alone (S/8: the same weights as the fp32 reference loop)."""
+    case = CASES[0]
+    with Sampler.load(fp16, backend="torch") as s:
+        got = s.generate(request(case), decode=False).latents
+        assert s.cache_layout.dtype == np.float16
+    ref, uncached = reference[case]
+    assert 0 < rel_l2(got, ref) < 1e-5, rel_l2(got, ref)  # measured: the storage alone, 2.8e-7
+    assert rel_l2(got - uncached, ref - uncached) < 5e-2
 
 
 def test_cached_graphs_load_on_the_first_cached_request(fp32):

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from test_trt_sim import folder, gpu, planned, reference  # noqa: F401  (fixtures)
+from folders import s8_folder
+from test_trt_sim import gpu, planned, reference  # noqa: F401  (fixtures)
 
 from dit_export.engine import cuda
 from dit_export.errors import UserError
@@ -20,6 +21,13 @@ from dit_export.sampling.cache import CACHE_GRAPHS, cache_plan
 # 3 images on batch 2 (two chunks); 7 steps at N = 3: full 0, 1, 4, forecast 2, 3, 5, 6
 REQUEST = SampleRequest((207, 360, 387), seed=5, cfg_scale=4.0, steps=7, sampler="ddim",
                         cache_interval=3, cache_order=2)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def folder(request, tmp_path_factory):
+    """The shared S/8 build test_trt_sim.py's `planned` and `reference` use: fp32, or (indirect
+    parametrization) the mixed-fp16 one, whose cache is float16."""
+    return s8_folder(tmp_path_factory, getattr(request, "param", "fp32"))
 
 
 @pytest.fixture
@@ -66,6 +74,17 @@ def test_cached_trt_sampler_equals_the_ort_loop(planned, gpu, reference, mem_inf
         assert gpu.launches == 2 * 2 * REQUEST.steps  # every step of both requests' chunks replays
     else:
         assert keys == [] and gpu.launches == 0
+
+
+@pytest.mark.parametrize("folder", ["fp16"], indirect=True)
+def test_the_fp16_cache_on_tensorrt_equals_the_ort_loop(planned, gpu, reference, mem_info):  # noqa: F811
+    """A mixed-fp16 export's float16 cache: two-byte device buffers, swapped and replayed the same way."""
+    want = reference.generate(REQUEST, decode=False)
+    with Sampler.load(planned, backend="trt") as s:
+        assert s.cache_layout.dtype == np.float16
+        got = s.generate(REQUEST, decode=False)
+        assert len(s.backend._captured) == address_sets(REQUEST, s.cache_layout.slots)
+    np.testing.assert_array_equal(got.latents, want.latents)
 
 
 def test_uncached_and_cached_requests_share_the_backend(planned, gpu, reference, mem_info):  # noqa: F811

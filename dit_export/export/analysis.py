@@ -311,16 +311,12 @@ def _shape_checks(model, infos: dict[str, TensorInfo], inits: dict, report: Grap
             else f"computed at run time: {_fmt_list(nonconst)}",
         )
     )
-    bad_io = [
-        f"input {t.name} {t.dtype}"
-        for t in report.inputs
-        if t.dtype not in _GRAPH_IO_INPUT and _CACHE_IO.get(t.name) != t.dtype
-    ]
-    bad_io += [
-        f"output {t.name} {t.dtype}"
-        for t in report.outputs
-        if t.dtype not in _GRAPH_IO_OUTPUT and _CACHE_IO.get(t.name) != t.dtype
-    ]
+
+    def io_ok(t, allowed: set[str]) -> bool:
+        return t.dtype in allowed or _CACHE_IO.get(t.name) == t.dtype
+
+    bad_io = [f"input {t.name} {t.dtype}" for t in report.inputs if not io_ok(t, _GRAPH_IO_INPUT)]
+    bad_io += [f"output {t.name} {t.dtype}" for t in report.outputs if not io_ok(t, _GRAPH_IO_OUTPUT)]
     checks.append(
         Check(
             "graph I/O types",

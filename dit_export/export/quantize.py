@@ -196,8 +196,9 @@ def apply(
     if calib is None or not is_quantized(o.precision):
         return saved, reports
     tmp = Path(tmp)
+    policy = QUANT_POLICIES[o.precision]
     if FULL_GRAPH in saved and calib.full:
-        reached = quantized_nodes_reached(saved[FULL_GRAPH].path, CACHE_INPUT, QUANT_POLICIES[o.precision])
+        reached = quantized_nodes_reached(saved[FULL_GRAPH].path, CACHE_INPUT, policy)
         if not reached:  # then no calibrated range depends on the cache: store none of it
             calib = calib.without_cache(CACHE_NOT_STORED)
         elif calib.full[CACHE_INPUT].shape[3] == 0:
@@ -208,7 +209,6 @@ def apply(
     calib.save(tmp / CALIB_FILE)
     float_graphs: dict[str, dict] = {}
     done: dict[str, dict] = {}
-    policy = QUANT_POLICIES[o.precision]
     for name in FLOAT_DIT_GRAPHS:  # nothing there to quantize: say so in the record, prove it here
         if name in saved:
             if node_names(saved[name].path, policy):

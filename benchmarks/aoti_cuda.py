@@ -1,10 +1,11 @@
 """The DiT forward through AOTInductor on CUDA against eager PyTorch (benchmarks/gpu_check.sh, phase 3).
 
     python benchmarks/aoti_cuda.py --model XL/2 --batch 8 --device cuda --json out.json
-    python benchmarks/aoti_cuda.py --model S/8 --batch 1 --device cpu --no-compile   # plumbing only
+    python benchmarks/aoti_cuda.py --model tiny-digits --batch 1 --device cpu --no-compile  # plumbing only
 
-Random weights (seeded); one guided forward (2N rows: conditional + null labels); the package is
-compiled from `torch.export` of the same module the ONNX export traces. Reports eager and AOTI
+Random weights (seeded) at 256 px, or a shipped model's own weights and size (tiny-digits: 32 px);
+one guided forward (2N rows: conditional + null labels); the package is compiled from
+`torch.export` of the same module the ONNX export traces. Reports eager and AOTI
 latency (median of --repeat calls after --warmup), the speed-up, and max |Δ| between the two.
 """
 
@@ -19,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from dit_export.models.embedded import is_embedded
 from dit_export.models.spec import ModelSpec
 
 
@@ -54,7 +56,7 @@ def main() -> int:
         print("aoti: no CUDA device; nothing to measure")
         return 1
 
-    spec = ModelSpec(model=args.model, random_weights=True, vae="none").validate()
+    spec = ModelSpec(model=args.model, random_weights=not is_embedded(args.model), vae="none").validate()
     model, cfg = spec.load_dit()
     model = model.to(args.device).eval()
     rows = 2 * args.batch

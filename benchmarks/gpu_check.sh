@@ -6,7 +6,7 @@
 # (used where `trt_api.probe()` finds it; else its phases are recorded as skipped with the reason).
 #
 #   bash benchmarks/gpu_check.sh             # on the GPU machine, from the repository root
-#   bash benchmarks/gpu_check.sh --dry-run   # CPU: every phase with S/8, 2 steps, no compile
+#   bash benchmarks/gpu_check.sh --dry-run   # CPU: every phase with tiny-digits, 2 steps, no compile
 #
 # Phases, in order, each under its own cap in seconds (the variable named) and never past TOTAL_S
 # (a phase that would start with under 10 s left is recorded as skipped):
@@ -34,7 +34,7 @@
 # its phase ends (temp file + rename): a killed run keeps every finished phase's numbers. Exports
 # stay in WORK_DIR (default engines/gpu_check) for a rerun. Exit 1 when a phase failed or timed out.
 set -uo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/.." || exit 1
 
 DRY=0
 [[ "${1:-}" == "--dry-run" ]] && DRY=1
@@ -43,17 +43,18 @@ export HF_HUB_OFFLINE=1 DIT_EXPORT_OFFLINE=1 PYTHONUNBUFFERED=1  # random weight
 PREP=(python benchmarks/gpu_check_prep.py)
 
 TRT_WHY="$(python -c 'from dit_export.engine import trt_api; ok, why = trt_api.probe(); print("" if ok else why)' 2>&1 | tail -n1)"
-if ((DRY)); then  # CPU-sized: S/8, one batch, 2 steps, no compile
+if ((DRY)); then  # CPU-sized: the shipped tiny-digits (32 px, depth 4), one batch, 2 steps, no compile
     TOTAL_S="${TOTAL_S:-3000}" TESTS_S="${TESTS_S:-300}" EXPORTS_S="${EXPORTS_S:-300}" BENCH_S="${BENCH_S:-300}"
     AOTI_S="${AOTI_S:-300}" TRT_PLANS_S="${TRT_PLANS_S:-300}" TRT_BENCH_S="${TRT_BENCH_S:-300}" VERIFY_S="${VERIFY_S:-300}"
     OUT="${OUT_DIR:-$(mktemp -d)}"
     GPU="dry-run-cpu"
-    MODELS=(S/8) EXPORT_JOBS="${EXPORT_JOBS:-1}"
-    declare -A FP32_BATCHES=([S/8]=1) TRT_BATCHES=([S/8]=1)
+    MODELS=(tiny-digits) EXPORT_JOBS="${EXPORT_JOBS:-1}"
+    MODEL_FLAGS=(--vae none)  # its shipped weights, at its own 32 px
+    declare -A FP32_BATCHES=([tiny-digits]=1) TRT_BATCHES=([tiny-digits]=1)
     EAGER=(torch-fp32 torch-fp16) COMPILE=()
     BENCH=(--steps 2 --warmup 1 --repeat 2 --device cpu)
     VERIFY=(--steps 2)
-    AOTI_ARGS=(--model S/8 --batch 1 --device cpu --no-compile)
+    AOTI_ARGS=(--model tiny-digits --batch 1 --device cpu --no-compile)
 else
     if [[ -z "$TRT_WHY" ]]; then TOTAL_S="${TOTAL_S:-1500}"; else TOTAL_S="${TOTAL_S:-540}"; fi
     TESTS_S="${TESTS_S:-90}" EXPORTS_S="${EXPORTS_S:-240}" BENCH_S="${BENCH_S:-100}" AOTI_S="${AOTI_S:-60}"
@@ -61,13 +62,13 @@ else
     OUT="${OUT_DIR:-benchmarks/results}"
     GPU="$(python -c 'import torch; print(torch.cuda.get_device_name(0))' 2>/dev/null || echo no-gpu)"
     MODELS=(S/2 XL/2) EXPORT_JOBS="${EXPORT_JOBS:-3}"
-    declare -A FP32_BATCHES=([S/2]=1,8,32 [XL/2]=8,1,32) TRT_BATCHES=([S/2]=1,8 [XL/2]=1,8)
+    MODEL_FLAGS=(--random-weights --vae none --image-size 256)
+    declare -A FP32_BATCHES=([S/2]="1,8,32" [XL/2]="8,1,32") TRT_BATCHES=([S/2]="1,8" [XL/2]="1,8")
     EAGER=(torch-fp32 torch-tf32 torch-fp16) COMPILE=(torch-compile)
     BENCH=(--steps 50 --warmup 3 --repeat 10 --max-sample-seconds 20 --device cuda)
     VERIFY=()
     AOTI_ARGS=(--model XL/2 --batch 8 --device cuda)
 fi
-MODEL_FLAGS=(--random-weights --vae none --image-size 256)
 mkdir -p "$OUT"
 WORK="${WORK_DIR:-$( ((DRY)) && echo "$OUT/work" || echo engines/gpu_check)}"
 SLUG="$(echo "$GPU" | tr -cs 'A-Za-z0-9' '-' | sed 's/-*$//')"
@@ -97,7 +98,7 @@ skip() {  # skip NAME REASON
 left() { echo $((TOTAL_S - SECONDS - 5)); }  # seconds left of the run's budget (a margin kept)
 
 phase() {  # phase NAME CAP_SECONDS RESULT_FILES(space-separated) COMMAND...
-    local name=$1 cap=$2 files=$3 t0=$SECONDS rc result
+    local name=$1 cap=$2 rfiles=$3 t0=$SECONDS rc result
     shift 3
     if (($(left) < 10)); then skip "$name" "out of the run's ${TOTAL_S} s budget (TOTAL_S)"; return; fi
     ((cap > $(left))) && cap=$(left)
@@ -111,7 +112,7 @@ phase() {  # phase NAME CAP_SECONDS RESULT_FILES(space-separated) COMMAND...
     esac
     [[ $result == passed ]] || FAILED=1
     # shellcheck disable=SC2086  # the file list is space-separated on purpose
-    record "$name" "$result" $((SECONDS - t0)) $files
+    record "$name" "$result" $((SECONDS - t0)) $rfiles
 }
 
 python - <<'PY' 2>&1 | tee -a "$LOG"
@@ -151,7 +152,7 @@ done
 budget=$(($(left) - 30 < EXPORTS_S ? $(left) - 30 : EXPORTS_S))  # room kept for the phases after it
 ((budget < 0)) && budget=0
 phase exports $((budget + 60)) "$STEM.exports.json" "${PREP[@]}" exports --root "$WORK" \
-    --json "$STEM.exports.json" --budget "$budget" --jobs "$EXPORT_JOBS" "${FOLDERS[@]}"
+    --json "$STEM.exports.json" --budget "$budget" --jobs "$EXPORT_JOBS" "${FOLDERS[@]}" "${MODEL_FLAGS[@]}"
 
 slug() { echo "$1" | tr '/' '-'; }
 ready() { "${PREP[@]}" ready --json "$STEM.exports.json" --model "$1" --precision "$2" ${3:+--batch "$3"}; }

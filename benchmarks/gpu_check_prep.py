@@ -1,14 +1,17 @@
 """benchmarks/gpu_check.sh's Python half: exports within a budget, TensorRT plans, phase records.
 
     python benchmarks/gpu_check_prep.py exports --root W --budget 240 --json F \\
-        --folder S/2:fp32:1,8,32 --folder XL/2:fp32:8,1,32 [--vae none --image-size 256] [--jobs 3]
+        --folder S/2:fp32:1,8,32 --folder XL/2:fp32:8,1,32 [--jobs 3] \\
+        --random-weights --vae none --image-size 256
+    python benchmarks/gpu_check_prep.py exports ... --folder tiny-digits:fp32:1 --vae none  # --dry-run
     python benchmarks/gpu_check_prep.py plans --root W --json F --folder S/2:fp16:1,8 ...
     python benchmarks/gpu_check_prep.py ready --json F --model S/2 --precision fp32  # "1 8" or ""
     python benchmarks/gpu_check_prep.py phase --stem STEM --name NAME --result R --seconds S [--file P]
     python benchmarks/gpu_check_prep.py summary --stem STEM --command CMD
 
 exports: one folder per (model, precision, batch), named and made exactly as `bench` makes and
-reuses them (`dit_export.bench.exports.folder_name` / `prepare_folder`, the ONNX Runtime check
+reuses them given the same model flags (`--random-weights --vae V --image-size S`: the script
+passes bench's own) (`dit_export.bench.exports.folder_name` / `prepare_folder`, the ONNX Runtime check
 skipped), in the order given. A folder is started only while the time left in the budget is at
 least its estimate (the longest export of that model measured so far in this run, or the
 `--estimate MODEL=SECONDS` prior: one XL/2 fp32 export took 182 s on the device's CPU, issue 25),
@@ -65,10 +68,10 @@ def parse_folder(text: str) -> tuple[str, str, list[int]]:
         raise SystemExit(f"error: --folder takes MODEL:PRECISION:B1,B2,..., got {text!r}") from None
 
 
-def _spec(model: str, vae: str, image_size: int):
+def _spec(model: str, random_weights: bool, vae: str, image_size: int | None):
     from dit_export.models.spec import ModelSpec
 
-    return ModelSpec(model=model, random_weights=True, vae=vae, image_size=image_size).validate()
+    return ModelSpec(model=model, random_weights=random_weights, vae=vae, image_size=image_size).validate()
 
 
 def _export_one(task: dict) -> dict:
@@ -92,7 +95,7 @@ def cmd_exports(a: argparse.Namespace) -> int:
     todo = []
     for text in a.folder:
         model, precision, batches = parse_folder(text)
-        spec = _spec(model, a.vae, a.image_size)
+        spec = _spec(model, a.random_weights, a.vae, a.image_size)
         for b in batches:
             out = root / folder_name(spec, precision, b)
             todo.append((model, precision, b, out, spec.to_dict()))
@@ -285,8 +288,9 @@ def main(argv: list[str] | None = None) -> int:
     e.add_argument("--folder", action="append", default=[], help="MODEL:PRECISION:B1,B2 (in order)")
     e.add_argument("--estimate", action="append", default=[], help="MODEL=SECONDS prior export time")
     e.add_argument("--jobs", type=int, default=1, help="exports at once (worker processes)")
+    e.add_argument("--random-weights", action="store_true", help="seeded random weights (as bench's flag)")
     e.add_argument("--vae", default="none")
-    e.add_argument("--image-size", type=int, default=256)
+    e.add_argument("--image-size", type=int, default=None, help="default: the model's (256; tiny-digits: 32)")
     r = sub.add_parser("ready", help="the ready batches of a model and precision (or one folder)")
     r.add_argument("--json", required=True)
     r.add_argument("--model")

@@ -15,7 +15,15 @@ python -m pip install -q --no-deps "tensorrt-stubs==10.13.0.35.1"   # 10.x API t
 # model_config_pb2 + protobuf are used), and the tritonserver stub's own environment (.venv-triton,
 # ~2 min) for tests/serve/test_triton.py's smoke run; those tests skip with a reason when it is absent.
 python -m pip install -q --no-deps "tritonclient>=2.40"
+# The C++ runtime (cpp/build: libdit_runtime.so, dit_sample, the ctest tests) compiles on the cores
+# while the Triton environment's pip install waits on the registry; tests/runtime/test_cpp.py's own
+# build is then a no-op. A failed build is left for that test to show (it runs the build again).
+cpp_log="$(mktemp)"
+bash scripts/build_cpp.sh >"$cpp_log" 2>&1 &
+cpp_build=$!
 bash scripts/triton_smoke.sh --setup || echo "warning: Triton setup failed; tests/serve/test_triton.py will skip" >&2
+if wait "$cpp_build"; then tail -n 1 "$cpp_log"; else echo "warning: the C++ build failed; tests/runtime/test_cpp.py shows why" >&2; fi
+rm -f "$cpp_log"
 ruff check dit_export tests scripts benchmarks
 # A GPU + TensorRT machine: the TensorRT folders (one S/8 per precision) and the Python runtime's
 # reference images that ctest's test_tensorrt runs on (scripts/trt_test_engines.py, ~1-2 min),

@@ -2,7 +2,9 @@
 
 The exported folders are made once per test run (the first test that asks, in any xdist worker,
 builds them through the real `build` command under a file lock) and reused by the others: DiT-S/8
-at 256 px with random weights, batch 2, a tiny random VAE, fp32 and mixed fp16.
+at 256 px with random weights, batch 2, a tiny random VAE, fp32 and mixed fp16. The fp32 build puts
+every weight-carrying graph's weights in external data (one shared file): its export is also the
+export tests' folder (`s8_export_folder`), so S/8 fp32 is exported once per run, not twice.
 """
 
 from __future__ import annotations
@@ -62,7 +64,7 @@ def s8_folder(tmp_path_factory, precision: str = "fp32") -> Path:
     def make(out: Path) -> str:
         if precision == "fp32":
             proc = run_cli("build", *MODEL_ARGS, "--precision", "fp32", "--backend", "onnxruntime",
-                           "--out", str(out), "--verify-steps", "1")  # fmt: skip
+                           "--out", str(out), "--verify-steps", "1", env=EXTERNAL_DATA_ENV)  # fmt: skip
         else:
             link_copy(s8_folder(tmp_path_factory, "fp32"), out)
             proc = run_cli("build", *MODEL_ARGS, "--precision", precision, "--backend", "onnxruntime",
@@ -76,30 +78,23 @@ def s8_folder(tmp_path_factory, precision: str = "fp32") -> Path:
     return out
 
 
-EXPORT_ARGS = [
-    "--model",
-    "S/8",
-    "--random-weights",
-    "--vae",
-    "random-tiny",
-    "--image-size",
-    "256",
-    "--batch",
-    "2",
-]
+# every weight-carrying graph in external data (1 MB threshold): the DiT graphs share one file
+EXTERNAL_DATA_ENV = {"DIT_EXPORT_EXTERNAL_DATA_THRESHOLD": str(1 << 20)}
 
 
 def s8_export_folder(tmp_path_factory) -> tuple[Path, str]:
-    """The plain `export` (not `build`) of S/8 fp32, batch 2, with its check, every weight-carrying
-    graph forced to external data (1 MB threshold); made once per test run. Returns the folder and
-    the export's stdout. Used by tests/export/test_export.py and tests/export/test_manifest.py; read
-    only (copy it to change it)."""
+    """The S/8 fp32 export (batch 2, checked, weights in external data) as `export` leaves it: the
+    shared fp32 build's folder without its build record (`build` = that very export + build.json;
+    the export's files are untouched by the build, tests/pipeline/test_build.py checks it), in a
+    folder of its own. Returns the folder and the build's stdout (the export's log and check table
+    are part of it). Used by tests/export/test_export.py, test_manifest.py and test_cache_export.py;
+    read only (copy it to change it). The `export` command itself runs in those modules' CLI tests."""
+    built = s8_folder(tmp_path_factory, "fp32")
 
     def make(out: Path) -> str:
-        proc = run_cli("export", *EXPORT_ARGS, "--precision", "fp32", "--out", str(out),
-                       env={"DIT_EXPORT_EXTERNAL_DATA_THRESHOLD": str(1 << 20)}, timeout=600)  # fmt: skip
-        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-        return proc.stdout
+        link_copy(built, out)
+        (out / "build.json").unlink()
+        return BUILD_OUTPUT["fp32"]
 
     # in a folder of its own: test_export checks that the export left nothing hidden beside it
     # (the base temp holds pytest's own `.lock`)
@@ -166,14 +161,31 @@ def replace_graph(folder: Path, graph: str, model) -> None:
     rehash(folder, graph)
 
 
-def perturb_weight(model, scale: float = 1.05) -> str:
-    """Scale the largest float initializer of an ONNX model; returns its name."""
-    from onnx import numpy_helper
+def load_graph(path: Path):
+    """An exported graph's ONNX model without its external weights loaded (they stay references to
+    the folder's data file). onnx.load refuses to read external data through a file with several
+    hard links (a "hardlink attack" check), and `link_copy` folders are made of hard links."""
+    import onnx
 
-    inits = [i for i in model.graph.initializer if i.data_type == 1]
+    return onnx.load(str(path), load_external_data=False)
+
+
+def perturb_weight(model, scale: float = 1.05, folder: Path | None = None) -> str:
+    """Scale the largest float initializer of an ONNX model (it becomes inline data; the others keep
+    their external references); returns its name. `folder`: where its external data lives."""
+    from onnx import TensorProto, numpy_helper
+
+    inits = [i for i in model.graph.initializer if i.data_type == TensorProto.FLOAT]
     big = max(inits, key=lambda i: int(np.prod(i.dims)))
-    arr = numpy_helper.to_array(big) * np.float32(scale)
-    big.CopyFrom(numpy_helper.from_array(arr.astype(np.float32), big.name))
+    if big.data_location == TensorProto.EXTERNAL:
+        assert folder is not None, "an external initializer: say which folder holds its data"
+        info = {e.key: e.value for e in big.external_data}
+        count = int(np.prod(big.dims))
+        arr = np.fromfile(folder / info["location"], np.float32, count, offset=int(info.get("offset", 0)))
+        arr = arr.reshape(tuple(big.dims))
+    else:
+        arr = numpy_helper.to_array(big)
+    big.CopyFrom(numpy_helper.from_array((arr * np.float32(scale)).astype(np.float32), big.name))
     return big.name
 
 

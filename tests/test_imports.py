@@ -2,7 +2,7 @@
 
 Stages, low to high: base helpers < models < sampling < export < engine < runtime < verify, bench, serve,
 sets < pipeline < cli (the command line is the top layer: `build` runs the pipeline). A module imports only its own stage or lower ones, and there is no import cycle
-between modules; the runtime, the parsers and `--help` import no torch.
+between modules; the runtime, the parsers, `--help`, `inspect` and `score --engines` import no torch.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import run_python
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "dit_export"
@@ -195,6 +196,10 @@ sys.meta_path.insert(0, Block())
         "from dit_export.export.manifest import Manifest",
         "from dit_export.models.spec import ModelSpec",
         "from dit_export.cli import build_parser; build_parser().parse_args(['sample', '--engines', 'x'])",
+        # `inspect` reads ONNX files only; `score --engines` samples on the runtime (torch: the reference only)
+        "from dit_export.export.report import inspect_folder",
+        "from dit_export.export.quantize import graph_precision",
+        "import dit_export.verify.score",
     ],
 )
 def test_light_paths_import_no_torch(code: str) -> None:
@@ -229,3 +234,24 @@ def test_help_of_every_command_without_torch() -> None:
     assert int(r.stdout.strip().splitlines()[-1]) >= 12
     sample_help = r.stdout.split("=== sample\n", 1)[1].split("\n=== ", 1)[0]
     assert "--engines" in sample_help, sample_help
+
+
+def test_inspect_command_imports_no_torch(tmp_path_factory) -> None:
+    """`inspect DIR` (run ~10 times by the suite, and by users) reads the manifest and the ONNX
+    graphs: torch (1-2 s of import per process) stays out; was imported through the exporter's graphs."""
+    from folders import s8_folder  # the shared S/8 fp32 build (made once per test run)
+
+    folder = s8_folder(tmp_path_factory, "fp32")
+    code = (
+        "import sys\n"
+        "class Block:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] in ('torch', 'diffusers', 'tensorrt', 'polygraphy'):\n"
+        "            raise ModuleNotFoundError(f'blocked: {name}', name=name)\n"
+        "sys.meta_path.insert(0, Block())\n"
+        "from dit_export.cli import main\n"
+        f"rc = main(['inspect', {str(folder)!r}, '--no-hash'])\n"
+        "assert rc == 0 and 'torch' not in sys.modules, rc\n"
+    )
+    out = run_python(code, timeout=120)
+    assert "dit_step.onnx" in out and "samplers" in out, out[-2000:]

@@ -69,11 +69,11 @@ json base_manifest(const std::string& dir, bool* real) {
   if (!f) return synthetic(dir);
   json m = json::parse(f);
   m.erase("aoti");  // the packages are not linked in: the AOTI cases below write their own files
-  std::vector<std::string> files;
+  std::set<std::string> files;  // a set: one external-data file may hold the weights of several graphs
   for (auto& [name, g] : m["graphs"].items())
     if (g.is_object()) {
-      files.push_back(g["file"]);
-      for (const json& x : g["external_data"]) files.push_back(x["file"]);
+      files.insert(g["file"].get<std::string>());
+      for (const json& x : g["external_data"]) files.insert(x["file"].get<std::string>());
     }
   for (const std::string& file : files) {
     const std::string src = engines + "/" + file;

@@ -20,6 +20,6 @@ def register(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from dit_export.export.report import inspect_folder  # onnx (+ torch through the export's graphs)
+    from dit_export.export.report import inspect_folder  # onnx, no torch (tests/test_imports.py)
 
     return 0 if inspect_folder(Path(args.dir), verify=not args.no_hash) else 1

@@ -67,7 +67,12 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--steps must be ≥ 1, got {args.steps}")
     for cfg_scale in args.cfg_scale:  # one validation of every request before any work
         SampleRequest(
-            labels=(0,), seed=args.seed, cfg_scale=cfg_scale, steps=args.steps, **CacheArgs.fields(args)
+            labels=(0,),
+            seed=args.seed,
+            cfg_scale=cfg_scale,
+            steps=args.steps,
+            sampler=args.sampler,  # its fewest steps too: before the model loads (torch)
+            **CacheArgs.fields(args),
         ).validate()
     check_output_file(args.json, "--json")
     if not args.engines and args.backend not in ("torch", "auto"):

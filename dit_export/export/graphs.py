@@ -28,12 +28,14 @@ import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from dit_export import __version__
 from dit_export.errors import UserError
 from dit_export.export.precision import normalise_scope
+
+if TYPE_CHECKING:  # torch is imported where a graph is traced (`inspect` needs only SCOPE_KEY)
+    import torch
 
 # Models whose serialised protobuf would pass this are saved with external data (protobuf caps a
 # message at 2 GiB; we leave 64 MiB for the graph itself). Tests lower it with the env variable.
@@ -104,6 +106,8 @@ def trace(
     opset: int,
 ):
     """`torch.onnx.export(dynamo=True)` → an onnx_ir Model (nothing written yet)."""
+    import torch
+
     try:
         import onnxscript  # noqa: F401  (the dynamo exporter's dependency; fail in one line)
     except ModuleNotFoundError:

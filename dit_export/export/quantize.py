@@ -27,15 +27,18 @@ import os
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from dit_export.errors import UserError
 from dit_export.export import analysis
-from dit_export.export.calibrate import CALIB_FILE, CalibSet, CalibSettings, load_or_capture
 from dit_export.export.graphs import SCOPE_KEY, SavedGraph
 from dit_export.export.precision import FP8, FP32, INT8, QUANT_POLICIES, QUANTIZED, QuantPolicy
 from dit_export.fileio import sha256_file
 from dit_export.lazy import optional_import
 from dit_export.sampling.cache import CACHE_INPUT, FORECAST_GRAPH, FULL_GRAPH
+
+if TYPE_CHECKING:  # calibrate imports torch (the capture); `inspect` needs only graph_precision
+    from dit_export.export.calibrate import CalibSet
 
 QUANTIZED_GRAPHS = ("dit_step", "dit", FULL_GRAPH)  # the VAE decoder and the forecast graph stay fp32
 FLOAT_DIT_GRAPHS = (FORECAST_GRAPH,)  # DiT graphs without a GEMM the policy quantizes (checked in `apply`)
@@ -69,6 +72,8 @@ def prepare(model, o, spec, stages) -> CalibSet | None:
     (`spec`: the validated ModelSpec; `stages`: the exporter's stage timer and log)."""
     if not is_quantized(o.precision):
         return None
+    from dit_export.export.calibrate import CALIB_FILE, CalibSettings, load_or_capture  # torch
+
     settings = getattr(o, "calibration", None) or CalibSettings()
     slots = getattr(o, "cache_slots", 0)
     cached = f"; cache graphs: (N, O) {[list(p) for p in settings.cache] or 'cache off'}" if slots else ""
@@ -195,6 +200,8 @@ def apply(
     """Quantize the DiT graphs in `tmp` in place (no-op for fp32/fp16); re-analysed reports."""
     if calib is None or not is_quantized(o.precision):
         return saved, reports
+    from dit_export.export.calibrate import CALIB_FILE
+
     tmp = Path(tmp)
     policy = QUANT_POLICIES[o.precision]
     if FULL_GRAPH in saved and calib.full:
@@ -253,6 +260,8 @@ _RECORDS: dict[str, dict] = {}  # staging folder → what `apply` did (read once
 
 
 def calibration_record(tmp: Path, calib: CalibSet) -> dict:
+    from dit_export.export.calibrate import CALIB_FILE
+
     path = Path(tmp) / CALIB_FILE
     return {
         "file": CALIB_FILE,

@@ -275,19 +275,23 @@ def verify(
     # one line before anything loads: bad settings, no forecast graphs, an order above the export's
     check_cache_request(manifest, SampleRequest((0,), steps=steps, **cache).validate())
     phases, skipped = _phases(export, backend, cached=cache_interval > 1)
-    from dit_export.runtime.torch_backend import load_reference  # torch: the reference needs it
-
-    # The reference modules are built once; the backend under test loads one phase's graphs at a
-    # time (dit, then dit_step + VAE): XL/2 fp16 on CPU peaked at 10.2 GB RSS with both loaded.
+    # The reference modules are built once, after the first graphs under test have loaded (a
+    # folder with a bad hash or graph fails in one line before torch and the weights load); the
+    # backend under test loads one phase's graphs at a time (dit, then dit_step + VAE): XL/2 fp16
+    # on CPU peaked at 10.2 GB RSS with both loaded.
     say = log or (lambda line: None)
-    say("verify: loading the PyTorch fp32 reference ...")
-    modules = load_reference(manifest, folder, want_vae=bool(manifest.graphs.get("vae_decoder")))
+    modules = None
     report: Report | None = None
     for graphs in phases:
         denoiser = "dit" in graphs
         sut = Sampler.load(export, backend, providers, graphs=graphs, **options)
         ref = None
         try:
+            if modules is None:
+                from dit_export.runtime.torch_backend import load_reference  # torch: the reference needs it
+
+                say("verify: loading the PyTorch fp32 reference ...")
+                modules = load_reference(manifest, folder, want_vae=bool(manifest.graphs.get("vae_decoder")))
             ref = Sampler.load(export, "torch", graphs=graphs, check_hashes=False, modules=modules)
             if report is None:
                 report = Report(str(folder), sut.backend.describe(), ref.backend.describe(), sut.precision,

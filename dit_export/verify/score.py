@@ -25,15 +25,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from dit_export.errors import UserError
 from dit_export.images import to_uint8
 from dit_export.models.embedded import EmbeddedModel, downscale_images, load_digits_arrays, upscale_digits
 from dit_export.models.spec import ModelSpec
-from dit_export.models.vae import VAEDecode
 from dit_export.runtime.sampler import Sampler
-from dit_export.sampling.reference import request_latents
 from dit_export.sampling.request import SampleRequest
 
 SampleFn = Callable[[Sequence[int]], np.ndarray]  # labels -> (N, H, W, 3) uint8
@@ -227,6 +224,10 @@ def torch_sample_fn(
     """The PyTorch fp32 reference as a sampler function: philox noise, image i of the request gets
     noise index i (batches only bound memory; they do not change the images). `cache_interval` > 1
     runs the forecast step cache (`sampling.cache`)."""
+    import torch  # the reference sampler only: score_engines runs on numpy + scikit-learn
+
+    from dit_export.sampling.reference import request_latents
+
     request = SampleRequest(
         (), seed, cfg_scale, steps, sampler, cache_interval=cache_interval, cache_order=cache_order
     )
@@ -245,6 +246,8 @@ def torch_sample_fn(
 
 def load_embedded_reference(name: str) -> tuple[Any, Any]:
     """(DiT, VAEDecode) of a shipped model, through the same loaders as any checkpoint."""
+    from dit_export.models.vae import VAEDecode
+
     spec = ModelSpec(model=name).validate()
     model, _ = spec.load_dit()
     return model, VAEDecode(spec.load_vae()).eval()

@@ -1,6 +1,6 @@
-"""benchmarks/gpu_check.sh on a CPU: `--dry-run` runs every phase with S/8 (the TensorRT phases
-recorded as skipped with the reason, their commands printed, then run on ONNX Runtime as a
-stand-in), and a run killed in its second phase keeps the first phase's result on disk."""
+"""benchmarks/gpu_check.sh on a CPU: `--dry-run` runs every phase with the shipped tiny-digits
+(the TensorRT phases recorded as skipped with the reason, their commands printed, then run on ONNX
+Runtime as a stand-in), and a run killed in its second phase keeps the first phase's result on disk."""
 
 from __future__ import annotations
 
@@ -47,32 +47,52 @@ def test_dry_run_exercises_every_phase(tmp_path):
     assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-3000:]
     stem = _stem(tmp_path)
     phases = {p["name"]: p for p in json.loads(Path(f"{stem}.phases.json").read_text())["phases"]}
-    for name in ("tests", "exports", "bench-S-8", "aoti"):
+    for name in ("tests", "exports", "bench-tiny-digits", "aoti"):
         assert phases[name]["result"] == "passed", phases[name]
     assert Path(f"{stem}.tests.xml").is_file() and Path(f"{stem}.aoti.json").is_file()
     exports = json.loads(Path(f"{stem}.exports.json").read_text())
-    assert {(f["precision"], f["batch"], f["status"]) for f in exports["folders"]} == {
-        ("fp32", 1, "ready"),
-        ("fp16", 1, "ready"),
+    assert {
+        (f["precision"], f["batch"], f["status"], Path(f["folder"]).name) for f in exports["folders"]
+    } == {
+        ("fp32", 1, "ready", "tiny-digits-32-fp32-b1"),  # its shipped weights: no "-random0"
+        ("fp16", 1, "ready", "tiny-digits-32-fp16-b1"),
     }
-    bench = json.loads(Path(f"{stem}.bench-S-8.json").read_text())
+    # bench and its ONNX Runtime stand-in reuse those very folders (same model flags): no export of their own
+    assert "reusing tiny-digits-32-fp32-b1" in proc.stdout and "reusing tiny-digits-32-fp16-b1" in proc.stdout
+    assert "  exporting tiny-digits-32-" not in proc.stdout
+    bench = json.loads(Path(f"{stem}.bench-tiny-digits.json").read_text())
     assert {r["backend"] for r in bench["results"] if r["status"] == "measured"} == {
         "torch-fp32",
         "torch-fp16",
     }
     # TensorRT is hidden: its phases are skipped with the reason, their commands printed, and the
     # same commands run on ONNX Runtime
-    for name in ("trt-plans", "trt-bench-S-8", "trt-verify-ddpm", "trt-verify-dpm++2m"):
+    for name in ("trt-plans", "trt-bench-tiny-digits", "trt-verify-ddpm", "trt-verify-dpm++2m"):
         assert phases[name]["result"] == "skipped: tensorrt is not installed (tensorrt is hidden by the test)"
         if name != "trt-plans":
             assert phases[f"{name}-standin-ort"]["result"] == "passed", phases[f"{name}-standin-ort"]
     assert "where TensorRT works they run:" in proc.stdout
-    assert "python -m dit_export bench --model S/8" in proc.stdout and "--backends trt " in proc.stdout
+    assert (
+        "python -m dit_export bench --model tiny-digits --vae none" in proc.stdout
+        and "--backends trt " in proc.stdout
+    )
     assert "diffusers: absent (ImportError: diffusers is hidden by the test)" in proc.stdout
     verify = json.loads(Path(f"{stem}.verify-trt-verify-dpm++2m-standin-ort.json").read_text())
     assert verify["passed"] is True
     md = Path(f"{stem}.md").read_text()
     assert "| exports | passed |" in md and "## Exports" in md
+
+
+def test_the_gpu_run_keeps_its_models():
+    """--dry-run swaps in tiny-digits (shipped weights, 32 px); the GPU run stays S/2 and XL/2 with
+    random weights at 256 px, and its exports are made with the flags bench is given."""
+    text = SCRIPT.read_text()
+    dry, real = re.search(r"\nif \(\(DRY\)\); then(.*?)\nelse\n(.*?)\nfi\n", text, re.S).groups()
+    assert "MODELS=(tiny-digits)" in dry and "MODEL_FLAGS=(--vae none)" in dry
+    assert (
+        "MODELS=(S/2 XL/2)" in real and "MODEL_FLAGS=(--random-weights --vae none --image-size 256)" in real
+    )
+    assert '"${FOLDERS[@]}" "${MODEL_FLAGS[@]}"' in text  # the exports phase: bench's own model flags
 
 
 def _kill_session(sid: int) -> None:

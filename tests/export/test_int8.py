@@ -3,20 +3,21 @@ tiny-digits accuracy, deterministic calibration, fp8 structure, one-line refusal
 cache's graphs quantized too, the full step calibrated with the cache on (issue 22 item 2).
 
 One int8 export of the shipped tiny-digits model (batch 10, the default ddpm-50 × 2 seeds
-calibration, cache graphs of order ≤ 2 calibrated on cached N=4 O=0 loops) and one fp32 export
-without VAE, with order-0 cache graphs (the source the unit tests quantize), are made once per
-run and shared (tests/folders.py `shared_folder`).
+calibration, cache graphs of order ≤ 2 calibrated on cached N=4 O=0 loops) and one fp32
+`dit_step_full.onnx` with one cache slot (order 0; the source the unit tests quantize, traced
+alone as the exporter traces it) are made once per run and shared (tests/folders.py `shared_folder`).
 """
 
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
-from conftest import assert_user_error, run_dit_export
+from conftest import assert_user_error
 from folders import shared_folder
 from onnx import numpy_helper
 
@@ -49,21 +50,28 @@ def int8_folder(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def fp32_folder(tmp_path_factory) -> Path:
+def fp32_full(tmp_path_factory) -> Path:
+    """tiny-digits' fp32 `dit_step_full.onnx` (batch 10, order-0 cache graphs: 1 slot), traced,
+    cleaned and saved as `export` does (exporter.trace_specs → graphs.trace/cleanup/save), without
+    the other graphs of a whole export (they cost 2/3 of its time): the source the unit tests quantize."""
+    from dit_export.export import exporter, graphs
+
     def make(o: Path) -> str:
-        lines: list[str] = []
         spec = ModelSpec(model="tiny-digits", vae="none")
-        opts = ExportOptions(model=spec, out=o, batch=10, check=False, max_cache_order=0, force=True)
-        export(opts, log=lines.append)
-        return "\n".join(lines)
+        opts = ExportOptions(model=spec, out=o, batch=10, check=False, max_cache_order=0)
+        models = exporter.load_models(spec.validate(), opts, exporter.Stages(lambda _: None, None))
+        specs = exporter.trace_specs(models, opts.batch, opts.cache_slots, opts.cache_storage)
+        module, args, ins, outs = specs[FULL_GRAPH]
+        ir_model = graphs.trace(module, args, ins, outs, opts.opset)
+        graphs.cleanup(ir_model)
+        o.mkdir(parents=True)
+        saved = graphs.save(ir_model, o / f"{FULL_GRAPH}.onnx", opts.external_data_threshold)
+        rep = analysis.analyze(saved.path, "fp32")
+        assert rep.ok, [c for c in rep.checks if not c.ok]
+        return ""
 
-    out, _ = shared_folder(tmp_path_factory, "int8/tiny-fp32-novae-o0", make)
-    return out
-
-
-@pytest.fixture(scope="module")
-def fp32_graph(fp32_folder) -> Path:
-    return fp32_folder / "dit_step.onnx"
+    out, _ = shared_folder(tmp_path_factory, "int8/tiny-fp32-full-o0", make)
+    return out / f"{FULL_GRAPH}.onnx"
 
 
 def _capture(settings: CalibSettings, slots: int = 1) -> CalibSet:
@@ -78,6 +86,21 @@ def small_calib() -> CalibSet:
     """10 ddpm steps of one seed, uncached and cached N=3 O=0 (deterministic; what the unit tests
     quantize with; for the fp32 folder's order-0 cache graphs: 1 slot)."""
     return _capture(SMALL)
+
+
+def _cli(capsys, *args: object) -> subprocess.CompletedProcess:
+    """`python -m dit_export ARGS` run in this process (`cli.main`: all that `__main__` runs), as a
+    CompletedProcess for conftest's checks. The int8 cases need no fresh interpreter (~1 CPU-s
+    each); tests/cli/test_bad_inputs.py walks the fresh-interpreter path of one-line errors."""
+    from dit_export.cli import main
+
+    capsys.readouterr()
+    try:
+        code = main([str(a) for a in args])
+    except SystemExit as e:  # argparse's refusals
+        code = e.code
+    out = capsys.readouterr()
+    return subprocess.CompletedProcess(list(args), code, out.out, out.err)
 
 
 def _scales(path: Path) -> dict[str, np.ndarray]:
@@ -164,7 +187,7 @@ def test_int8_tiny_digits_accuracy_at_cfg4_ddpm50(int8_folder):
     assert r.num_images == 50 and r.accuracy >= 0.97, (r.accuracy, r.fd)
 
 
-def test_int8_cached_sampling_stays_within_the_int8_limits(int8_folder, tmp_path):
+def test_int8_cached_sampling_stays_within_the_int8_limits(int8_folder, tmp_path, capsys):
     """`sample --cache-interval 4 --cache-order 0` runs on ORT; its latents stay within the int8
     limits of the fp32 cached reference loop, and the cache really changed them."""
     from dit_export.runtime.sampler import Sampler
@@ -172,8 +195,8 @@ def test_int8_cached_sampling_stays_within_the_int8_limits(int8_folder, tmp_path
     from dit_export.sampling.reference import sample_latents
     from dit_export.sampling.request import SampleRequest
 
-    r = run_dit_export("sample", "--engines", int8_folder, "--classes", "1", "7", "--sampler", "ddpm",
-                       "--steps", "50", "--cache-interval", "4", "--cache-order", "0", "--out", tmp_path / "g.png")  # fmt: skip
+    r = _cli(capsys, "sample", "--engines", int8_folder, "--classes", "1", "7", "--sampler", "ddpm",
+             "--steps", "50", "--cache-interval", "4", "--cache-order", "0", "--out", tmp_path / "g.png")  # fmt: skip
     assert r.returncode == 0 and (tmp_path / "g.png").is_file(), r.stderr[-2000:]
     labels = list(range(10))
     model, _ = TINY.validate().load_dit()
@@ -200,10 +223,10 @@ def test_int8_cached_sampling_stays_within_the_int8_limits(int8_folder, tmp_path
     assert compare.rel_l2(got, plain) > 1e-3  # the cached int8 run is not the uncached one
 
 
-def test_calibration_is_deterministic(small_calib, fp32_folder, fp32_graph, tmp_path):
+def test_calibration_is_deterministic(small_calib, fp32_full, tmp_path):
     again = _capture(SMALL)
     assert small_calib.calls == again.calls == 10 and small_calib.full_calls == again.full_calls == 4
-    for part in ("step", "full"):
+    for part in ("step", "dit", "full"):
         for name, a in getattr(small_calib, part).items():
             assert np.array_equal(a, getattr(again, part)[name]), (part, name)
     # the full graph's inputs are the cached loop's full steps: their cache is the real one
@@ -213,35 +236,35 @@ def test_calibration_is_deterministic(small_calib, fp32_folder, fp32_graph, tmp_
     # both guided halves reach the DiT: labels, then the null class (10 for tiny-digits)
     y = small_calib.dit["y"][0]
     assert len(y) == 20 and (y[10:] == 10).all() and (y[:10] < 10).all()
-    # saved and loaded bit for bit; the same set quantizes to the same scales twice
+    # saved and loaded bit for bit (every array of every graph's inputs, and the key)
     small_calib.save(tmp_path / CALIB_FILE)
     loaded = CalibSet.load(tmp_path / CALIB_FILE)
     assert loaded.meta["key"] == small_calib.meta["key"]
-    a, b = tmp_path / "a.onnx", tmp_path / "b.onnx"
-    quantize_graph(fp32_graph, a, small_calib, "dit_step", INT8)
-    quantize_graph(fp32_graph, b, loaded, "dit_step", INT8)
-    sa, sb = _scales(a), _scales(b)
-    assert sa.keys() == sb.keys() and len(sa) > 16
-    assert all(np.array_equal(sa[k], sb[k]) for k in sa)
-    # the full step: the same scales twice; the cache reaches no quantized GEMM, so the set that
-    # stores none of it (what the export writes) gives the same scales; cache off gives others
-    full = fp32_folder / f"{FULL_GRAPH}.onnx"
-    assert not quantized_nodes_reached(full, "cache", QUANT_POLICIES[INT8])
-    assert len(quantized_nodes_reached(full, "x", QUANT_POLICIES[INT8])) == 16
+    for part in ("step", "dit", "full"):
+        mine, theirs = getattr(small_calib, part), getattr(loaded, part)
+        assert mine.keys() == theirs.keys() and all(
+            mine[k].dtype == theirs[k].dtype and np.array_equal(mine[k], theirs[k]) for k in mine
+        ), part
+    # the full step (dit_step's 16 block GEMMs + the cache I/O): the loaded set quantizes to the
+    # same scales (quantization is deterministic); the cache reaches no quantized GEMM, so the set
+    # that stores none of it (what the export writes) gives the same scales; cache off gives others
+    assert not quantized_nodes_reached(fp32_full, "cache", QUANT_POLICIES[INT8])
+    assert len(quantized_nodes_reached(fp32_full, "x", QUANT_POLICIES[INT8])) == 16
     scales = {}
     for tag, calib in [("on", small_calib), ("again", loaded), ("nocache", small_calib.without_cache("test")),
                        ("off", _capture(CalibSettings(steps=10, seeds=(3,), cache=())))]:  # fmt: skip
-        quantize_graph(full, tmp_path / f"full-{tag}.onnx", calib, FULL_GRAPH, INT8)
+        quantize_graph(fp32_full, tmp_path / f"full-{tag}.onnx", calib, FULL_GRAPH, INT8)
         scales[tag] = _scales(tmp_path / f"full-{tag}.onnx")
+    assert len(scales["on"]) > 16
     for tag in ("again", "nocache"):
         assert scales[tag].keys() == scales["on"].keys()
         assert all(np.array_equal(scales[tag][k], scales["on"][k]) for k in scales["on"]), tag
     assert any(not np.array_equal(scales["off"][k], scales["on"][k]) for k in scales["on"])
 
 
-def test_fp8_graph_is_structurally_valid_and_refused_on_cpu(small_calib, fp32_folder, tmp_path):
+def test_fp8_graph_is_structurally_valid_and_refused_on_cpu(small_calib, fp32_full, tmp_path):
     out = tmp_path / "dit_step_full_fp8.onnx"  # the forecast cache's full step (dit_step's GEMMs + cache I/O)
-    quantize_graph(fp32_folder / f"{FULL_GRAPH}.onnx", out, small_calib, FULL_GRAPH, FP8)
+    quantize_graph(fp32_full, out, small_calib, FULL_GRAPH, FP8)
     rep = analysis.analyze(out, "fp8")
     assert rep.ok, [c for c in rep.checks if not c.ok]
     assert rep.opset >= 19 and rep.gemm_flops.get("float8e4m3fn", 0) > 0
@@ -267,13 +290,12 @@ def test_max_cache_order_none_keeps_int8_without_cache_graphs(small_calib):
         CalibSettings(cache=((1, 0),)).validate()
 
 
-def test_bad_input_is_one_line(int8_folder, tmp_path):
-    r = run_dit_export("export", "--model", "tiny-digits", "--precision", "int4", "--out", tmp_path / "x")
+def test_bad_input_is_one_line(int8_folder, tmp_path, capsys):
+    r = _cli(capsys, "export", "--model", "tiny-digits", "--precision", "int4", "--out", tmp_path / "x")
     assert_user_error(r, "int4")
-    r = run_dit_export(
-        "sample", "--engines", int8_folder, "--backend", "cpp", "--classes", "1", "--out", tmp_path / "g.png"
-    )
+    out = tmp_path / "g.png"
+    r = _cli(capsys, "sample", "--engines", int8_folder, "--backend", "cpp", "--classes", "1", "--out", out)
     assert_user_error(r, "int8", "cannot run QDQ")
-    r = run_dit_export("build", "--model", "tiny-digits", "--precision", "fp8", "--out", tmp_path / "f")
+    r = _cli(capsys, "build", "--model", "tiny-digits", "--precision", "fp8", "--out", tmp_path / "f")
     assert_user_error(r, "fp8", "no FP8 GEMM")
-    assert not (tmp_path / "f").exists()
+    assert not (tmp_path / "f").exists() and not out.exists()

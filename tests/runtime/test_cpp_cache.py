@@ -94,7 +94,17 @@ def test_vector_file_is_current() -> None:
 # --------------------------------------------------------------------------- the C++ loop
 
 try:  # test_cpp's toolchain check, build and folder (fixtures); run as a script, only the vectors matter
-    from test_cpp import _MISSING, THREADS, _link_copy, _max_delta, _rel, _run, cpp_build, engines  # noqa: F401
+    from test_cpp import (  # noqa: F401
+        _MISSING,
+        THREADS,
+        _link_copy,
+        _max_delta,
+        _rel,
+        _run,
+        cpp_build,
+        engines,
+        python_sampler,
+    )
 except ImportError as e:  # `python tests/runtime/test_cpp_cache.py`: tests/ is not on sys.path
     if __name__ != "__main__":
         raise
@@ -124,6 +134,19 @@ def cache_engines(engines, tmp_path_factory) -> Path:
     folder = _link_copy(engines, tmp_path_factory.mktemp("cpp_cache") / "s8")
     add_aoti_packages(folder, step_cache.CACHE_GRAPHS, log=lambda s: None)
     return folder
+
+
+@pytest.fixture(scope="module")
+def ort_sampler(cache_engines, engines, request):
+    """The Python runtime (ONNX Runtime, CPU) on `cache_engines`: test_cpp's session when that is
+    its folder (one load of the graphs per test run, not one per test)."""
+    if cache_engines == engines:
+        yield request.getfixturevalue("python_sampler")
+        return
+    from dit_export.runtime.sampler import Sampler
+
+    with Sampler.load(cache_engines, backend="ort", providers=["CPUExecutionProvider"]) as s:
+        yield s
 
 
 @pytest.fixture(scope="module")
@@ -169,15 +192,15 @@ def test_cached_packages_are_recorded_and_agree(cache_engines):
 
 
 @needs_cpp
-def test_cpp_cached_sampler_equals_python(cpp_lib, cache_engines):
+def test_cpp_cached_sampler_equals_python(cpp_lib, cache_engines, ort_sampler):
     """CppSampler (the C++ loop) with caching == the Python runtime on ORT with caching (|Δ| ≤ 1,
     latents rel-L2 < 1e-4), and is not the uncached result; the Python loop on the C++ graphs
     (CppBackend) gives the C++ loop's latents exactly."""
     from dit_export.runtime.sampler import Sampler
 
     graphs = ["dit_step", *step_cache.CACHE_GRAPHS, "vae_decoder"]
+    python = ort_sampler
     with (
-        Sampler.load(cache_engines, backend="ort", providers=["CPUExecutionProvider"]) as python,
         cpp_lib.CppSampler.load(cache_engines, backend="cpu", threads=int(THREADS)) as cpp,
         Sampler.load(cache_engines, backend="cpp", graphs=graphs, threads=int(THREADS)) as py_loop,
     ):
@@ -209,46 +232,43 @@ def test_cpp_cached_sampler_equals_python(cpp_lib, cache_engines):
 def test_cpp_interval_1_is_bit_identical(cpp_lib, cache_engines):
     """cache_interval 1 (with any order) runs dit_step exactly as without caching."""
     with cpp_lib.CppSampler.load(cache_engines, backend="cpu", threads=int(THREADS)) as cpp:
-        kw = dict(seed=3, cfg_scale=4.0, steps=10, sampler="dpm++2m")
+        kw = dict(seed=3, cfg_scale=4.0, steps=5, sampler="dpm++2m")  # rows passed in: short is enough
         _, plain = cpp.sample(LABELS, return_latents=True, **kw)
         for order in (0, 3):
             _, lat = cpp.sample(LABELS, return_latents=True, **kw, cache_interval=1, cache_order=order)
             assert np.array_equal(lat, plain), order
 
 
-def _e2e_reference(folder: Path, out: Path) -> Path:
-    """A reference.json of cached requests for ctest's test_e2e_cpu (the Python runtime on ORT)."""
-    from dit_export.runtime.sampler import Sampler
-
+def _e2e_reference(s, folder: Path, out: Path) -> Path:
+    """A reference.json of cached requests for ctest's test_e2e_cpu (`s`: the Python runtime on ORT)."""
     # 3 images on batch 2: the cache is zeroed for the padded second chunk; then cfg 1, a 64-bit seed
     # and FORA reuse (order 0) on a multistep solver
     requests = [([207, 360, 387], 0, 4.0, 10, "ddim", 3, 2), ([1, 2], 2**40 + 3, 1.0, 10, "dpm++2m", 2, 0)]
     meta: dict = {"engines": str(folder), "requests": []}
-    with Sampler.load(folder, backend="ort", providers=["CPUExecutionProvider"]) as s:
-        for i, (labels, seed, cfg, steps, sampler, interval, order) in enumerate(requests):
-            fields = dict(seed=seed, cfg_scale=cfg, steps=steps, sampler=sampler)
-            cache = dict(cache_interval=interval, cache_order=order)
-            images, latents = s.sample(labels, **fields, **cache, return_latents=True, progress=False)
-            np.save(out / f"images_{i}.npy", images)
-            np.save(out / f"latents_{i}.npy", latents)
-            meta["requests"].append(
-                {
-                    "labels": labels,
-                    **fields,
-                    **cache,
-                    "images": f"images_{i}.npy",
-                    "latents": f"latents_{i}.npy",
-                }
-            )
+    for i, (labels, seed, cfg, steps, sampler, interval, order) in enumerate(requests):
+        fields = dict(seed=seed, cfg_scale=cfg, steps=steps, sampler=sampler)
+        cache = dict(cache_interval=interval, cache_order=order)
+        images, latents = s.sample(labels, **fields, **cache, return_latents=True, progress=False)
+        np.save(out / f"images_{i}.npy", images)
+        np.save(out / f"latents_{i}.npy", latents)
+        meta["requests"].append(
+            {
+                "labels": labels,
+                **fields,
+                **cache,
+                "images": f"images_{i}.npy",
+                "latents": f"latents_{i}.npy",
+            }
+        )
     (out / "reference.json").write_text(json.dumps(meta, indent=1))
     return out / "reference.json"
 
 
 @needs_cpp
-def test_ctest_end_to_end_with_cache(cpp_build, cache_engines, tmp_path):
+def test_ctest_end_to_end_with_cache(cpp_build, cache_engines, ort_sampler, tmp_path):
     """ctest's test_e2e_cpu on cached requests: dit_sample / dit_generate / caller noise / the C++
     wrapper, each equal to the Python runtime's cached images (|Δ| ≤ 1)."""
-    ref = _e2e_reference(cache_engines, tmp_path)
+    ref = _e2e_reference(ort_sampler, cache_engines, tmp_path)
     env = {"DIT_TEST_REFERENCE": str(ref), "DIT_TEST_THREADS": THREADS}
     r = _run([str(cpp_build / "tests" / "test_e2e_cpu")], timeout=900, env=env)
     out = r.stdout + r.stderr
@@ -284,11 +304,10 @@ def _python_error(interval: int, order: int, max_order: int | None = None) -> st
 
 
 @needs_cpp
-def test_dit_sample_cache_flags_and_errors(cpp_build, cache_engines, tmp_path):
+def test_dit_sample_cache_flags_and_errors(cpp_build, cache_engines, ort_sampler, tmp_path):
     """`dit_sample --cache-interval N --cache-order O`: the cached run equals Python's; bad values,
     an order above the export's, a folder without the cached graphs and one without their AOTI
     packages are one line each (exit 2) in Python's words, and write nothing."""
-    from dit_export.runtime.sampler import Sampler
     from dit_export.sampling.request import SampleRequest
 
     r = _dit_sample(
@@ -296,8 +315,7 @@ def test_dit_sample_cache_flags_and_errors(cpp_build, cache_engines, tmp_path):
     )
     assert r.returncode == 0, r.stdout + r.stderr
     req = SampleRequest((3, 7, 11), seed=4, steps=10, sampler="ddim", cache_interval=3, cache_order=1)
-    with Sampler.load(cache_engines, backend="ort", providers=["CPUExecutionProvider"]) as s:
-        want = s.generate(req, decode=False).latents
+    want = ort_sampler.generate(req, decode=False).latents
     assert _rel(np.load(tmp_path / "c.npy"), want) < 1e-4
 
     max_order = json.loads((cache_engines / "manifest.json").read_text())["cache"]["max_order"]

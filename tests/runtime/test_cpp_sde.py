@@ -2,15 +2,15 @@
 record alone (no C++ names them): its images equal the Python runtime's (ort) for stored step
 counts, with the per-step Philox noise drawn in C++, a padded second chunk and a 64-bit seed.
 
-Reuses test_cpp's toolchain check, build and exported folder (one per test run, shared across
-xdist workers).
+Reuses test_cpp's toolchain check, build, exported folder and Python runtime session (one per
+test run; the folder is shared across xdist workers).
 """
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
-from test_cpp import _MISSING, THREADS, _max_delta, cpp_build, engines  # noqa: F401  (fixtures: the build, the shared folder)
+from test_cpp import _MISSING, THREADS, _max_delta, cpp_build, engines, python_sampler  # noqa: F401  (fixtures)
 
 pytestmark = pytest.mark.skipif(_MISSING is not None, reason=f"C++ toolchain: {_MISSING}")
 
@@ -21,17 +21,14 @@ CASES = [
 ]
 
 
-def test_cpp_sde_equals_python_runtime(cpp_build, engines, monkeypatch):
+def test_cpp_sde_equals_python_runtime(cpp_build, engines, python_sampler, monkeypatch):
     monkeypatch.setenv("DIT_RUNTIME_LIB", str(cpp_build / "libdit_runtime.so"))
     from dit_export.runtime import cpp_backend
-    from dit_export.runtime.sampler import Sampler
 
     monkeypatch.setattr(cpp_backend, "_lib", None)
     labels = [10, 20, 30]  # batch 2: a padded second chunk
-    with (
-        Sampler.load(engines, backend="ort", providers=["CPUExecutionProvider"]) as python,
-        cpp_backend.CppSampler.load(engines, backend="cpu", threads=int(THREADS)) as cpp,
-    ):
+    python = python_sampler  # test_cpp's: ONNX Runtime on the same folder
+    with cpp_backend.CppSampler.load(engines, backend="cpu", threads=int(THREADS)) as cpp:
         latents = []
         for kw in CASES:
             got, lat = cpp.sample(labels, return_latents=True, **kw)

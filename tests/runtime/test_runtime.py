@@ -13,6 +13,7 @@ from folders import (
     assert_one_line_error,
     inject_nan,
     link_copy,
+    load_graph,
     rehash,
     replace_graph,
     run_cli,
@@ -164,14 +165,12 @@ def test_bad_requests_are_one_line_errors(ort32):
 
 
 def test_nan_names_the_first_step(fp32, tmp_path):
-    import onnx
-
     from dit_export.runtime import Sampler
     from dit_export.sampling.samplers import make_schedule
 
     folder = link_copy(fp32, tmp_path / "nan")
     ts = make_schedule(STEPS, "ddpm").timesteps
-    replace_graph(folder, "dit_step", inject_nan(onnx.load(str(fp32 / "dit_step.onnx")), int(ts[2])))
+    replace_graph(folder, "dit_step", inject_nan(load_graph(fp32 / "dit_step.onnx"), int(ts[2])))
     with Sampler.load(folder, backend="ort") as s, pytest.raises(UserError) as e:
         latents(s, [1], steps=STEPS, progress=False)
     assert f"first at step 3/{STEPS} (t={int(ts[2])}" in str(e.value)

@@ -4,9 +4,16 @@ from __future__ import annotations
 
 import json
 
-import onnx
 import pytest
-from folders import link_copy, perturb_weight, replace_graph, run_cli, s8_folder, tiny_digits_folder
+from folders import (
+    link_copy,
+    load_graph,
+    perturb_weight,
+    replace_graph,
+    run_cli,
+    s8_folder,
+    tiny_digits_folder,
+)
 
 from dit_export import compare
 from dit_export.verify.run import QUICK, THOROUGH, summary_line, verify
@@ -39,8 +46,8 @@ def test_verify_passes_and_writes_a_report(fp32, tmp_path):
 def test_verify_fails_on_a_perturbed_step_graph(fp32, tmp_path):
     """A dit_step.onnx with one weight scaled by 1.05, re-hashed: valid files, wrong numbers."""
     folder = link_copy(fp32, tmp_path / "bad")
-    model = onnx.load(str(fp32 / "dit_step.onnx"))
-    perturb_weight(model, 1.05)
+    model = load_graph(fp32 / "dit_step.onnx")
+    perturb_weight(model, 1.05, fp32)
     replace_graph(folder, "dit_step", model)
     report = verify(folder, backend="ort", seeds=[0], steps=2)
     assert not report.passed and report.first_failure is not None

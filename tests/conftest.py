@@ -115,6 +115,25 @@ def run_dit_export(
     )
 
 
+def run_dit_export_here(capsys, monkeypatch, *args: object, cwd=None) -> subprocess.CompletedProcess:
+    """`python -m dit_export ARGS` in this process (`cli.main`, all that `__main__` runs), offline,
+    as a CompletedProcess for the checks below: for quick runs and one-line errors that need no
+    fresh interpreter (`run_dit_export` and tests/cli/test_bad_inputs.py walk that path)."""
+    from dit_export.cli import main
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("DIT_EXPORT_OFFLINE", "1")
+    if cwd is not None:
+        monkeypatch.chdir(cwd)
+    capsys.readouterr()
+    try:
+        code = main([str(a) for a in args])
+    except SystemExit as e:  # argparse's refusals
+        code = e.code
+    out = capsys.readouterr()
+    return subprocess.CompletedProcess(list(args), code, out.out, out.err)
+
+
 def assert_one_line_error(r: subprocess.CompletedProcess, *needles: str, code: int | None = None) -> str:
     """Exit ≠ 0 (exactly `code` when given), no traceback, exactly one stderr line starting `error: `
     (containing every needle)."""

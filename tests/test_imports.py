@@ -174,15 +174,20 @@ def test_the_checker_sees_a_violation(tmp_path: Path) -> None:
     ]
 
 
-BLOCK_TORCH = """
+def blocker(*names: str) -> str:
+    """Code that makes importing any of these top-level packages fail (a fresh interpreter's prelude)."""
+    return f"""
 import sys
 class Block:
     def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in ("torch", "diffusers", "onnx", "tensorrt", "polygraphy", "sklearn"):
-            raise ModuleNotFoundError(f"blocked: {name}", name=name)
+        if name.split(".")[0] in {names!r}:
+            raise ModuleNotFoundError(f"blocked: {{name}}", name=name)
         return None
 sys.meta_path.insert(0, Block())
 """
+
+
+BLOCK_TORCH = blocker("torch", "diffusers", "onnx", "tensorrt", "polygraphy", "sklearn")
 
 
 @pytest.mark.parametrize(
@@ -242,13 +247,7 @@ def test_inspect_command_imports_no_torch(tmp_path_factory) -> None:
     from folders import s8_folder  # the shared S/8 fp32 build (made once per test run)
 
     folder = s8_folder(tmp_path_factory, "fp32")
-    code = (
-        "import sys\n"
-        "class Block:\n"
-        "    def find_spec(self, name, path=None, target=None):\n"
-        "        if name.split('.')[0] in ('torch', 'diffusers', 'tensorrt', 'polygraphy'):\n"
-        "            raise ModuleNotFoundError(f'blocked: {name}', name=name)\n"
-        "sys.meta_path.insert(0, Block())\n"
+    code = blocker("torch", "diffusers", "tensorrt", "polygraphy") + (  # inspect reads ONNX: onnx stays
         "from dit_export.cli import main\n"
         f"rc = main(['inspect', {str(folder)!r}, '--no-hash'])\n"
         "assert rc == 0 and 'torch' not in sys.modules, rc\n"

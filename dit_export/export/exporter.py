@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import gc
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -295,9 +295,15 @@ def cache_info(o: ExportOptions, cfg) -> CacheInfo | None:
 
 
 def export_graphs(
-    models: Models, o: ExportOptions, tmp: Path, stages: Stages, log: Callable[[str], None]
+    models: Models,
+    o: ExportOptions,
+    tmp: Path,
+    stages: Stages,
+    log: Callable[[str], None],
+    only: Collection[str] | None = None,
 ) -> tuple[dict[str, graphs.SavedGraph], dict[str, analysis.GraphReport]]:
-    """Trace, clean up, save and statically check each graph; the DiT pair shares one weights file."""
+    """Trace, clean up, save and statically check each graph (`only`: those named, e.g. a test's
+    one source graph); the DiT pair shares one weights file."""
     specs = trace_specs(models, o.batch, o.cache_slots, o.cache_storage)
     shared_bytes = graphs.param_bytes_of(models.dit)
     share = shared_bytes > graphs.shared_data_threshold(o.external_data_threshold)
@@ -305,7 +311,7 @@ def export_graphs(
     saved: dict[str, graphs.SavedGraph] = {}
     reports: dict[str, analysis.GraphReport] = {}
     for name in GRAPH_NAMES:
-        if name not in specs:
+        if name not in specs or (only is not None and name not in only):
             continue
         module, args, ins, outs = specs.pop(name)
         stages.begin(f"exporting {name}.onnx")

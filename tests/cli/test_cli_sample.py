@@ -2,12 +2,11 @@
 
 import os
 import pickle
-import subprocess
 
 import numpy as np
 import pytest
 import torch
-from conftest import assert_one_line_error, run_dit_export
+from conftest import assert_one_line_error, run_dit_export, run_dit_export_here
 
 from dit_export.models.checkpoints import random_dit
 
@@ -15,19 +14,6 @@ from dit_export.models.checkpoints import random_dit
 def run(*args, cwd=None):
     """The real CLI in a fresh interpreter (what a user types)."""
     return run_dit_export(*args, cwd=cwd, timeout=600)
-
-
-def run_inproc(capsys, monkeypatch, *args, cwd=None):
-    """The same entry point in this process (fast): main() must print one line and return ≠ 0."""
-    from dit_export.cli import main
-
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("DIT_EXPORT_OFFLINE", "1")
-    if cwd is not None:
-        monkeypatch.chdir(cwd)
-    rc = main(list(args))
-    out = capsys.readouterr()
-    return subprocess.CompletedProcess(args, rc, out.out, out.err)
 
 
 def test_readme_sample_command_writes_latents(tmp_path):
@@ -108,7 +94,7 @@ class RunsCode:
 
 def test_bad_inputs_are_one_line_errors(s8_ckpt, tmp_path, capsys, monkeypatch):
     def run(*args, cwd=None):  # in-process; the subprocess path is covered by the tests above
-        return run_inproc(capsys, monkeypatch, *args, cwd=cwd)
+        return run_dit_export_here(capsys, monkeypatch, *args, cwd=cwd)
 
     good = s8_ckpt / "s8.pt"
     truncated = tmp_path / "trunc.pt"

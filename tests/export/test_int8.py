@@ -11,13 +11,12 @@ alone as the exporter traces it) are made once per run and shared (tests/folders
 from __future__ import annotations
 
 import json
-import subprocess
 from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
-from conftest import assert_user_error
+from conftest import assert_user_error, run_dit_export_here
 from folders import shared_folder
 from onnx import numpy_helper
 
@@ -52,22 +51,18 @@ def int8_folder(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def fp32_full(tmp_path_factory) -> Path:
     """tiny-digits' fp32 `dit_step_full.onnx` (batch 10, order-0 cache graphs: 1 slot), traced,
-    cleaned and saved as `export` does (exporter.trace_specs → graphs.trace/cleanup/save), without
-    the other graphs of a whole export (they cost 2/3 of its time): the source the unit tests quantize."""
-    from dit_export.export import exporter, graphs
+    cleaned, saved and statically checked by the exporter's own `export_graphs`, without the other
+    graphs of a whole export (they cost 2/3 of its time): the source the unit tests quantize."""
+    from dit_export.export import exporter
 
     def make(o: Path) -> str:
         spec = ModelSpec(model="tiny-digits", vae="none")
         opts = ExportOptions(model=spec, out=o, batch=10, check=False, max_cache_order=0)
-        models = exporter.load_models(spec.validate(), opts, exporter.Stages(lambda _: None, None))
-        specs = exporter.trace_specs(models, opts.batch, opts.cache_slots, opts.cache_storage)
-        module, args, ins, outs = specs[FULL_GRAPH]
-        ir_model = graphs.trace(module, args, ins, outs, opts.opset)
-        graphs.cleanup(ir_model)
+        stages = exporter.Stages(lambda _: None, None)
+        models = exporter.load_models(spec.validate(), opts, stages)
         o.mkdir(parents=True)
-        saved = graphs.save(ir_model, o / f"{FULL_GRAPH}.onnx", opts.external_data_threshold)
-        rep = analysis.analyze(saved.path, "fp32")
-        assert rep.ok, [c for c in rep.checks if not c.ok]
+        saved, _ = exporter.export_graphs(models, opts, o, stages, log=lambda _: None, only=(FULL_GRAPH,))
+        assert list(saved) == [FULL_GRAPH]  # (export_graphs raises a UserError on a failed static check)
         return ""
 
     out, _ = shared_folder(tmp_path_factory, "int8/tiny-fp32-full-o0", make)
@@ -86,21 +81,6 @@ def small_calib() -> CalibSet:
     """10 ddpm steps of one seed, uncached and cached N=3 O=0 (deterministic; what the unit tests
     quantize with; for the fp32 folder's order-0 cache graphs: 1 slot)."""
     return _capture(SMALL)
-
-
-def _cli(capsys, *args: object) -> subprocess.CompletedProcess:
-    """`python -m dit_export ARGS` run in this process (`cli.main`: all that `__main__` runs), as a
-    CompletedProcess for conftest's checks. The int8 cases need no fresh interpreter (~1 CPU-s
-    each); tests/cli/test_bad_inputs.py walks the fresh-interpreter path of one-line errors."""
-    from dit_export.cli import main
-
-    capsys.readouterr()
-    try:
-        code = main([str(a) for a in args])
-    except SystemExit as e:  # argparse's refusals
-        code = e.code
-    out = capsys.readouterr()
-    return subprocess.CompletedProcess(list(args), code, out.out, out.err)
 
 
 def _scales(path: Path) -> dict[str, np.ndarray]:
@@ -187,7 +167,7 @@ def test_int8_tiny_digits_accuracy_at_cfg4_ddpm50(int8_folder):
     assert r.num_images == 50 and r.accuracy >= 0.97, (r.accuracy, r.fd)
 
 
-def test_int8_cached_sampling_stays_within_the_int8_limits(int8_folder, tmp_path, capsys):
+def test_int8_cached_sampling_stays_within_the_int8_limits(int8_folder, tmp_path, capsys, monkeypatch):
     """`sample --cache-interval 4 --cache-order 0` runs on ORT; its latents stay within the int8
     limits of the fp32 cached reference loop, and the cache really changed them."""
     from dit_export.runtime.sampler import Sampler
@@ -195,8 +175,9 @@ def test_int8_cached_sampling_stays_within_the_int8_limits(int8_folder, tmp_path
     from dit_export.sampling.reference import sample_latents
     from dit_export.sampling.request import SampleRequest
 
-    r = _cli(capsys, "sample", "--engines", int8_folder, "--classes", "1", "7", "--sampler", "ddpm",
-             "--steps", "50", "--cache-interval", "4", "--cache-order", "0", "--out", tmp_path / "g.png")  # fmt: skip
+    r = run_dit_export_here(capsys, monkeypatch, "sample", "--engines", int8_folder, "--classes", "1", "7",
+                            "--sampler", "ddpm", "--steps", "50", "--cache-interval", "4", "--cache-order", "0",
+                            "--out", tmp_path / "g.png")  # fmt: skip
     assert r.returncode == 0 and (tmp_path / "g.png").is_file(), r.stderr[-2000:]
     labels = list(range(10))
     model, _ = TINY.validate().load_dit()
@@ -290,12 +271,15 @@ def test_max_cache_order_none_keeps_int8_without_cache_graphs(small_calib):
         CalibSettings(cache=((1, 0),)).validate()
 
 
-def test_bad_input_is_one_line(int8_folder, tmp_path, capsys):
-    r = _cli(capsys, "export", "--model", "tiny-digits", "--precision", "int4", "--out", tmp_path / "x")
+def test_bad_input_is_one_line(int8_folder, tmp_path, capsys, monkeypatch):
+    def cli(*args: object):  # in-process: tests/cli/test_bad_inputs.py walks the fresh-interpreter path
+        return run_dit_export_here(capsys, monkeypatch, *args)
+
+    r = cli("export", "--model", "tiny-digits", "--precision", "int4", "--out", tmp_path / "x")
     assert_user_error(r, "int4")
     out = tmp_path / "g.png"
-    r = _cli(capsys, "sample", "--engines", int8_folder, "--backend", "cpp", "--classes", "1", "--out", out)
+    r = cli("sample", "--engines", int8_folder, "--backend", "cpp", "--classes", "1", "--out", out)
     assert_user_error(r, "int8", "cannot run QDQ")
-    r = _cli(capsys, "build", "--model", "tiny-digits", "--precision", "fp8", "--out", tmp_path / "f")
+    r = cli("build", "--model", "tiny-digits", "--precision", "fp8", "--out", tmp_path / "f")
     assert_user_error(r, "fp8", "no FP8 GEMM")
     assert not (tmp_path / "f").exists() and not out.exists()

@@ -62,6 +62,64 @@ def _fail(report: pytest.TestReport | pytest.CollectReport, reason: str) -> None
     )
 
 
+# ------------------------------------------------------------------------------ xdist order
+
+# scripts/test.sh runs whole files per worker (`--dist loadfile`); xdist hands out the files with the
+# most tests first, which is not the costliest first. These files go first, in this order (measured
+# CPU-seconds per file with 2 workers, heaviest first, so the workers end together), arranged so a
+# shared folder (tests/folders.py) is built by one worker while the other runs a file that does not
+# need it: test_manifest builds S/8 fp32 while test_gpu_check runs; test_cpp compiles the AOTI
+# packages and test_build makes S/8 fp16 before the files that read them. Files not named follow
+# in xdist's own order. Re-measure with `--durations=0` when a file's cost changes much.
+FIRST_FILES = (
+    "export/test_manifest.py",  # builds s8-fp32 (~45 CPU-s)
+    "bench/test_gpu_check.py",  # ~80, needs no shared folder
+    "runtime/test_cpp.py",  # ~150: compiles cpp-s8's AOTI packages (~100)
+    "pipeline/test_build.py",  # ~75: builds s8-fp16
+    "bench/test_bench.py",
+    "export/test_int8.py",
+    "runtime/test_trt_sim.py",
+    "models/test_hub.py",
+    "runtime/test_cpp_cache.py",  # reads cpp-s8
+    "pipeline/test_tiny_digits_pipeline.py",
+    "serve/test_triton.py",  # builds tiny-digits-fp32-b10
+    "runtime/test_runtime.py",  # reads s8-fp16
+    "cli/test_new_user.py",
+    "runtime/test_cache_runtime.py",
+    "cli/test_bad_inputs.py",
+    "sets/test_sample_set.py",
+    "export/test_export.py",
+    "runtime/test_cache_trt_sim.py",
+    "verify/test_verify.py",  # reads tiny-digits-fp32-b10
+    "cli/test_cli_sample.py",
+    "verify/test_score.py",
+    "runtime/test_schedules.py",
+    "export/test_cache_export.py",
+    "runtime/test_cpp_sde.py",
+)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log):
+    """`--dist loadfile` with FIRST_FILES handed out first, in their order."""
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling
+
+    rank = {f"tests/{name}": i for i, name in enumerate(FIRST_FILES)}
+
+    class CostliestFirst(LoadFileScheduling):
+        def _assign_work_unit(self, node) -> None:
+            _, scope = min(enumerate(self.workqueue), key=lambda p: (rank.get(p[1], len(rank)), p[0]))
+            self.workqueue.move_to_end(scope, last=False)
+            super()._assign_work_unit(node)
+
+    return CostliestFirst(config, log)
+
+
+# ------------------------------------------------------------------------------ the GPU guard (hooks)
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
     outcome = yield

@@ -41,22 +41,23 @@ def folder_name(model: ModelSpec, precision: str, batch: int) -> str:
     return f"{name}-random{model.weights_seed}" if model.random_weights else name
 
 
-def _ensure_export(model: ModelSpec, out: Path, precision: str, batch: int, checked: bool, log: Log) -> None:
-    """Reuse `out` when it holds this very export, by `build`'s rule (`ExportFolder.why_stale`: the
-    same request in build.json, hashes checked), else export into it and record the request."""
-    request = export_request(model, batch, precision, DEFAULT_OPSET)
+def _ensure_export(
+    model: ModelSpec, out: Path, precision: str, batch: int, checked: bool, cache: int | None, log: Log
+) -> None:
+    """Reuse `out` when it holds this export, by `build`'s rule (`ExportFolder.why_stale`: the same
+    request in build.json, hashes checked; with cache graphs of order ≥ `cache`, the ones timed),
+    else export into it (only the cache graphs timed: none when uncached) and record the request."""
+    request = export_request(model, batch, precision, DEFAULT_OPSET, cache)
     try:
-        why = ExportFolder(out).why_stale(request, force=True)
+        why = ExportFolder(out).why_stale(request, force=True, more_cache_ok=True)
     except UserError as e:  # not a folder of ours: the export refuses it with its own line
         why = str(e)
     if why is None:
         log(f"  reusing {out.name}")
         return
     log(f"  exporting {out.name} ({why})")
-    export(
-        ExportOptions(model=model, out=out, batch=batch, precision=precision, check=checked, force=True),
-        log=log,
-    )
+    what = {"model": model, "out": out, "batch": batch, "precision": precision, "max_cache_order": cache}
+    export(ExportOptions(**what, check=checked, force=True), log=log)
     record_request(out, request)
 
 
@@ -65,7 +66,8 @@ def prepare_folder(task: dict) -> dict:
 
     Returns {"families": {family: failure reason or None}, "seconds": s}. A throw-away folder
     (`task["quick"]`) is exported without the ONNX Runtime check, which costs as much as the
-    export itself on a small model; a kept folder is checked.
+    export itself on a small model; a kept folder is checked. `task["max_cache_order"]`: the
+    forecast cache graphs to export (absent or None: none; the timings without the cache).
     """
     t0 = time.perf_counter()
     out, precision, batch = Path(task["out"]), task["precision"], task["batch"]
@@ -73,7 +75,7 @@ def prepare_folder(task: dict) -> dict:
     log = print if task["verbose"] else (lambda s: None)
     try:
         model = ModelSpec.from_dict(task["model"])
-        _ensure_export(model, out, precision, batch, not task["quick"], log)
+        _ensure_export(model, out, precision, batch, not task["quick"], task.get("max_cache_order"), log)
     except Exception as e:  # the export failed: every backend on this folder fails with it
         why = f"export failed: {_first_line(e)}"
         return {"families": dict.fromkeys(families, why), "seconds": time.perf_counter() - t0}
@@ -121,6 +123,7 @@ def prepare_exports(
                     "batch": b,
                     "families": [],
                     "quick": throwaway and cfg.quick,
+                    "max_cache_order": cfg.cache_order if cfg.cached else None,  # the cache graphs timed
                     "verbose": not cfg.quick and cfg.export_jobs == 1,
                 },
             )

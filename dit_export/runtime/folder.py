@@ -14,7 +14,9 @@ Reuse (`why_stale`, asked by `build` and `bench`): an existing export is reused 
   1. `manifest.json` is there (a non-empty folder without one is refused unless --force),
   2. every graph file still matches its size and sha256 and its I/O the manifest's,
   3. `build.json` (written by `build` and `bench` after their export) records a request — model
-     spec, the weights' size/mtime, batch, precision, opset — equal to this one.
+     spec, the weights' size/mtime, batch, precision, opset, cache order — equal to this one
+     (`bench` asks `more_cache_ok`: a folder with the cache graphs of a higher order than it
+     times, or any when it times none, is reused too; `build` wants the very request).
   A folder without `build.json` is an interrupted build (re-exported) or an export made by hand
   with `export` (refused unless --force, then re-exported). Plans and AOTI packages are reused
   while their own records match (`engine.plans`, `engine.aoti`); a re-export keeps those whose
@@ -112,6 +114,13 @@ def export_request(
         "opset": int(opset),
         "max_cache_order": max_cache_order,
     }
+
+
+def _covers_cache(prev: Mapping, request: Mapping) -> bool:
+    """`prev` asked for all of `request` and cache graphs of at least its order (None: no cache)."""
+    order = "max_cache_order"
+    rank = [-1 if r.get(order) is None else int(r[order]) for r in (prev, request)]
+    return {**prev, order: None} == {**request, order: None} and rank[0] >= rank[1]
 
 
 def pending_record(out: Path) -> Path:
@@ -263,7 +272,7 @@ class ExportFolder:
         return aoti.find_package(self.path, self.manifest, graph, check_hash)
 
     # -- reuse ----------------------------------------------------------------------------------
-    def why_stale(self, request: Mapping, force: bool) -> str | None:
+    def why_stale(self, request: Mapping, force: bool, more_cache_ok: bool = False) -> str | None:
         """None when the export can be reused as is for `request`; else the reason to (re-)export
         (the rule in the module docstring). One-line UserError for a folder that is not ours."""
         out = self.path
@@ -290,6 +299,8 @@ class ExportFolder:
                 )
             return "--force on an export made by `export`"
         prev = record.get("request") or {}
+        if more_cache_ok and _covers_cache(prev, request):
+            return None
         if prev != request:
             changed = sorted(k for k in set(prev) | set(request) if prev.get(k) != request.get(k))
             return "changed: " + ", ".join(changed)

@@ -110,6 +110,21 @@ def test_reuse_rule_is_the_folder_s(fp32, tmp_path):
     assert ExportFolder(hand).why_stale(changed, force=True) == "--force on an export made by `export`"
 
 
+def test_bench_reuses_a_folder_with_more_cache_than_it_times(fp32):
+    """The shared folder has cache graphs of order 2: `build` wants the very order, `bench`
+    (more_cache_ok) takes it for no cache or any order up to 2, not for 3 or another change."""
+    cfg = BuildConfig(model=S8, batch=2, precision="fp32")
+    folder = ExportFolder(fp32)
+    for order, build_why in ((None, "changed: max_cache_order"), (0, "changed: max_cache_order"), (2, None)):
+        request = export_request(dataclasses.replace(cfg, max_cache_order=order))
+        assert folder.why_stale(request, force=False) == build_why
+        assert folder.why_stale(request, force=False, more_cache_ok=True) is None
+    more = export_request(dataclasses.replace(cfg, max_cache_order=3))
+    assert folder.why_stale(more, force=False, more_cache_ok=True) == "changed: max_cache_order"
+    other = export_request(dataclasses.replace(cfg, max_cache_order=None, batch=4))
+    assert folder.why_stale(other, force=False, more_cache_ok=True) == "changed: batch, max_cache_order"
+
+
 # ------------------------------------------------------------------------------ the `auto` rule
 
 

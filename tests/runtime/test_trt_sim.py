@@ -28,6 +28,7 @@ a fake that writes which ONNX graph to run, so the real plan records and lookup 
 from __future__ import annotations
 
 import ctypes
+import functools
 import gc
 import itertools
 import json
@@ -219,10 +220,24 @@ def fake_cudart(dev: FakeDevice) -> types.ModuleType:
 # --------------------------------------------------------------------------- simulated TensorRT
 
 
-def fake_tensorrt(dev: FakeDevice) -> types.ModuleType:
-    """The parts of the `tensorrt` module that engine/trt_api.py's runtime half calls."""
+def _session(onnx_path: str):
+    """The ONNX Runtime session a plan's "engine" runs: one per graph file (its real path, size and
+    mtime) for the whole module; sessions keep no state between runs, and loading S/8's graphs
+    again in every test cost ~1 s each."""
+    real = Path(onnx_path).resolve()
+    st = real.stat()
+    return _cached_session(str(real), st.st_size, st.st_mtime_ns)
+
+
+@functools.cache
+def _cached_session(path: str, size: int, mtime_ns: int):
     import onnxruntime as ort
 
+    return ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+
+
+def fake_tensorrt(dev: FakeDevice) -> types.ModuleType:
+    """The parts of the `tensorrt` module that engine/trt_api.py's runtime half calls."""
     trt = types.ModuleType("tensorrt")
     trt.__version__ = TRT_VERSION
     trt.Builder = object  # what trt_api's probe looks for (the module is not a stub package)
@@ -271,7 +286,7 @@ def fake_tensorrt(dev: FakeDevice) -> types.ModuleType:
         device_memory_size_v2 = 4096
 
         def __init__(self, onnx_path: str) -> None:
-            self.session = ort.InferenceSession(onnx_path, providers=["CPUExecutionProvider"])
+            self.session = _session(onnx_path)
             self.io = {}
             for is_in, items in ((True, self.session.get_inputs()), (False, self.session.get_outputs())):
                 for a in items:

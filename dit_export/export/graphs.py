@@ -98,6 +98,38 @@ def quiet(names: tuple[str, ...] = EXPORTER_LOGGERS) -> Iterator[None]:
             lg.setLevel(lvl)
 
 
+_TORCHLIB_OPS: list | None = None  # onnxscript's torch_lib functions, listed once per process
+
+
+@contextlib.contextmanager
+def torchlib_listed_once() -> Iterator[None]:
+    """torch.onnx.export rebuilds its op registry on every call, and onnxscript's list of its
+    ~500 torch_lib functions re-parses each one's source (`function_ir`): ~0.8 s of CPU per call,
+    half of a small graph's export, and an export makes up to five calls. The list depends only on
+    the installed onnxscript, so it is made once per process and handed to each call; with
+    another torch/onnxscript layout, export runs as torch does."""
+    global _TORCHLIB_OPS
+    try:
+        from torch.onnx._internal.exporter import _registration
+
+        apis = _registration.onnxscript_apis
+        build = apis.get_torchlib_ops
+    except (ImportError, AttributeError):
+        yield
+        return
+    if _TORCHLIB_OPS is None:
+        _TORCHLIB_OPS = list(build())
+    ops, own = _TORCHLIB_OPS, vars(apis).get("get_torchlib_ops")
+    apis.get_torchlib_ops = lambda: list(ops)
+    try:
+        yield
+    finally:
+        if own is None:
+            del apis.get_torchlib_ops  # the lazy module forwards to onnxscript's own again
+        else:
+            apis.get_torchlib_ops = own
+
+
 def trace(
     module: torch.nn.Module,
     args: Sequence[torch.Tensor],
@@ -114,7 +146,7 @@ def trace(
         raise UserError("the ONNX exporter needs onnxscript: pip install 'dit_export[export]'") from None
     module = module.eval()
     try:
-        with quiet(), torch.no_grad():
+        with quiet(), torch.no_grad(), torchlib_listed_once():
             program = torch.onnx.export(
                 module,
                 tuple(args),

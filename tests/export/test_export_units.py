@@ -134,3 +134,22 @@ def test_static_checks_catch_policy_violations(tmp_path):
         assert not {"static shapes", "tensorrt ops", "no dynamic ops"} & failed[name]
     assert "fp32 timestep path" in failed["t16"] and "uniform fp16 attention" not in failed["t16"]
     assert "uniform fp16 attention" in failed["qkv16"]
+
+
+def test_torchlib_is_listed_once_per_process_and_handed_back():
+    """`graphs.torchlib_listed_once` (around every torch.onnx.export): within it torch's registry
+    gets the same list of onnxscript's torch_lib functions without rebuilding it (a fresh list
+    each time: torch may extend it); after it, torch's lazy module forwards to onnxscript again."""
+    pytest.importorskip("onnxscript")
+    from torch.onnx._internal.exporter import _registration
+
+    from dit_export.export.graphs import torchlib_listed_once
+
+    apis = _registration.onnxscript_apis
+    with torchlib_listed_once():
+        first, again = apis.get_torchlib_ops(), apis.get_torchlib_ops()
+        assert len(first) > 100 and first == again and first is not again
+        assert first[0].function is again[0].function  # the very functions, not re-made
+    assert "get_torchlib_ops" not in vars(apis)
+    fresh = apis.get_torchlib_ops()  # onnxscript's own again: new function records
+    assert [m.qualified_name for m in fresh] == [m.qualified_name for m in first]

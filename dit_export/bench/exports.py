@@ -3,7 +3,8 @@
 Every export comes first, so no export competes with a timing; `export_jobs` workers keep the
 exporter's memory and threads out of the timing process. A folder is reused by the one rule of
 `runtime.folder.ExportFolder.why_stale` (what `build` uses too: a folder `build` made for the same
-request is reused by `bench --engines`, and the other way round).
+request is reused by `bench --engines`, and the other way round). Bench exports only the forecast
+cache graphs it times (none without `--cache-interval`) and reuses a folder that has more.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""`DIT_EXPORT_EXPECT_GPU`: the conftest hook that turns GPU skips into failures (run in a pytester)."""
+"""`DIT_EXPORT_EXPECT_GPU`: the conftest hook that turns GPU skips into failures (run in a pytester);
+and conftest's xdist file order (FIRST_FILES)."""
 
 from __future__ import annotations
 
@@ -65,3 +66,13 @@ def test_expect_cuda_lets_tensorrt_skip(suite: pytest.Pytester, monkeypatch) -> 
     monkeypatch.setenv("DIT_EXPORT_EXPECT_GPU", "cuda")
     r = suite.runpytest_subprocess()
     r.assert_outcomes(passed=1, skipped=4, failed=2)
+
+
+def test_the_first_files_handed_to_xdist_exist():
+    """conftest.FIRST_FILES (the costliest files, handed to the workers first) names real files:
+    a renamed or moved file would silently fall back to xdist's order."""
+    from conftest import FIRST_FILES
+
+    here = Path(__file__).parent
+    assert not [f for f in FIRST_FILES if not (here / f).is_file()]
+    assert len(set(FIRST_FILES)) == len(FIRST_FILES)

@@ -192,6 +192,7 @@ def batching(args: argparse.Namespace) -> int:
 
     def client(i: int) -> None:
         c = http.InferenceServerClient(args.url, network_timeout=600.0)
+        c.is_model_ready(args.model)  # connected before the barrier: the requests leave together
         barrier.wait()
         for k in range(args.rounds):
             key = (i % 10, 100 * k + i)

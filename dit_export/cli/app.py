@@ -30,7 +30,7 @@ from dit_export.cli import (
     verify,
 )
 from dit_export.cli.args import Parser
-from dit_export.errors import UserError
+from dit_export.errors import UserError, keep_interrupts
 from dit_export.lazy import install_hint
 
 # The order `--help` lists them: use first, then the pipeline's stages, then measurements.
@@ -73,6 +73,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     debug = bool(os.environ.get("DIT_EXPORT_DEBUG"))
+    keep_interrupts()
     try:
         return int(args.func(args) or 0)
     except UserError as e:

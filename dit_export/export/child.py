@@ -15,7 +15,7 @@ import sys
 from collections.abc import Callable
 from multiprocessing.connection import Connection
 
-from dit_export.errors import UserError
+from dit_export.errors import UserError, keep_interrupts
 from dit_export.export import exporter
 
 Log = Callable[[str], None]
@@ -72,6 +72,7 @@ def _export_child(fd: int, parent: int) -> None:
         ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     if os.getppid() != parent:
         return
+    keep_interrupts()  # Ctrl-C while torch traces: stop, not lost in a finalizer
     send = Connection(fd)
     try:
         options = pickle.load(sys.stdin.buffer)

@@ -62,6 +62,26 @@ def _fail(report: pytest.TestReport | pytest.CollectReport, reason: str) -> None
     )
 
 
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
+    outcome = yield
+    report = outcome.get_result()
+    if report.skipped and not hasattr(report, "wasxfail"):
+        reason = _skip_reason(report.longrepr)
+        if expected_gpu_failure(reason, item.get_closest_marker("gpu") is not None):
+            _fail(report, reason)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector: pytest.Collector):
+    outcome = yield
+    report = outcome.get_result()
+    if report.skipped:  # a module-level importorskip("tensorrt") and the like
+        reason = _skip_reason(report.longrepr)
+        if expected_gpu_failure(reason, marked_gpu=False):
+            _fail(report, reason)
+
+
 # ------------------------------------------------------------------------------ xdist order
 
 # scripts/test.sh runs whole files per worker (`--dist loadfile`); xdist hands out the files with the
@@ -115,29 +135,6 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log):
             super()._assign_work_unit(node)
 
     return CostliestFirst(config, log)
-
-
-# ------------------------------------------------------------------------------ the GPU guard (hooks)
-
-
-@pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
-    outcome = yield
-    report = outcome.get_result()
-    if report.skipped and not hasattr(report, "wasxfail"):
-        reason = _skip_reason(report.longrepr)
-        if expected_gpu_failure(reason, item.get_closest_marker("gpu") is not None):
-            _fail(report, reason)
-
-
-@pytest.hookimpl(hookwrapper=True)
-def pytest_make_collect_report(collector: pytest.Collector):
-    outcome = yield
-    report = outcome.get_result()
-    if report.skipped:  # a module-level importorskip("tensorrt") and the like
-        reason = _skip_reason(report.longrepr)
-        if expected_gpu_failure(reason, marked_gpu=False):
-            _fail(report, reason)
 
 
 # ------------------------------------------------------------------------------ shared fixtures

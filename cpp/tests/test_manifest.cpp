@@ -135,8 +135,6 @@ json wrong_type(const json& v) {
   return "x";
 }
 
-// The C++ reader and the committed schema agree: on the base, on every field removed (the
-// reader requires exactly what the schema requires) and on every field given a wrong type.
 // The base with one stored table per sampler, its shortest. The agreement below removes and retypes
 // every field, each case a copy of the whole manifest written out and read back, and the ~25 tables
 // of a real export repeat one layout: all of them took ~19 s, one per sampler well under 1 s.
@@ -160,6 +158,8 @@ json one_table_per_sampler(json m) {
   return m;
 }
 
+// The C++ reader and the committed schema agree: on the base, on every field removed (the
+// reader requires exactly what the schema requires) and on every field given a wrong type.
 void schema_agreement(const json& base) {
   const std::string base_err = schema::check(g_schema, base);
   CHECK_MSG(base_err.empty(), "the schema refuses the base manifest: " + base_err);

@@ -57,8 +57,16 @@ def _ensure_export(
         log(f"  reusing {out.name}")
         return
     log(f"  exporting {out.name} ({why})")
-    what = {"model": model, "out": out, "batch": batch, "precision": precision, "max_cache_order": cache}
-    export(ExportOptions(**what, check=checked, force=True), log=log)
+    opts = ExportOptions(
+        model=model,
+        out=out,
+        batch=batch,
+        precision=precision,
+        max_cache_order=cache,
+        check=checked,
+        force=True,
+    )
+    export(opts, log=log)
     record_request(out, request)
 
 

@@ -193,16 +193,20 @@ def test_build_refuses_a_foreign_folder(tmp_path):
     assert_one_line_error(proc, "not empty")
 
 
+def _terminal_sigint() -> None:
+    """In a child: a terminal's Ctrl-C, SIGINT handled by default (a pytest-xdist worker ignores it,
+    and an ignored SIGINT is inherited: Python would then never raise KeyboardInterrupt)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _interrupt_a_re_export(folder, sig: int) -> tuple[subprocess.Popen, str, list]:
     """Start a re-export of `folder` and send `sig` to the build process (only to it) once the
     export process is under way; returns the process, its output so far and its children."""
     env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
     args = [sys.executable, "-m", "dit_export", "build", *MODEL_ARGS, "--weights-seed", "5", "--precision", "fp32",
             "--backend", "onnxruntime", "--out", str(folder), "--no-verify"]  # fmt: skip
-    # A terminal's Ctrl-C: SIGINT handled by default (a pytest-xdist worker ignores it, and an
-    # ignored SIGINT is inherited: Python would then never raise KeyboardInterrupt)
     p = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
-                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # fmt: skip
+                         preexec_fn=_terminal_sigint)  # fmt: skip
     deadline = time.time() + 120
     seen = ""
     while time.time() < deadline:  # wait until the export is under way
@@ -258,7 +262,7 @@ def test_ctrl_c_in_a_finalizer_still_stops_the_command():
     and the export process install it) raises it again where it stops the program, silently."""
     def run(mode: str) -> subprocess.CompletedProcess:
         return subprocess.run([sys.executable, "-c", _FINALIZER_INTERRUPT, mode], capture_output=True,
-                              text=True, timeout=60, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # fmt: skip
+                              text=True, timeout=60, preexec_fn=_terminal_sigint)  # fmt: skip
 
     plain, kept = run("plain"), run("keep")
     assert plain.stdout.strip() == "ran on" and "Exception ignored" in plain.stderr  # what it fixes
